@@ -1,0 +1,34 @@
+//! The Eddy wire contract, shared by firmware, gateway, OTA and testbench.
+//!
+//! A [`Frame`] is what travels between a device and the gateway: `Hello`,
+//! `Telemetry`, `Ack` and `Command`. Frames are encoded compactly with
+//! postcard behind a one-byte wire version ([`codec`]); on byte streams
+//! (UART, serial) each encoded frame also carries a CRC-32C and is COBS
+//! delimited by a zero byte ([`link`]).
+//!
+//! Everything here is `no_std` and allocation free: strings and lists are
+//! bounded (`heapless`), so a decoder can never be made to allocate or to
+//! panic by a hostile peer; an over-long field is a decode error.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod codec;
+mod frame;
+pub mod link;
+pub mod topic;
+
+pub use codec::{DecodeError, EncodeError, decode, encode};
+pub use frame::{
+    Ack, BoardName, Command, CommandFrame, DeviceId, Frame, FirmwareVersion, Hello, InvalidName,
+    MAX_BOARD_LEN, MAX_DEVICE_ID_LEN, MAX_METRIC_LEN, MAX_READINGS, MAX_VERSION_LEN, MetricName,
+    Reading, Telemetry, Validity, valid_name,
+};
+
+/// Version byte that starts every encoded frame. A decoder rejects any
+/// other value instead of guessing at a layout it does not know.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Upper bound of one encoded frame (version byte and postcard body),
+/// large enough for a `Telemetry` frame with every field at its limit.
+pub const MAX_FRAME_LEN: usize = 768;

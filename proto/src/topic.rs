@@ -1,0 +1,27 @@
+//! MQTT topic layout shared by devices and the gateway.
+//!
+//! With the default prefix `eddy/v1`:
+//! `eddy/v1/{device}/telemetry` (device to gateway), `eddy/v1/{device}/cmd`
+//! (gateway to device), `eddy/v1/alerts/{rule}/{device}` and
+//! `eddy/v1/agg/{device}/{metric}` (gateway outputs).
+
+/// Default topic prefix.
+pub const DEFAULT_PREFIX: &str = "eddy/v1";
+/// Last level of a device's telemetry topic.
+pub const TELEMETRY: &str = "telemetry";
+/// Last level of a device's command topic.
+pub const COMMAND: &str = "cmd";
+/// Last level of a device's presence topic.
+pub const STATUS: &str = "status";
+
+/// Splits `{prefix}/{device}/{leaf}` into `(device, leaf)`.
+///
+/// Returns `None` for topics outside the prefix or with another shape.
+pub fn split_device_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let (device, leaf) = rest.split_once('/')?;
+    if device.is_empty() || leaf.is_empty() || leaf.contains('/') {
+        return None;
+    }
+    Some((device, leaf))
+}
