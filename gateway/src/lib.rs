@@ -1,1 +1,20 @@
+//! The Eddy gateway: ingest telemetry over MQTT, analyse it as it arrives,
+//! store it durably, and forward results upstream without losing any.
+//!
+//! The binary (`eddy`) is a thin shell over this library; see
+//! ARCHITECTURE.md for the map of the parts.
 
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod config;
+pub mod decode;
+pub mod demo;
+mod gateway;
+pub mod pipeline;
+pub mod sinks;
+pub mod sources;
+pub mod stats;
+pub mod store;
+
+pub use gateway::{Gateway, GatewayError, STORE_FILE};

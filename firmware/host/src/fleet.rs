@@ -1,0 +1,136 @@
+//! A fleet of simulated devices.
+
+use std::time::Duration;
+
+use eddy_proto::topic::DEFAULT_PREFIX;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::sim::{Excursion, Waveform};
+use crate::{DeviceReport, SimDevice, SimDeviceConfig, SimError};
+
+/// A fleet: `devices` devices named `{id_prefix}-{i:04}`, each sampling
+/// temperature and humidity `rate_hz` times a second for `duration`.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub devices: usize,
+    pub rate_hz: f64,
+    pub duration: Duration,
+    pub host: String,
+    pub port: u16,
+    pub prefix: String,
+    pub id_prefix: String,
+    /// Every `hot_every`-th device (0, n, 2n, ...) runs hot: its temperature
+    /// jumps by +55 °C for 3 s every 10 s, starting 1 s in.
+    pub hot_every: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            devices: 10,
+            rate_hz: 10.0,
+            duration: Duration::from_secs(10),
+            host: "127.0.0.1".into(),
+            port: 1883,
+            prefix: DEFAULT_PREFIX.into(),
+            id_prefix: "sim".into(),
+            hot_every: Some(5),
+            seed: 1,
+        }
+    }
+}
+
+impl FleetConfig {
+    pub fn device_id(&self, index: usize) -> String {
+        format!("{}-{index:04}", self.id_prefix)
+    }
+
+    pub fn is_hot(&self, index: usize) -> bool {
+        self.hot_every.is_some_and(|n| n > 0 && index % n == 0)
+    }
+
+    fn sensors(&self, index: usize) -> Result<Vec<Waveform>, SimError> {
+        let seed = self.seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
+        let setup = |metric: &str| SimError::Setup {
+            device: self.device_id(index),
+            reason: format!("bad metric name {metric}"),
+        };
+        let mut temperature = Waveform::new("temperature", 22.0, seed).ok_or_else(|| setup("temperature"))?;
+        temperature.amplitude = 3.0;
+        temperature.noise = 0.5;
+        temperature.period_ms = 60_000;
+        if self.is_hot(index) {
+            temperature.excursion = Some(Excursion {
+                first_ms: 1_000,
+                every_ms: 10_000,
+                duration_ms: 3_000,
+                offset: 55.0,
+            });
+        }
+        let mut humidity = Waveform::new("humidity", 45.0, seed ^ 0x5eed).ok_or_else(|| setup("humidity"))?;
+        humidity.amplitude = 10.0;
+        humidity.noise = 1.0;
+        humidity.period_ms = 90_000;
+        Ok(vec![temperature, humidity])
+    }
+}
+
+/// What the fleet did, device by device.
+#[derive(Debug, Clone, Default)]
+pub struct FleetReport {
+    pub devices: Vec<DeviceReport>,
+}
+
+impl FleetReport {
+    pub fn frames_sent(&self) -> u64 {
+        self.devices.iter().map(|d| u64::from(d.sent)).sum()
+    }
+
+    pub fn frames_acked(&self) -> u64 {
+        self.devices.iter().map(|d| u64::from(d.acked)).sum()
+    }
+
+    pub fn readings_sent(&self) -> u64 {
+        self.devices.iter().map(|d| d.readings).sum()
+    }
+}
+
+/// Runs the fleet to completion (or until `stop`).
+pub async fn run_fleet(config: FleetConfig, stop: CancellationToken) -> Result<FleetReport, SimError> {
+    let interval_ms = (1000.0 / config.rate_hz.max(0.001)).round().clamp(10.0, 3_600_000.0) as u32;
+    let mut tasks = JoinSet::new();
+    for index in 0..config.devices {
+        let device = SimDevice::new(
+            SimDeviceConfig {
+                device: config.device_id(index),
+                host: config.host.clone(),
+                port: config.port,
+                prefix: config.prefix.clone(),
+                interval_ms,
+                // Spread first samples evenly over one interval.
+                start_offset: Duration::from_millis(
+                    (u64::from(interval_ms) * index as u64) / config.devices.max(1) as u64,
+                ),
+                duration: config.duration,
+            },
+            config.sensors(index)?,
+        )?;
+        tasks.spawn(device.run(stop.clone()));
+    }
+    let mut devices = Vec::with_capacity(config.devices);
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(report) => devices.push(report),
+            Err(e) => {
+                return Err(SimError::Setup {
+                    device: "?".into(),
+                    reason: format!("device task failed: {e}"),
+                });
+            }
+        }
+    }
+    devices.sort_by(|a, b| a.device.cmp(&b.device));
+    Ok(FleetReport { devices })
+}

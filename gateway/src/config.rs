@@ -1,0 +1,424 @@
+//! `eddy.toml`: every field has a default, so no file is needed.
+//!
+//! Parsing and validation live here and only here; what leaves this module
+//! is a configuration the gateway can run, or an error that names the file,
+//! the field and the reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_analytics::{Aggregate, Condition, EngineConfig, ThresholdRule};
+use eddy_proto::{MAX_DEVICE_ID_LEN, topic::DEFAULT_PREFIX};
+use serde::Deserialize;
+
+/// Largest config file accepted.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the redb store lives.
+    pub data_dir: PathBuf,
+    pub broker: BrokerConfig,
+    pub ingest: IngestConfig,
+    pub engine: EngineSection,
+    /// Threshold rules.
+    pub rules: Vec<RuleConfig>,
+    /// Where aggregates and alerts are forwarded; none by default.
+    pub upstream: Option<UpstreamConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("eddy-data"),
+            broker: BrokerConfig::default(),
+            ingest: IngestConfig::default(),
+            engine: EngineSection::default(),
+            rules: vec![RuleConfig {
+                name: "overheat".into(),
+                metric: "temperature".into(),
+                window: Duration::from_secs(10),
+                aggregate: Aggregate::Mean,
+                above: Some(60.0),
+                below: None,
+            }],
+            upstream: None,
+        }
+    }
+}
+
+/// The MQTT broker devices publish to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `mqtt://host:port` of an external broker (Mosquitto, EMQX, ...).
+    /// When set, the embedded broker does not start.
+    pub url: Option<String>,
+    /// Where the embedded broker listens.
+    pub listen: SocketAddr,
+    /// Unacknowledged QoS 1 messages the embedded broker sends one client
+    /// before waiting for PUBACKs.
+    pub max_inflight: u16,
+    /// Messages the embedded broker queues per client beyond the in-flight
+    /// window before it drops (its default of 1,000 loses data under load).
+    pub max_queued_messages: usize,
+    /// Largest MQTT packet the embedded broker accepts, in bytes.
+    pub max_packet_size: u32,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_inflight: 1024,
+            max_queued_messages: 1_000_000,
+            max_packet_size: 1 << 20,
+        }
+    }
+}
+
+/// Host and port of an MQTT broker, from `mqtt://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| format!("`{url}` must start with mqtt:// or tcp://"))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{url}`: port `{p}` is not a number from 1 to 65535"))?,
+            ),
+            None => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(format!("`{url}` needs a host and a non-zero port"));
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// How the gateway reads telemetry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// MQTT client id of the ingest session (persistent across restarts).
+    pub client_id: String,
+    /// Topic prefix for devices and outputs.
+    pub topic_prefix: String,
+    /// Most messages committed in one redb transaction.
+    pub batch_size: usize,
+    /// Longest a message waits for its batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub batch_delay: Duration,
+    /// Messages buffered between the MQTT client and the pipeline; when
+    /// full, the client stops reading and the broker holds the rest.
+    pub queue_capacity: usize,
+    /// Larger payloads are rejected and counted.
+    pub max_payload_bytes: usize,
+    /// Extra topics for devices that do not speak Eddy (Tasmota, ...).
+    pub topics: Vec<TopicMapping>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            client_id: "eddy-gateway".into(),
+            topic_prefix: DEFAULT_PREFIX.into(),
+            batch_size: 1000,
+            batch_delay: Duration::from_millis(20),
+            queue_capacity: 10_000,
+            max_payload_bytes: 64 * 1024,
+            topics: Vec::new(),
+        }
+    }
+}
+
+/// Payload formats the gateway decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// Eddy binary frames, or JSON when the payload starts with `{`.
+    Auto,
+    /// Eddy binary frames.
+    Eddy,
+    /// A JSON object of readings: `{"temperature": 21.5, "ts": 1700000000}`.
+    Json,
+}
+
+/// Maps an MQTT topic filter to a payload format and the topic level that
+/// holds the device id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicMapping {
+    /// MQTT filter, e.g. `tele/+/SENSOR`.
+    pub filter: String,
+    pub format: PayloadFormat,
+    /// Zero-based topic level of the device id (`tele/+/SENSOR` -> 1).
+    pub device_level: usize,
+}
+
+/// Window settings of the engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// Tumbling window of the published aggregates.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How late (event time) a sample may arrive and still count.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Most live series; new series beyond it are not analysed (still stored).
+    pub max_series: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            window: Duration::from_millis(e.window_ms),
+            allowed_lateness: Duration::from_millis(e.allowed_lateness_ms),
+            max_series: e.max_series,
+        }
+    }
+}
+
+/// The short threshold form of a rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    pub metric: String,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub aggregate: Aggregate,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+}
+
+/// An upstream MQTT broker that receives aggregates and alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `mqtt://host:port`.
+    pub url: String,
+    #[serde(default = "UpstreamConfig::default_client_id")]
+    pub client_id: String,
+    /// Prefix of the topics published upstream.
+    #[serde(default = "UpstreamConfig::default_prefix")]
+    pub topic_prefix: String,
+    /// Unacknowledged publishes in flight.
+    #[serde(default = "UpstreamConfig::default_inflight")]
+    pub max_inflight: u16,
+    /// Most records the outbox holds while upstream is away; beyond it the
+    /// oldest are dropped and counted.
+    #[serde(default = "UpstreamConfig::default_max_outbox")]
+    pub max_outbox: u64,
+}
+
+impl UpstreamConfig {
+    fn default_client_id() -> String {
+        "eddy-gateway-upstream".into()
+    }
+    fn default_prefix() -> String {
+        DEFAULT_PREFIX.into()
+    }
+    fn default_inflight() -> u16 {
+        100
+    }
+    fn default_max_outbox() -> u64 {
+        1_000_000
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read)?.len();
+        if len > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, names, URLs, rule sanity.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.broker.url {
+            BrokerUrl::parse(url).map_err(|r| invalid("broker.url", r))?;
+        }
+        if self.broker.max_inflight == 0 {
+            return Err(invalid("broker.max_inflight", "must be at least 1"));
+        }
+        let ingest = &self.ingest;
+        if ingest.batch_size == 0 {
+            return Err(invalid("ingest.batch_size", "must be at least 1"));
+        }
+        if ingest.queue_capacity == 0 {
+            return Err(invalid("ingest.queue_capacity", "must be at least 1"));
+        }
+        if ingest.max_payload_bytes == 0 {
+            return Err(invalid("ingest.max_payload_bytes", "must be at least 1"));
+        }
+        if ingest.client_id.is_empty() {
+            return Err(invalid("ingest.client_id", "must not be empty"));
+        }
+        valid_prefix(&ingest.topic_prefix).map_err(|r| invalid("ingest.topic_prefix", r))?;
+        for (i, m) in ingest.topics.iter().enumerate() {
+            let levels: Vec<&str> = m.filter.split('/').collect();
+            match levels.get(m.device_level) {
+                Some(&"+") => {}
+                _ => {
+                    return Err(invalid(
+                        format!("ingest.topics[{i}].device_level"),
+                        format!("level {} of `{}` must be `+`", m.device_level, m.filter),
+                    ));
+                }
+            }
+            if levels.iter().any(|l| l.contains('#') && *l != "#") {
+                return Err(invalid(format!("ingest.topics[{i}].filter"), "misplaced `#`"));
+            }
+        }
+        if self.engine.window.is_zero() {
+            return Err(invalid("engine.window", "must be longer than 0"));
+        }
+        if self.engine.max_series == 0 {
+            return Err(invalid("engine.max_series", "must be at least 1"));
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            let field = |f: &str| format!("rules[{i}].{f}");
+            eddy_proto::valid_name(&r.name, MAX_DEVICE_ID_LEN)
+                .map_err(|e| invalid(field("name"), format!("`{}` {e}", r.name)))?;
+            eddy_proto::valid_name(&r.metric, eddy_proto::MAX_METRIC_LEN)
+                .map_err(|e| invalid(field("metric"), format!("`{}` {e}", r.metric)))?;
+            if r.window.is_zero() {
+                return Err(invalid(field("window"), "must be longer than 0"));
+            }
+            match (r.above, r.below) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(invalid(
+                        field("above"),
+                        "set exactly one of `above` and `below`",
+                    ));
+                }
+                (Some(t), None) | (None, Some(t)) if !t.is_finite() => {
+                    return Err(invalid(field("above"), "threshold must be a finite number"));
+                }
+                _ => {}
+            }
+            if self.rules[..i].iter().any(|o| o.name == r.name) {
+                return Err(invalid(field("name"), format!("`{}` is used twice", r.name)));
+            }
+        }
+        if let Some(up) = &self.upstream {
+            BrokerUrl::parse(&up.url).map_err(|r| invalid("upstream.url", r))?;
+            valid_prefix(&up.topic_prefix).map_err(|r| invalid("upstream.topic_prefix", r))?;
+            if up.max_inflight == 0 {
+                return Err(invalid("upstream.max_inflight", "must be at least 1"));
+            }
+            if up.max_outbox == 0 {
+                return Err(invalid("upstream.max_outbox", "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine settings and compiled threshold rules.
+    pub fn engine(&self) -> (EngineConfig, Vec<ThresholdRule>) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let engine = EngineConfig {
+            window_ms: ms(self.engine.window),
+            allowed_lateness_ms: ms(self.engine.allowed_lateness),
+            max_series: self.engine.max_series,
+        };
+        let rules = self
+            .rules
+            .iter()
+            .map(|r| ThresholdRule {
+                name: Arc::from(r.name.as_str()),
+                metric: r.metric.clone(),
+                window_ms: ms(r.window),
+                aggregate: r.aggregate,
+                condition: match (r.above, r.below) {
+                    (Some(t), _) => Condition::Above(t),
+                    (None, Some(t)) => Condition::Below(t),
+                    // validate() rules this out; keep a harmless default.
+                    (None, None) => Condition::Above(f64::MAX),
+                },
+            })
+            .collect();
+        (engine, rules)
+    }
+}
+
+fn valid_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
+        return Err(format!("`{prefix}` must be non-empty without leading or trailing `/`"));
+    }
+    if prefix.contains(['+', '#']) {
+        return Err(format!("`{prefix}` must not contain MQTT wildcards"));
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Wires the parts together: broker, store, source, pipeline, sinks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use eddy_analytics::{Engine, EngineError};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::config::{BrokerUrl, Config, ConfigError};
+use crate::pipeline::{Pipeline, PipelineError, Router};
+use crate::sinks::local::LocalPublisher;
+use crate::sinks::upstream;
+use crate::sources::mqtt;
+use crate::stats::Stats;
+use crate::store::{Store, StoreError};
+
+/// The store file inside `data_dir`.
+pub const STORE_FILE: &str = "eddy.redb";
+
+/// The gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("rules: {0}")]
+    Engine(#[from] EngineError),
+    #[error("pipeline: {0}")]
+    Pipeline(#[from] PipelineError),
+    #[error("{task} task panicked")]
+    Panicked { task: &'static str },
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    broker: BrokerUrl,
+    store: Store,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    pipeline: JoinHandle<Result<(), PipelineError>>,
+    upstream: Option<JoinHandle<Result<(), StoreError>>>,
+    helpers: Vec<JoinHandle<()>>,
+    _embedded: Option<EmbeddedBroker>,
+}
+
+impl Gateway {
+    /// Starts every part; returns once the broker listens and the ingest
+    /// session is being established.
+    pub async fn start(config: Config) -> Result<Self, GatewayError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store_path = config.data_dir.join(STORE_FILE);
+        let store = {
+            let path = store_path.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path))
+                .await
+                .map_err(|_| GatewayError::Panicked { task: "store open" })??
+        };
+        info!(path = %store_path.display(), "store open");
+        let (engine_config, rules) = config.engine();
+        let engine = Engine::new(engine_config, rules)?;
+
+        let (embedded, broker) = match &config.broker.url {
+            Some(url) => (None, BrokerUrl::parse(url).map_err(|reason| ConfigError::Invalid {
+                field: "broker.url".into(),
+                reason,
+            })?),
+            None => {
+                let b = EmbeddedBroker::start(&config.broker).await?;
+                let url = client_url(b.addr());
+                (Some(b), url)
+            }
+        };
+
+        let stats = Arc::new(Stats::default());
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(config.ingest.queue_capacity);
+        let (acker, source_task) =
+            mqtt::spawn(&broker, &config.ingest, tx, stats.clone(), shutdown.clone());
+        let (local, local_task) = LocalPublisher::spawn(
+            &broker,
+            &format!("{}-out", config.ingest.client_id),
+            stats.clone(),
+            shutdown.clone(),
+        );
+        let wake_upstream = Arc::new(Notify::new());
+        let upstream = config.upstream.clone().map(|up| {
+            tokio::spawn(upstream::run(
+                up,
+                store.clone(),
+                wake_upstream.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            ))
+        });
+        let pipeline = Pipeline {
+            engine,
+            store: store.clone(),
+            router: Router::new(&config.ingest),
+            ingest: config.ingest.clone(),
+            acker,
+            local,
+            outbox_cap: config.upstream.as_ref().map(|u| u.max_outbox),
+            wake_upstream,
+            stats: stats.clone(),
+        };
+        let pipeline = tokio::spawn(pipeline.run(rx, shutdown.clone()));
+        Ok(Self {
+            broker,
+            store,
+            stats,
+            shutdown,
+            pipeline,
+            upstream,
+            helpers: vec![source_task, local_task],
+            _embedded: embedded,
+        })
+    }
+
+    /// Where devices and local consumers connect.
+    pub fn broker(&self) -> &BrokerUrl {
+        &self.broker
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A token that stops the gateway when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the gateway stops: by its token, or because the
+    /// pipeline failed. Then stops everything and reports the first error.
+    pub async fn wait(mut self) -> Result<(), GatewayError> {
+        let result = tokio::select! {
+            r = &mut self.pipeline => flatten(r, "pipeline"),
+            () = self.shutdown.cancelled() => Ok(()),
+        };
+        if let Err(e) = &result {
+            error!(error = %e, "gateway stopping");
+        }
+        self.shutdown.cancel();
+        let rest = self.stop_tasks().await;
+        result.and(rest)
+    }
+
+    /// Stops the gateway: the pipeline commits and acknowledges what it
+    /// holds; undelivered outbox records stay in the store.
+    pub async fn shutdown(self) -> Result<(), GatewayError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    async fn stop_tasks(&mut self) -> Result<(), GatewayError> {
+        let mut result = Ok(());
+        if !self.pipeline.is_finished() {
+            result = flatten((&mut self.pipeline).await, "pipeline");
+        }
+        if let Some(up) = self.upstream.take() {
+            match up.await {
+                Ok(r) => result = result.and(r.map_err(GatewayError::from)),
+                Err(_) => result = result.and(Err(GatewayError::Panicked { task: "upstream" })),
+            }
+        }
+        for h in self.helpers.drain(..) {
+            let _ = h.await;
+        }
+        result
+    }
+}
+
+fn flatten<E: Into<GatewayError>>(
+    r: Result<Result<(), E>, tokio::task::JoinError>,
+    task: &'static str,
+) -> Result<(), GatewayError> {
+    match r {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(GatewayError::Panicked { task }),
+    }
+}
+
+/// The address a client uses for a listener (a wildcard listener is
+/// reached on loopback).
+fn client_url(addr: SocketAddr) -> BrokerUrl {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    BrokerUrl {
+        host,
+        port: addr.port(),
+    }
+}

@@ -1,0 +1,325 @@
+//! The ingest pipeline: batch -> decode -> engine -> one durable commit ->
+//! acknowledge -> publish.
+//!
+//! Invariant: a message is acknowledged to the broker only after the redb
+//! transaction holding its samples (and the outbox records they produced)
+//! committed. A message the gateway cannot use (unknown topic, malformed,
+//! oversized) is counted, logged and acknowledged, so it is never
+//! redelivered forever; it never affects the other messages of its batch.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use eddy_analytics::{AlertEvent, Engine, Output, Sample, WindowResult};
+use rumqttc::{AsyncClient, Publish};
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::config::{IngestConfig, PayloadFormat, TopicMapping};
+use crate::decode::{self, DecodeError};
+use crate::sinks::local::LocalPublisher;
+use crate::stats::{self, Stats};
+use crate::store::{OutboxRecord, Store, StoreError, StoredSample};
+
+/// How often the pipeline advances event time while no data arrives.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
+/// The pipeline could not continue.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Which messages are telemetry, in which format, from which device.
+#[derive(Debug, Clone)]
+pub struct Router {
+    prefix: String,
+    mappings: Vec<(Vec<String>, PayloadFormat, usize)>,
+}
+
+impl Router {
+    pub fn new(config: &IngestConfig) -> Self {
+        Self {
+            prefix: config.topic_prefix.clone(),
+            mappings: config
+                .topics
+                .iter()
+                .map(|TopicMapping { filter, format, device_level }| {
+                    (filter.split('/').map(String::from).collect(), *format, *device_level)
+                })
+                .collect(),
+        }
+    }
+
+    /// The device and payload format of a topic, if any mapping claims it.
+    pub fn route<'t>(&self, topic: &'t str) -> Option<(&'t str, PayloadFormat)> {
+        if let Some((device, leaf)) = eddy_proto::topic::split_device_topic(&self.prefix, topic) {
+            if leaf == eddy_proto::topic::TELEMETRY {
+                return Some((device, PayloadFormat::Auto));
+            }
+        }
+        let levels: Vec<&str> = topic.split('/').collect();
+        self.mappings.iter().find_map(|(filter, format, device_level)| {
+            matches(filter, &levels).then(|| Some((*levels.get(*device_level)?, *format)))?
+        })
+    }
+}
+
+fn matches(filter: &[String], levels: &[&str]) -> bool {
+    for (i, f) in filter.iter().enumerate() {
+        match f.as_str() {
+            "#" => return true,
+            "+" if i < levels.len() => {}
+            f if levels.get(i) == Some(&f) => {}
+            _ => return false,
+        }
+    }
+    filter.len() == levels.len()
+}
+
+/// Everything the pipeline needs, wired by `Gateway::start`.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub engine: Engine,
+    pub store: Store,
+    pub router: Router,
+    pub ingest: IngestConfig,
+    /// Acknowledges ingest messages.
+    pub acker: AsyncClient,
+    pub local: LocalPublisher,
+    /// Outbox cap, when an upstream sink exists; no outbox otherwise.
+    pub outbox_cap: Option<u64>,
+    pub wake_upstream: Arc<Notify>,
+    pub stats: Arc<Stats>,
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A rendered result: topic relative to the prefix, payload, retained?
+type Rendered = (String, Vec<u8>, bool);
+
+impl Pipeline {
+    /// Runs until the channel closes or `shutdown`; the batch in hand is
+    /// committed and acknowledged before returning.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Publish>,
+        shutdown: CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let mut batch: Vec<Publish> = Vec::with_capacity(self.ingest.batch_size);
+        let mut deadline: Option<Instant> = None;
+        let mut last_arrival = Instant::now();
+        let mut idle = tokio::time::interval(IDLE_TICK);
+        let mut out = Output::default();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    batch.push(msg);
+                    last_arrival = Instant::now();
+                    deadline.get_or_insert(last_arrival + self.ingest.batch_delay);
+                    // Take what is already queued without waiting.
+                    while batch.len() < self.ingest.batch_size {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    if batch.len() >= self.ingest.batch_size {
+                        self.flush(&mut batch, &mut out).await?;
+                        deadline = None;
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    self.flush(&mut batch, &mut out).await?;
+                    deadline = None;
+                }
+                _ = idle.tick() => {
+                    // Event time moves on with the wall clock while the
+                    // fleet is silent, so the last windows close.
+                    if let Some(max) = self.engine.max_event_ms() {
+                        let silent = i64::try_from(last_arrival.elapsed().as_millis()).unwrap_or(i64::MAX);
+                        let lateness = i64::try_from(self.engine.config().allowed_lateness_ms).unwrap_or(i64::MAX);
+                        out.clear();
+                        self.engine.advance_to(max.saturating_add(silent).saturating_sub(lateness), &mut out);
+                        if !out.is_empty() {
+                            self.commit_and_publish(Vec::new(), &mut Vec::new(), &out).await?;
+                        }
+                    }
+                }
+            }
+        }
+        self.flush(&mut batch, &mut out).await
+    }
+
+    async fn flush(&mut self, batch: &mut Vec<Publish>, out: &mut Output) -> Result<(), PipelineError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let now_ms = wall_ms();
+        let mut stored = Vec::with_capacity(batch.len() * 2);
+        let mut samples = Vec::with_capacity(batch.len() * 2);
+        for msg in batch.iter() {
+            let Some((device, format)) = self.router.route(&msg.topic) else {
+                stats::add(&self.stats.messages_unknown_topic, 1);
+                debug!(topic = %msg.topic, "message on an unmapped topic");
+                continue;
+            };
+            let decoded = match decode::decode(format, device, &msg.payload, self.ingest.max_payload_bytes, now_ms) {
+                Ok(d) => d,
+                Err(e @ DecodeError::Oversized { .. }) => {
+                    stats::add(&self.stats.messages_oversized, 1);
+                    warn!(topic = %msg.topic, error = %e, "message rejected");
+                    continue;
+                }
+                Err(e) => {
+                    stats::add(&self.stats.messages_malformed, 1);
+                    warn!(topic = %msg.topic, error = %e, "message rejected");
+                    continue;
+                }
+            };
+            for r in &decoded.readings {
+                match self.engine.series_key(&decoded.device, &r.metric) {
+                    Ok(series) => samples.push(Sample { series, ts_ms: decoded.ts_ms, value: r.value }),
+                    Err(_) => stats::add(&self.stats.samples_series_refused, 1),
+                }
+                stored.push(StoredSample {
+                    device: decoded.device.clone(),
+                    metric: r.metric.clone(),
+                    ts_ms: decoded.ts_ms,
+                    value: r.value,
+                });
+            }
+            stats::add(&self.stats.messages_accepted, 1);
+        }
+        out.clear();
+        self.engine.ingest(&samples, out);
+        stats::add(&self.stats.samples_late, out.late.len() as u64);
+        self.commit_and_publish(stored, batch, out).await
+    }
+
+    /// Commits samples and outbox records in one transaction, then
+    /// acknowledges `acks` and publishes the results locally.
+    async fn commit_and_publish(
+        &mut self,
+        stored: Vec<StoredSample>,
+        acks: &mut Vec<Publish>,
+        out: &Output,
+    ) -> Result<(), PipelineError> {
+        let rendered: Vec<Rendered> = out
+            .windows
+            .iter()
+            .map(|w| self.render_window(w))
+            .chain(out.alerts.iter().map(|a| self.render_alert(a)))
+            .collect();
+        let outbox: Vec<OutboxRecord> = match self.outbox_cap {
+            Some(_) => rendered
+                .iter()
+                .map(|(topic, payload, _)| OutboxRecord { topic: topic.clone(), payload: payload.clone() })
+                .collect(),
+            None => Vec::new(),
+        };
+        let cap = self.outbox_cap.unwrap_or(u64::MAX);
+        let store = self.store.clone();
+        let committed = tokio::task::spawn_blocking(move || store.commit_batch(&stored, &outbox, cap)).await??;
+        stats::add(&self.stats.samples_committed, committed.samples);
+        stats::add(&self.stats.batches_committed, 1);
+        stats::add(&self.stats.outbox_appended, committed.outbox);
+        if committed.outbox_dropped > 0 {
+            stats::add(&self.stats.outbox_dropped, committed.outbox_dropped);
+            warn!(dropped = committed.outbox_dropped, "outbox full: oldest records dropped");
+        }
+        for msg in acks.drain(..) {
+            if let Err(e) = self.acker.try_ack(&msg) {
+                warn!(error = %e, "acknowledgement not sent; the broker will redeliver");
+            }
+        }
+        stats::add(&self.stats.windows_closed, out.windows.len() as u64);
+        for a in &out.alerts {
+            match a.state {
+                eddy_analytics::AlertState::Firing => stats::add(&self.stats.alerts_fired, 1),
+                eddy_analytics::AlertState::Resolved => stats::add(&self.stats.alerts_resolved, 1),
+            }
+        }
+        for (topic, payload, retain) in rendered {
+            self.local
+                .publish(format!("{}/{topic}", self.ingest.topic_prefix), payload, retain)
+                .await;
+        }
+        if committed.outbox > 0 {
+            self.wake_upstream.notify_one();
+        }
+        Ok(())
+    }
+
+    fn render_window(&self, w: &WindowResult) -> Rendered {
+        let device = self.engine.device_name(w.series);
+        let metric = self.engine.metric_name(w.series);
+        let a = &w.aggregates;
+        let payload = json!({
+            "device": device, "metric": metric,
+            "start": w.start_ms, "end": w.end_ms,
+            "count": a.count, "mean": a.mean(), "min": a.min, "max": a.max,
+        });
+        (format!("agg/{device}/{metric}"), payload.to_string().into_bytes(), false)
+    }
+
+    fn render_alert(&self, a: &AlertEvent) -> Rendered {
+        let device = self.engine.device_name(a.series);
+        let payload = json!({
+            "rule": &*a.rule, "device": device, "metric": self.engine.metric_name(a.series),
+            "state": a.state.name(), "value": a.value, "threshold": a.threshold,
+            "window_start": a.window_start_ms, "window_end": a.window_end_ms,
+        });
+        (format!("alerts/{}/{device}", a.rule), payload.to_string().into_bytes(), true)
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn routes_eddy_topics_and_configured_mappings() {
+        let config = Config::parse(
+            r#"
+            [[ingest.topics]]
+            filter = "tele/+/SENSOR"
+            format = "json"
+            device_level = 1
+            [[ingest.topics]]
+            filter = "zigbee2mqtt/+/#"
+            format = "json"
+            device_level = 1
+            "#,
+        )
+        .expect("valid");
+        let router = Router::new(&config.ingest);
+        assert_eq!(router.route("eddy/v1/d1/telemetry"), Some(("d1", PayloadFormat::Auto)));
+        assert_eq!(router.route("tele/plug-3/SENSOR"), Some(("plug-3", PayloadFormat::Json)));
+        assert_eq!(router.route("zigbee2mqtt/bulb/state/x"), Some(("bulb", PayloadFormat::Json)));
+        assert_eq!(router.route("eddy/v1/d1/status"), None);
+        assert_eq!(router.route("tele/plug-3/STATE"), None);
+        assert_eq!(router.route("tele/plug-3/SENSOR/extra"), None);
+    }
+}

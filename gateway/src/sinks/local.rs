@@ -1,0 +1,57 @@
+//! Publishes results to the local broker (alerts retained, aggregates not).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::config::BrokerUrl;
+use crate::stats::{self, Stats};
+
+/// A QoS 1 publisher on the local broker. Its event loop runs on its own
+/// task and never waits on the pipeline, so publishing cannot deadlock
+/// with ingest; a full request queue slows the pipeline down instead.
+#[derive(Debug, Clone)]
+pub struct LocalPublisher {
+    client: AsyncClient,
+    stats: Arc<Stats>,
+}
+
+impl LocalPublisher {
+    pub fn spawn(
+        broker: &BrokerUrl,
+        client_id: &str,
+        stats: Arc<Stats>,
+        shutdown: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+        options.set_keep_alive(Duration::from_secs(15)).set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 4096);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = eventloop.poll() => if let Err(e) = r {
+                        debug!(error = %e, "local publisher reconnecting");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    },
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        });
+        (Self { client, stats }, task)
+    }
+
+    pub async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        if self
+            .client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .is_ok()
+        {
+            stats::add(&self.stats.local_published, 1);
+        }
+    }
+}

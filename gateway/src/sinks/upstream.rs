@@ -1,0 +1,255 @@
+//! Store-and-forward to an upstream MQTT broker.
+//!
+//! The sink reads the outbox from its stored offset, publishes in order
+//! with QoS 1, and moves the offset only over records the upstream
+//! acknowledged (PUBACK), lowest unacknowledged first. On any connection
+//! failure it drops the connection state, waits with exponential backoff
+//! and jitter, and resends from the stored offset: nothing is lost, order
+//! is kept, and a record may arrive twice (at-least-once; every payload
+//! carries a natural key for deduplication).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{BrokerUrl, UpstreamConfig};
+use crate::sinks::backoff;
+use crate::stats::{self, Stats};
+use crate::store::{Store, StoreError};
+
+/// The name of this sink's offset in the store.
+pub const SINK: &str = "upstream";
+
+/// How often acknowledged progress is committed to the store.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Publishes in flight, by outbox offset.
+#[derive(Debug, Default)]
+struct Inflight {
+    /// Offsets published but not yet given a packet id, in send order.
+    unassigned: VecDeque<u64>,
+    pkids: HashMap<u16, u64>,
+    /// Offset -> acknowledged?
+    window: BTreeMap<u64, bool>,
+}
+
+impl Inflight {
+    fn len(&self) -> usize {
+        self.window.len()
+    }
+
+    fn sent(&mut self, offset: u64) {
+        self.unassigned.push_back(offset);
+        self.window.insert(offset, false);
+    }
+
+    fn assigned(&mut self, pkid: u16) {
+        if let Some(offset) = self.unassigned.pop_front() {
+            self.pkids.insert(pkid, offset);
+        }
+    }
+
+    fn acked(&mut self, pkid: u16) -> bool {
+        match self.pkids.remove(&pkid).and_then(|o| self.window.get_mut(&o)) {
+            Some(done) => {
+                *done = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the acknowledged prefix; returns the new committed offset.
+    fn advance(&mut self) -> Option<u64> {
+        let mut next = None;
+        while let Some(entry) = self.window.first_entry() {
+            if !*entry.get() {
+                break;
+            }
+            next = Some(*entry.key() + 1);
+            entry.remove();
+        }
+        next
+    }
+}
+
+/// Runs the sink until `shutdown`. Returns only on shutdown or a store error.
+pub async fn run(
+    config: UpstreamConfig,
+    store: Store,
+    wake: Arc<Notify>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let url = match BrokerUrl::parse(&config.url) {
+        Ok(u) => u,
+        // Config validation checks the URL; this is a programming error.
+        Err(reason) => {
+            warn!(%reason, "upstream disabled");
+            return Ok(());
+        }
+    };
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        match session(&config, &url, &store, &wake, &stats, &shutdown).await? {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Failed { reason, was_connected } => {
+                stats::add(&stats.upstream_disconnects, 1);
+                if was_connected {
+                    failures = 0;
+                }
+                let delay = backoff(failures, Duration::from_millis(200), Duration::from_secs(10));
+                failures = failures.saturating_add(1);
+                warn!(upstream = %config.url, %reason, retry_in = ?delay, "upstream unavailable");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+enum SessionEnd {
+    Shutdown,
+    Failed { reason: String, was_connected: bool },
+}
+
+async fn session(
+    config: &UpstreamConfig,
+    url: &BrokerUrl,
+    store: &Store,
+    wake: &Notify,
+    stats: &Stats,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, StoreError> {
+    let mut options = MqttOptions::new(config.client_id.clone(), url.host.clone(), url.port);
+    // A clean session each time: this sink resends from its own offset, so
+    // the client must not replay anything of the previous connection.
+    options
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(10))
+        .set_inflight(config.max_inflight);
+    let max_inflight = usize::from(config.max_inflight);
+    let (client, mut eventloop) = AsyncClient::new(options, max_inflight * 2 + 16);
+
+    // Wait for the connection before reading the outbox.
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => {
+                return Ok(SessionEnd::Failed {
+                    reason: e.to_string(),
+                    was_connected: false,
+                });
+            }
+        }
+    }
+    let mut committed = store.sink_offset(SINK)?;
+    info!(upstream = %config.url, offset = committed, "upstream connected");
+    let mut next = committed;
+    let mut inflight = Inflight::default();
+    let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
+    let mut uncommitted: Option<u64> = None;
+
+    loop {
+        // Fill the window from the outbox.
+        if inflight.len() < max_inflight {
+            let room = max_inflight - inflight.len();
+            for (offset, record) in store.outbox_from(next, room)? {
+                let topic = format!("{}/{}", config.topic_prefix, record.topic);
+                if client
+                    .try_publish(topic, QoS::AtLeastOnce, false, record.payload)
+                    .is_err()
+                {
+                    break;
+                }
+                inflight.sent(offset);
+                next = offset + 1;
+                stats::add(&stats.upstream_sent, 1);
+            }
+        }
+        let idle = inflight.len() == 0;
+        tokio::select! {
+            event = eventloop.poll() => match event {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => inflight.assigned(pkid),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if inflight.acked(ack.pkid) {
+                        if let Some(offset) = inflight.advance() {
+                            uncommitted = Some(offset);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    flush(store, stats, &mut uncommitted, &mut committed)?;
+                    return Ok(SessionEnd::Failed {
+                        reason: e.to_string(),
+                        was_connected: true,
+                    });
+                }
+            },
+            () = wake.notified(), if idle => {}
+            _ = commit_tick.tick() => flush(store, stats, &mut uncommitted, &mut committed)?,
+            () = shutdown.cancelled() => {
+                flush(store, stats, &mut uncommitted, &mut committed)?;
+                let _ = client.try_disconnect();
+                return Ok(SessionEnd::Shutdown);
+            }
+        }
+        if uncommitted.is_some() && inflight.len() == 0 {
+            flush(store, stats, &mut uncommitted, &mut committed)?;
+        }
+    }
+}
+
+fn flush(
+    store: &Store,
+    stats: &Stats,
+    uncommitted: &mut Option<u64>,
+    committed: &mut u64,
+) -> Result<(), StoreError> {
+    if let Some(offset) = uncommitted.take() {
+        store.advance_sink(SINK, offset)?;
+        stats::add(&stats.upstream_acked, offset.saturating_sub(*committed));
+        *committed = offset;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offset_moves_only_over_an_acknowledged_prefix() {
+        let mut w = Inflight::default();
+        for offset in 10..14 {
+            w.sent(offset);
+        }
+        for pkid in 1..=4 {
+            w.assigned(pkid);
+        }
+        assert!(w.acked(2));
+        assert_eq!(w.advance(), None, "10 is not acknowledged yet");
+        assert!(w.acked(1));
+        assert_eq!(w.advance(), Some(12));
+        assert!(!w.acked(1), "a duplicate PUBACK changes nothing");
+        assert!(w.acked(4));
+        assert_eq!(w.advance(), None);
+        assert!(w.acked(3));
+        assert_eq!(w.advance(), Some(14));
+        assert_eq!(w.len(), 0);
+    }
+}

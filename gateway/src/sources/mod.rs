@@ -1,0 +1,3 @@
+//! Sources: where messages enter the gateway.
+
+pub mod mqtt;

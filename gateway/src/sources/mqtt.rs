@@ -1,0 +1,103 @@
+//! The MQTT ingest source: a persistent QoS 1 session with manual
+//! acknowledgements.
+//!
+//! Messages go to the pipeline over a bounded channel; when it is full this
+//! task stops reading, TCP backpressure reaches the broker, and the broker
+//! holds the rest. The pipeline acknowledges a message only after the
+//! transaction holding it committed; until then the broker keeps it and
+//! redelivers it if the gateway dies.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{BrokerUrl, IngestConfig};
+use crate::stats::{self, Stats};
+
+/// Largest incoming MQTT packet. Larger than any payload limit, so an
+/// oversized message is rejected by the decoder (counted, acknowledged)
+/// instead of breaking the connection and being redelivered forever.
+pub const MAX_INCOMING_PACKET: usize = 16 << 20;
+
+/// MQTT 3.1.1 packet ids are 16 bit, so no more QoS 1 messages than this
+/// are ever unacknowledged: a request channel this large never blocks an
+/// acknowledgement, which rules out a deadlock between the event loop
+/// (blocked on a full pipeline) and the pipeline (blocked on an ack).
+const REQUEST_CAPACITY: usize = 1 << 16;
+
+/// The topic filters the gateway subscribes to.
+pub fn filters(config: &IngestConfig) -> Vec<String> {
+    let mut filters = vec![format!(
+        "{}/+/{}",
+        config.topic_prefix,
+        eddy_proto::topic::TELEMETRY
+    )];
+    filters.extend(config.topics.iter().map(|m| m.filter.clone()));
+    filters
+}
+
+/// Starts the ingest session. Returns the client the pipeline acknowledges
+/// through, and the task driving the connection.
+pub fn spawn(
+    broker: &BrokerUrl,
+    config: &IngestConfig,
+    tx: mpsc::Sender<Publish>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> (AsyncClient, JoinHandle<()>) {
+    let mut options = MqttOptions::new(config.client_id.clone(), broker.host.clone(), broker.port);
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(15))
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET);
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let filters = filters(config);
+    let subscriber = client.clone();
+    let task = tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let event = tokio::select! {
+                e = eventloop.poll() => e,
+                () = shutdown.cancelled() => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    stats::add(&stats.messages_received, 1);
+                    tokio::select! {
+                        r = tx.send(p) => if r.is_err() { break },
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    failures = 0;
+                    info!(session_present = ack.session_present, "ingest connected");
+                    // Subscribing again is harmless with a present session
+                    // and needed without one (first start, broker restart).
+                    for f in &filters {
+                        if let Err(e) = subscriber.try_subscribe(f, QoS::AtLeastOnce) {
+                            warn!(filter = %f, error = %e, "subscribe failed");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = Duration::from_millis(100 << failures.min(6));
+                    warn!(error = %e, retry_in = ?delay, "ingest connection lost");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        let _ = subscriber.try_disconnect();
+    });
+    (client, task)
+}

@@ -1,0 +1,323 @@
+//! The redb store: raw sample log, outbox with per-sink offsets.
+//!
+//! Durability is stated here: [`Store::commit_batch`] returns only after the
+//! transaction is durable on disk (redb's immediate durability: fsync), and
+//! the pipeline acknowledges a device's message only after that. Offsets
+//! are append-only u64 keys, as in Kafka: the sample log and the outbox are
+//! logs; a sink's offset is the first record it has not yet had
+//! acknowledged upstream.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+const SAMPLES: TableDefinition<u64, &[u8]> = TableDefinition::new("samples");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const SINK_OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("sink_offsets");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// Counter of outbox records dropped because the outbox was full.
+pub const OUTBOX_DROPPED: &str = "outbox_dropped";
+
+/// A storage failure, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("store {path}: record {offset} of table `{table}` is corrupt")]
+    Corrupt {
+        path: PathBuf,
+        table: &'static str,
+        offset: u64,
+    },
+}
+
+/// One stored sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSample {
+    pub device: String,
+    pub metric: String,
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+impl StoredSample {
+    // Layout: ts i64 LE | value f64 LE | device len u8 | device | metric.
+    fn encode(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&self.ts_ms.to_le_bytes());
+        buf.extend_from_slice(&self.value.to_le_bytes());
+        // Names are validated to at most 32 bytes before they get here.
+        buf.push(self.device.len().min(255) as u8);
+        buf.extend_from_slice(self.device.as_bytes());
+        buf.extend_from_slice(self.metric.as_bytes());
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let ts_ms = i64::from_le_bytes(bytes.get(0..8)?.try_into().ok()?);
+        let value = f64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+        let dlen = usize::from(*bytes.get(16)?);
+        let device = std::str::from_utf8(bytes.get(17..17 + dlen)?).ok()?;
+        let metric = std::str::from_utf8(bytes.get(17 + dlen..)?).ok()?;
+        Some(Self {
+            device: device.to_string(),
+            metric: metric.to_string(),
+            ts_ms,
+            value,
+        })
+    }
+}
+
+/// A message waiting in the outbox: a topic relative to the sink's prefix
+/// (`agg/dev/metric`, `alerts/rule/dev`) and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+impl OutboxRecord {
+    // Layout: topic len u16 LE | topic | payload.
+    fn encode(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        let len = self.topic.len().min(usize::from(u16::MAX));
+        buf.extend_from_slice(&(len as u16).to_le_bytes());
+        buf.extend_from_slice(&self.topic.as_bytes()[..len]);
+        buf.extend_from_slice(&self.payload);
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let len = usize::from(u16::from_le_bytes(bytes.get(0..2)?.try_into().ok()?));
+        let topic = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+        Some(Self {
+            topic: topic.to_string(),
+            payload: bytes.get(2 + len..)?.to_vec(),
+        })
+    }
+}
+
+/// What a committed batch changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub samples: u64,
+    pub outbox: u64,
+    /// Outbox records dropped to stay within the cap.
+    pub outbox_dropped: u64,
+}
+
+/// The gateway's store. Cheap to clone; one writer at a time (redb
+/// serialises write transactions).
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+}
+
+fn next_key<T: ReadableTable<u64, &'static [u8]>>(table: &T) -> Result<u64, redb::Error> {
+    Ok(table.last()?.map_or(0, |(k, _)| k.value() + 1))
+}
+
+impl Store {
+    /// Opens or creates the store file. A file that is not a redb database
+    /// or is damaged beyond repair is an error naming the file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |source: redb::Error| StoreError::Db {
+            path: path.to_path_buf(),
+            source,
+        };
+        let db = Database::create(path).map_err(|e| err(e.into()))?;
+        let store = Self {
+            db: Arc::new(db),
+            path: Arc::new(path.to_path_buf()),
+        };
+        // Create the tables up front so readers never see them missing.
+        store
+            .write(|txn| {
+                txn.open_table(SAMPLES)?;
+                txn.open_table(OUTBOX)?;
+                txn.open_table(SINK_OFFSETS)?;
+                txn.open_table(COUNTERS)?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                StoreError::Db { source, .. } => err(source),
+                other => other,
+            })?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_err(&self, source: impl Into<redb::Error>) -> StoreError {
+        StoreError::Db {
+            path: self.path.to_path_buf(),
+            source: source.into(),
+        }
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        let value = f(&txn).map_err(|e| self.db_err(e))?;
+        txn.commit().map_err(|e| self.db_err(e))?;
+        Ok(value)
+    }
+
+    /// Appends samples to the log and records to the outbox in one durable
+    /// transaction. When the outbox would exceed `max_outbox` records, the
+    /// oldest are dropped, counted, and every sink's offset moves past them.
+    pub fn commit_batch(
+        &self,
+        samples: &[StoredSample],
+        outbox: &[OutboxRecord],
+        max_outbox: u64,
+    ) -> Result<Committed, StoreError> {
+        self.write(|txn| {
+            let mut buf = Vec::with_capacity(64);
+            let mut table = txn.open_table(SAMPLES)?;
+            let mut key = next_key(&table)?;
+            for s in samples {
+                s.encode(&mut buf);
+                table.insert(key, buf.as_slice())?;
+                key += 1;
+            }
+            let mut committed = Committed {
+                samples: samples.len() as u64,
+                ..Committed::default()
+            };
+            if outbox.is_empty() {
+                return Ok(committed);
+            }
+            let mut table = txn.open_table(OUTBOX)?;
+            let mut key = next_key(&table)?;
+            for r in outbox {
+                r.encode(&mut buf);
+                table.insert(key, buf.as_slice())?;
+                key += 1;
+            }
+            committed.outbox = outbox.len() as u64;
+            let len = table.len()?;
+            if len > max_outbox {
+                let excess = len - max_outbox;
+                let mut first_kept = 0;
+                for _ in 0..excess {
+                    if let Some((k, _)) = table.pop_first()? {
+                        first_kept = k.value() + 1;
+                    }
+                }
+                committed.outbox_dropped = excess;
+                let mut offsets = txn.open_table(SINK_OFFSETS)?;
+                let sinks: Vec<(String, u64)> = offsets
+                    .iter()?
+                    .map(|r| r.map(|(k, v)| (k.value().to_string(), v.value())))
+                    .collect::<Result<_, _>>()?;
+                for (sink, offset) in sinks {
+                    if offset < first_kept {
+                        offsets.insert(sink.as_str(), first_kept)?;
+                    }
+                }
+                let mut counters = txn.open_table(COUNTERS)?;
+                let dropped = counters.get(OUTBOX_DROPPED)?.map_or(0, |v| v.value());
+                counters.insert(OUTBOX_DROPPED, dropped + excess)?;
+            }
+            Ok(committed)
+        })
+    }
+
+    /// Up to `max` outbox records from `from` on, in order.
+    pub fn outbox_from(&self, from: u64, max: usize) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(OUTBOX).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for entry in table.range(from..).map_err(|e| self.db_err(e))?.take(max) {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let record = OutboxRecord::decode(v.value()).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.to_path_buf(),
+                table: "outbox",
+                offset: k.value(),
+            })?;
+            out.push((k.value(), record));
+        }
+        Ok(out)
+    }
+
+    /// Records in the outbox at or after `from`.
+    pub fn outbox_pending(&self, from: u64) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(OUTBOX).map_err(|e| self.db_err(e))?;
+        let mut n = 0;
+        for entry in table.range(from..).map_err(|e| self.db_err(e))? {
+            entry.map_err(|e| self.db_err(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The first outbox offset `sink` has not had acknowledged.
+    pub fn sink_offset(&self, sink: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(SINK_OFFSETS).map_err(|e| self.db_err(e))?;
+        Ok(table
+            .get(sink)
+            .map_err(|e| self.db_err(e))?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Durably moves `sink`'s offset forward (never back) and removes
+    /// outbox records every sink has passed.
+    pub fn advance_sink(&self, sink: &str, offset: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut offsets = txn.open_table(SINK_OFFSETS)?;
+            let current = offsets.get(sink)?.map_or(0, |v| v.value());
+            if offset > current {
+                offsets.insert(sink, offset)?;
+            }
+            let mut lowest = u64::MAX;
+            for entry in offsets.iter()? {
+                lowest = lowest.min(entry?.1.value());
+            }
+            let mut outbox = txn.open_table(OUTBOX)?;
+            outbox.retain_in(..lowest, |_, _| false)?;
+            Ok(())
+        })
+    }
+
+    /// A persistent counter (see the constants of this module).
+    pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(COUNTERS).map_err(|e| self.db_err(e))?;
+        Ok(table.get(name).map_err(|e| self.db_err(e))?.map_or(0, |v| v.value()))
+    }
+
+    /// Number of samples in the log.
+    pub fn sample_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(SAMPLES).map_err(|e| self.db_err(e))?;
+        table.len().map_err(|e| self.db_err(e))
+    }
+
+    /// Calls `f` for every stored sample, oldest first.
+    pub fn for_each_sample(&self, mut f: impl FnMut(u64, StoredSample)) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(SAMPLES).map_err(|e| self.db_err(e))?;
+        for entry in table.iter().map_err(|e| self.db_err(e))? {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let sample = StoredSample::decode(v.value()).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.to_path_buf(),
+                table: "samples",
+                offset: k.value(),
+            })?;
+            f(k.value(), sample);
+        }
+        Ok(())
+    }
+}
