@@ -118,8 +118,28 @@ pub struct Store {
     path: Arc<PathBuf>,
 }
 
-fn next_key<T: ReadableTable<u64, &'static [u8]>>(table: &T) -> Result<u64, redb::Error> {
-    Ok(table.last()?.map_or(0, |(k, _)| k.value() + 1))
+/// Next offset of the sample log. Offsets are kept here, not derived
+/// from the last key, so they stay monotonic when a log is trimmed empty.
+const SAMPLES_NEXT: &str = "samples_next";
+/// Next offset of the outbox.
+const OUTBOX_NEXT: &str = "outbox_next";
+
+/// Appends `values` to a log table at its persistent next offset.
+fn append<'a>(
+    txn: &redb::WriteTransaction,
+    log: TableDefinition<u64, &[u8]>,
+    next_counter: &str,
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), redb::Error> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    let mut key = counters.get(next_counter)?.map_or(0, |v| v.value());
+    let mut table = txn.open_table(log)?;
+    for v in values {
+        table.insert(key, v)?;
+        key += 1;
+    }
+    counters.insert(next_counter, key)?;
+    Ok(())
 }
 
 impl Store {
@@ -182,14 +202,15 @@ impl Store {
         max_outbox: u64,
     ) -> Result<Committed, StoreError> {
         self.write(|txn| {
-            let mut buf = Vec::with_capacity(64);
-            let mut table = txn.open_table(SAMPLES)?;
-            let mut key = next_key(&table)?;
-            for s in samples {
-                s.encode(&mut buf);
-                table.insert(key, buf.as_slice())?;
-                key += 1;
-            }
+            let mut buf = Vec::new();
+            let encoded: Vec<Vec<u8>> = samples
+                .iter()
+                .map(|s| {
+                    s.encode(&mut buf);
+                    buf.clone()
+                })
+                .collect();
+            append(txn, SAMPLES, SAMPLES_NEXT, encoded.iter().map(Vec::as_slice))?;
             let mut committed = Committed {
                 samples: samples.len() as u64,
                 ..Committed::default()
@@ -197,13 +218,15 @@ impl Store {
             if outbox.is_empty() {
                 return Ok(committed);
             }
+            let encoded: Vec<Vec<u8>> = outbox
+                .iter()
+                .map(|r| {
+                    r.encode(&mut buf);
+                    buf.clone()
+                })
+                .collect();
+            append(txn, OUTBOX, OUTBOX_NEXT, encoded.iter().map(Vec::as_slice))?;
             let mut table = txn.open_table(OUTBOX)?;
-            let mut key = next_key(&table)?;
-            for r in outbox {
-                r.encode(&mut buf);
-                table.insert(key, buf.as_slice())?;
-                key += 1;
-            }
             committed.outbox = outbox.len() as u64;
             let len = table.len()?;
             if len > max_outbox {
@@ -277,8 +300,8 @@ impl Store {
     pub fn advance_sink(&self, sink: &str, offset: u64) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut offsets = txn.open_table(SINK_OFFSETS)?;
-            let current = offsets.get(sink)?.map_or(0, |v| v.value());
-            if offset > current {
+            let current = offsets.get(sink)?.map(|v| v.value());
+            if current.is_none_or(|c| offset > c) {
                 offsets.insert(sink, offset)?;
             }
             let mut lowest = u64::MAX;

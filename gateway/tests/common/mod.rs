@@ -1,0 +1,345 @@
+//! Helpers for the gateway's integration tests: real brokers on free
+//! ports, MQTT collectors, and the fleet scenario several tests share.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
+use eddy_gateway::Gateway;
+use eddy_gateway::config::{Config, UpstreamConfig};
+use eddy_gateway::demo::demo_config;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `f` until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+/// A Mosquitto broker on a free loopback port, configured with the
+/// project's recommended settings (deploy/mosquitto.conf).
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Started as root, Mosquitto drops to its own user, which must be
+        // able to write its persistence file here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod temp dir");
+        let mut m = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        m.launch();
+        m
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) {
+        let recommended = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto.conf"),
+        )
+        .expect("deploy/mosquitto.conf");
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\npersistence_location {}/\n{recommended}",
+                self.port,
+                self.dir.path().display()
+            ),
+        )
+        .expect("write config");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto; .ci/run does this)");
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let end = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < end, "mosquitto did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker gracefully (SIGTERM: it saves its persistence file).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same persistence.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Everything published on a filter, in arrival order.
+pub struct Collector {
+    rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    pub messages: Vec<(String, Vec<u8>)>,
+    stop: CancellationToken,
+}
+
+impl Collector {
+    /// Subscribes with QoS 1 and a persistent session (so a broker restart
+    /// loses nothing for it); returns once the subscription is acknowledged.
+    pub async fn start(url: &str, client_id: &str, filter: &str) -> Self {
+        let url = eddy_gateway::config::BrokerUrl::parse(url).expect("url");
+        let mut options = MqttOptions::new(client_id, url.host, url.port);
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe queued");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let stop = CancellationToken::new();
+        let stop2 = stop.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            let mut ready = Some(ready_tx);
+            loop {
+                let event = tokio::select! {
+                    e = eventloop.poll() => e,
+                    () = stop2.cancelled() => break,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("subscribed in time")
+            .expect("collector alive");
+        Self {
+            rx,
+            messages: Vec::new(),
+            stop,
+        }
+    }
+
+    /// Takes in what arrived so far.
+    pub fn drain(&mut self) -> &[(String, Vec<u8>)] {
+        while let Ok(m) = self.rx.try_recv() {
+            self.messages.push(m);
+        }
+        &self.messages
+    }
+
+    /// JSON payloads that arrived so far, in order.
+    pub fn json(&mut self) -> Vec<serde_json::Value> {
+        self.drain()
+            .iter()
+            .map(|(_, p)| serde_json::from_slice(p).expect("JSON payload"))
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// An aggregate's natural key: (device, metric, window start).
+pub fn agg_key(v: &serde_json::Value) -> (String, String, i64) {
+    (
+        v["device"].as_str().unwrap_or_default().to_string(),
+        v["metric"].as_str().unwrap_or_default().to_string(),
+        v["start"].as_i64().unwrap_or_default(),
+    )
+}
+
+/// First occurrence of each key, in arrival order (at-least-once upstream).
+pub fn dedup_aggregates(values: &[serde_json::Value]) -> Vec<(String, String, i64)> {
+    let mut seen = std::collections::HashSet::new();
+    values
+        .iter()
+        .filter(|v| v.get("count").is_some())
+        .map(agg_key)
+        .filter(|k| seen.insert(k.clone()))
+        .collect()
+}
+
+/// A gateway config for tests: 1 s windows, generous lateness, free port.
+pub fn test_config(data_dir: PathBuf, upstream: Option<String>) -> Config {
+    let mut config = demo_config(data_dir);
+    config.engine.window = Duration::from_secs(1);
+    config.engine.allowed_lateness = Duration::from_secs(2);
+    config.rules[0].window = Duration::from_secs(1);
+    config.upstream = upstream.map(|url| UpstreamConfig {
+        url,
+        client_id: "eddy-test-upstream".into(),
+        topic_prefix: "eddy/v1".into(),
+        max_inflight: 100,
+        max_outbox: 1_000_000,
+    });
+    config
+}
+
+/// The fleet used by the end-to-end tests: devices 0 and 3 run hot.
+pub fn test_fleet(host: &str, port: u16, duration: Duration) -> FleetConfig {
+    FleetConfig {
+        devices: 6,
+        rate_hz: 20.0,
+        duration,
+        host: host.to_string(),
+        port,
+        hot_every: Some(3),
+        ..FleetConfig::default()
+    }
+}
+
+/// Runs the fleet against a started gateway and waits until every frame
+/// the devices sent is committed and every window has closed.
+pub async fn run_fleet_through(gateway: &Gateway, fleet: FleetConfig) -> FleetReport {
+    let report = run_fleet(fleet, CancellationToken::new())
+        .await
+        .expect("fleet ran");
+    assert!(report.frames_sent() > 0);
+    assert_eq!(report.frames_acked(), report.frames_sent(), "broker acknowledged every frame");
+    let stats = gateway.stats().clone();
+    let readings = report.readings_sent();
+    assert!(
+        wait_until(Duration::from_secs(20), || stats.snapshot().samples_committed >= readings).await,
+        "gateway committed {} of {readings} samples",
+        stats.snapshot().samples_committed
+    );
+    // Event time advances while the fleet is silent: all windows close
+    // within window + lateness.
+    let windows_before = stats.snapshot().windows_closed;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(stats.snapshot().windows_closed > windows_before || windows_before > 0);
+    report
+}
+
+/// Per-device sample counts in the store.
+pub async fn stored_per_device(gateway: &Gateway) -> BTreeMap<String, u64> {
+    let store = gateway.store().clone();
+    tokio::task::spawn_blocking(move || {
+        let mut counts = BTreeMap::new();
+        store
+            .for_each_sample(|_, s| *counts.entry(s.device).or_insert(0) += 1)
+            .expect("store readable");
+        counts
+    })
+    .await
+    .expect("join")
+}
+
+/// The assertions shared by the end-to-end tests.
+pub async fn assert_end_to_end(
+    gateway: &Gateway,
+    fleet: &FleetConfig,
+    report: &FleetReport,
+    alerts: &mut Collector,
+    upstream: &mut Collector,
+) {
+    // Every reading each device sent is stored, exactly once.
+    let stored = stored_per_device(gateway).await;
+    for d in &report.devices {
+        assert_eq!(stored.get(&d.device).copied(), Some(d.readings), "{}", d.device);
+    }
+    let stats = gateway.stats().snapshot();
+    assert_eq!(stats.samples_committed, report.readings_sent());
+    assert_eq!(stats.messages_malformed + stats.messages_oversized, 0);
+    assert_eq!(stats.samples_late, 0);
+
+    // Alerts fire for the hot devices, and only for them.
+    let mut firing: Vec<String> = alerts
+        .json()
+        .iter()
+        .filter(|a| a["state"] == "firing")
+        .map(|a| a["device"].as_str().unwrap_or_default().to_string())
+        .collect();
+    firing.sort();
+    firing.dedup();
+    let hot: Vec<String> = (0..fleet.devices)
+        .filter(|i| fleet.is_hot(*i))
+        .map(|i| fleet.device_id(i))
+        .collect();
+    assert_eq!(firing, hot);
+
+    // Every window's aggregate reaches upstream, and together they count
+    // every sample.
+    let closed = stats.windows_closed as usize;
+    assert!(
+        wait_until(Duration::from_secs(15), || dedup_aggregates(&upstream.json()).len() >= closed).await,
+        "upstream has {} of {closed} aggregates; gateway:\n{}",
+        dedup_aggregates(&upstream.json()).len(),
+        gateway.stats().snapshot()
+    );
+    let values = upstream.json();
+    let mut counted = std::collections::HashMap::new();
+    for v in values.iter().filter(|v| v.get("count").is_some()) {
+        counted.insert(agg_key(v), v["count"].as_u64().unwrap_or_default());
+    }
+    assert_eq!(counted.values().sum::<u64>(), report.readings_sent());
+    let upstream_alerts = values.iter().filter(|v| v.get("rule").is_some()).count() as u64;
+    assert!(upstream_alerts >= stats.alerts_fired + stats.alerts_resolved);
+}

@@ -1,0 +1,58 @@
+//! Simulated fleet -> broker -> gateway -> alerts, store and upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use eddy_gateway::Gateway;
+use eddy_gateway::broker::EmbeddedBroker;
+use eddy_gateway::config::BrokerConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_fleet_to_alerts_store_and_upstream() {
+    let data = tempfile::tempdir().expect("temp dir");
+    // The upstream is a second embedded broker on a free port.
+    let upstream = EmbeddedBroker::start(&BrokerConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        ..BrokerConfig::default()
+    })
+    .await
+    .expect("upstream broker");
+    let upstream_url = format!("mqtt://{}", upstream.addr());
+    let mut upstream_rx = Collector::start(&upstream_url, "test-upstream-rx", "eddy/v1/#").await;
+
+    let gateway = Gateway::start(test_config(data.path().to_path_buf(), Some(upstream_url)))
+        .await
+        .expect("gateway starts");
+    let local = format!("mqtt://{}:{}", gateway.broker().host, gateway.broker().port);
+    let mut alerts = Collector::start(&local, "test-alerts", "eddy/v1/alerts/#").await;
+
+    let fleet = test_fleet(&gateway.broker().host, gateway.broker().port, Duration::from_secs(5));
+    let report = run_fleet_through(&gateway, fleet.clone()).await;
+    assert_end_to_end(&gateway, &fleet, &report, &mut alerts, &mut upstream_rx).await;
+    gateway.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_as_ingest_broker_and_as_upstream() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let ingest = Mosquitto::start();
+    let upstream = Mosquitto::start();
+    let mut upstream_rx = Collector::start(&upstream.url(), "test-upstream-rx", "eddy/v1/#").await;
+
+    let mut config = test_config(data.path().to_path_buf(), Some(upstream.url()));
+    config.broker.url = Some(ingest.url());
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    assert_eq!(gateway.broker().port, ingest.port, "no embedded broker");
+    let mut alerts = Collector::start(&ingest.url(), "test-alerts", "eddy/v1/alerts/#").await;
+    // Give the ingest session time to subscribe before devices publish.
+    let stats = gateway.stats().clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let fleet = test_fleet("127.0.0.1", ingest.port, Duration::from_secs(5));
+    let report = run_fleet_through(&gateway, fleet.clone()).await;
+    assert_eq!(stats.snapshot().messages_received, report.frames_sent());
+    assert_end_to_end(&gateway, &fleet, &report, &mut alerts, &mut upstream_rx).await;
+    gateway.shutdown().await.expect("clean shutdown");
+}

@@ -1,0 +1,110 @@
+//! The redb store: logs, offsets, caps, and files that are not stores.
+
+use eddy_gateway::store::{OUTBOX_DROPPED, OutboxRecord, Store, StoreError, StoredSample};
+
+fn sample(device: &str, ts_ms: i64) -> StoredSample {
+    StoredSample {
+        device: device.into(),
+        metric: "temperature".into(),
+        ts_ms,
+        value: ts_ms as f64 / 10.0,
+    }
+}
+
+fn record(i: u64) -> OutboxRecord {
+    OutboxRecord {
+        topic: format!("agg/d/{i}"),
+        payload: format!("{{\"n\":{i}}}").into_bytes(),
+    }
+}
+
+#[test]
+fn samples_round_trip_in_order_and_survive_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.redb");
+    {
+        let store = Store::open(&path).expect("opens");
+        store
+            .commit_batch(&[sample("a", 1), sample("b", -5)], &[], u64::MAX)
+            .expect("commits");
+        store.commit_batch(&[sample("a", 2)], &[], u64::MAX).expect("commits");
+    }
+    let store = Store::open(&path).expect("reopens");
+    let mut got = Vec::new();
+    store.for_each_sample(|offset, s| got.push((offset, s))).expect("reads");
+    assert_eq!(
+        got,
+        vec![(0, sample("a", 1)), (1, sample("b", -5)), (2, sample("a", 2))]
+    );
+}
+
+#[test]
+fn outbox_offsets_stay_monotonic_after_the_outbox_drains_empty() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("s.redb")).expect("opens");
+    store.commit_batch(&[], &[record(0), record(1)], u64::MAX).expect("commits");
+    store.advance_sink("up", 2).expect("advances");
+    assert_eq!(store.outbox_pending(0).expect("reads"), 0, "delivered records are trimmed");
+    // New records continue after the sink's offset, not from zero.
+    store.commit_batch(&[], &[record(2)], u64::MAX).expect("commits");
+    let from = store.sink_offset("up").expect("reads");
+    let pending = store.outbox_from(from, 10).expect("reads");
+    assert_eq!(pending, vec![(2, record(2))]);
+}
+
+#[test]
+fn a_sink_offset_never_moves_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("s.redb")).expect("opens");
+    store.advance_sink("up", 5).expect("advances");
+    store.advance_sink("up", 3).expect("ignored");
+    assert_eq!(store.sink_offset("up").expect("reads"), 5);
+}
+
+#[test]
+fn a_full_outbox_drops_the_oldest_and_moves_sinks_past_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("s.redb")).expect("opens");
+    store.advance_sink("up", 0).expect("registers the sink");
+    let records: Vec<_> = (0..5).map(record).collect();
+    let c = store.commit_batch(&[], &records, 3).expect("commits");
+    assert_eq!((c.outbox, c.outbox_dropped), (5, 2));
+    assert_eq!(store.counter(OUTBOX_DROPPED).expect("reads"), 2);
+    let from = store.sink_offset("up").expect("reads");
+    assert_eq!(from, 2);
+    let offsets: Vec<u64> = store.outbox_from(from, 10).expect("reads").iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, vec![2, 3, 4]);
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("garbage.redb");
+    std::fs::write(&path, vec![0x5a; 64 * 1024]).expect("write");
+    match Store::open(&path) {
+        Err(e @ StoreError::Db { .. }) => assert!(e.to_string().contains("garbage.redb"), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_truncated_store_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("t.redb");
+    {
+        let store = Store::open(&path).expect("opens");
+        let samples: Vec<_> = (0..2000).map(|i| sample("d", i)).collect();
+        store.commit_batch(&samples, &[], u64::MAX).expect("commits");
+    }
+    let len = std::fs::metadata(&path).expect("stat").len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    f.set_len(len / 3).expect("truncate");
+    drop(f);
+    // Either redb repairs what it can, or it reports an error naming the file.
+    match Store::open(&path) {
+        Ok(store) => {
+            let _ = store.for_each_sample(|_, _| {});
+        }
+        Err(e) => assert!(e.to_string().contains("t.redb"), "{e}"),
+    }
+}
