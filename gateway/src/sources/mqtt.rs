@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -41,15 +41,26 @@ pub fn filters(config: &IngestConfig) -> Vec<String> {
     filters
 }
 
-/// Starts the ingest session. Returns the client the pipeline acknowledges
-/// through, and the task driving the connection.
+/// The running ingest session.
+#[derive(Debug)]
+pub struct MqttSource {
+    /// The client the pipeline acknowledges through.
+    pub acker: AsyncClient,
+    /// True while connected with every subscription acknowledged. Messages
+    /// published before the first subscription have no subscriber and are
+    /// not delivered by any broker, so start-up waits on this.
+    pub subscribed: watch::Receiver<bool>,
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the ingest session.
 pub fn spawn(
     broker: &BrokerUrl,
     config: &IngestConfig,
     tx: mpsc::Sender<Publish>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
-) -> (AsyncClient, JoinHandle<()>) {
+) -> MqttSource {
     let mut options = MqttOptions::new(config.client_id.clone(), broker.host.clone(), broker.port);
     options
         .set_clean_session(false)
@@ -59,8 +70,10 @@ pub fn spawn(
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let filters = filters(config);
     let subscriber = client.clone();
+    let (subscribed_tx, subscribed) = watch::channel(false);
     let task = tokio::spawn(async move {
         let mut failures = 0u32;
+        let mut pending_subacks = 0usize;
         loop {
             let event = tokio::select! {
                 e = eventloop.poll() => e,
@@ -74,8 +87,15 @@ pub fn spawn(
                         () = shutdown.cancelled() => break,
                     }
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    pending_subacks = pending_subacks.saturating_sub(1);
+                    if pending_subacks == 0 {
+                        subscribed_tx.send_replace(true);
+                    }
+                }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;
+                    pending_subacks = filters.len();
                     info!(session_present = ack.session_present, "ingest connected");
                     // Subscribing again is harmless with a present session
                     // and needed without one (first start, broker restart).
@@ -87,6 +107,7 @@ pub fn spawn(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    subscribed_tx.send_replace(false);
                     failures = failures.saturating_add(1);
                     let delay = Duration::from_millis(100 << failures.min(6));
                     warn!(error = %e, retry_in = ?delay, "ingest connection lost");
@@ -99,5 +120,9 @@ pub fn spawn(
         }
         let _ = subscriber.try_disconnect();
     });
-    (client, task)
+    MqttSource {
+        acker: client,
+        subscribed,
+        task,
+    }
 }

@@ -1,0 +1,123 @@
+//! Config: defaults with no file, clear errors for bad files.
+
+use std::time::Duration;
+
+use eddy_gateway::config::{BrokerUrl, Config, ConfigError};
+
+#[test]
+fn no_file_means_working_defaults() {
+    let c = Config::parse("").expect("empty config is valid");
+    assert_eq!(c.broker.listen.to_string(), "127.0.0.1:1883");
+    assert!(c.broker.url.is_none());
+    assert_eq!(c.data_dir.to_str(), Some("eddy-data"));
+    assert_eq!(c.engine.window, Duration::from_secs(10));
+    assert_eq!(c.rules.len(), 1);
+    assert!(c.upstream.is_none());
+}
+
+#[test]
+fn a_full_config_parses() {
+    let c = Config::parse(
+        r#"
+        data_dir = "/var/lib/eddy"
+        [broker]
+        url = "mqtt://10.0.0.5:1884"
+        [ingest]
+        batch_size = 500
+        batch_delay = "5ms"
+        [engine]
+        window = "1m"
+        allowed_lateness = "5s"
+        [[rules]]
+        name = "cold"
+        metric = "temperature"
+        window = "30s"
+        aggregate = "min"
+        below = 2.5
+        [upstream]
+        url = "mqtt://cloud.example:1883"
+        "#,
+    )
+    .expect("valid");
+    assert_eq!(c.ingest.batch_delay, Duration::from_millis(5));
+    assert_eq!(c.rules[0].below, Some(2.5));
+    assert_eq!(c.upstream.expect("set").max_inflight, 100);
+}
+
+fn error_of(text: &str) -> String {
+    match Config::parse(text) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("accepted: {text}"),
+    }
+}
+
+#[test]
+fn bad_configs_name_the_field_and_the_reason() {
+    let cases = [
+        ("[broker]\nport = 1883", "unknown field `port`"),
+        ("[engine]\nwindow = \"ten seconds\"", "window"),
+        ("[engine]\nwindow = \"0s\"", "engine.window"),
+        ("[broker]\nurl = \"http://x\"", "broker.url"),
+        ("[broker]\nurl = \"mqtt://x:99999\"", "port `99999`"),
+        ("[ingest]\nbatch_size = 0", "ingest.batch_size"),
+        ("[ingest]\ntopic_prefix = \"eddy/#\"", "wildcards"),
+        (
+            "[[ingest.topics]]\nfilter = \"a/b\"\nformat = \"json\"\ndevice_level = 1",
+            "ingest.topics[0].device_level",
+        ),
+        (
+            "rules = [{name = \"r\", metric = \"t\", window = \"1s\", aggregate = \"mean\"}]",
+            "exactly one of `above` and `below`",
+        ),
+        (
+            "rules = [{name = \"r\", metric = \"t\", window = \"1s\", aggregate = \"median\", above = 1}]",
+            "median",
+        ),
+        (
+            "rules = [{name = \"a b\", metric = \"t\", window = \"1s\", aggregate = \"mean\", above = 1}]",
+            "rules[0].name",
+        ),
+        (
+            "[[rules]]\nname=\"r\"\nmetric=\"t\"\nwindow=\"1s\"\naggregate=\"max\"\nabove=1\n[[rules]]\nname=\"r\"\nmetric=\"t\"\nwindow=\"1s\"\naggregate=\"max\"\nabove=2",
+            "used twice",
+        ),
+        ("[upstream]\nurl = \"mqtt://h\"\nmax_inflight = 0", "upstream.max_inflight"),
+    ];
+    for (text, expected) in cases {
+        let e = error_of(text);
+        assert!(e.contains(expected), "config {text:?}: error {e:?} lacks {expected:?}");
+    }
+}
+
+#[test]
+fn a_syntax_error_gives_file_and_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("eddy.toml");
+    std::fs::write(&path, "[engine]\nwindow = \"1s\"\nmax_series = [\n").expect("write");
+    let e = Config::load(&path).expect_err("invalid");
+    assert!(matches!(e, ConfigError::Parse { .. }));
+    let text = e.to_string();
+    assert!(text.contains("eddy.toml") && text.contains("line 3"), "{text}");
+}
+
+#[test]
+fn a_missing_or_huge_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert!(matches!(Config::load(&dir.path().join("nope.toml")), Err(ConfigError::Read { .. })));
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; 2 << 20]).expect("write");
+    assert!(matches!(Config::load(&big), Err(ConfigError::TooLarge { .. })));
+}
+
+#[test]
+fn broker_urls() {
+    assert_eq!(
+        BrokerUrl::parse("mqtt://localhost"),
+        Ok(BrokerUrl { host: "localhost".into(), port: 1883 })
+    );
+    assert_eq!(
+        BrokerUrl::parse("tcp://[::1]:1884/"),
+        Ok(BrokerUrl { host: "::1".into(), port: 1884 })
+    );
+    assert!(BrokerUrl::parse("mqtt://:1883").is_err());
+}
