@@ -1,0 +1,51 @@
+//! `eddy-testbench simulate` against a gateway: every frame lands.
+
+use std::process::Command;
+use std::time::Duration;
+
+use eddy_gateway::Gateway;
+use eddy_gateway::demo::demo_config;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_command_publishes_to_a_gateway_and_nothing_is_lost() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let gateway = Gateway::start(demo_config(data.path().to_path_buf()))
+        .await
+        .expect("gateway starts");
+    let broker = format!("mqtt://{}:{}", gateway.broker().host, gateway.broker().port);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
+            .args(["simulate", "--devices", "4", "--rate", "10", "--duration", "2", "--broker", &broker])
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // "frames sent N, acknowledged by the broker N, readings R"
+    let sent: u64 = stdout
+        .split("frames sent ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("report line");
+    assert!(sent >= 4 * 15, "about 4 devices x 20 frames, got {sent}");
+    let stats = gateway.stats().clone();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while stats.snapshot().messages_accepted < sent && std::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stats.snapshot().messages_accepted, sent);
+    gateway.shutdown().await.expect("clean shutdown");
+}
+
+#[test]
+fn a_bad_broker_url_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
+        .args(["simulate", "--broker", "http://nope"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt://"));
+}
