@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::series::Symbols;
 use crate::{
-    AlertEvent, AlertState, Aggregates, SeriesFull, SeriesKey, ThresholdRule, WindowResult,
+    Aggregates, AlertEvent, AlertState, SeriesFull, SeriesKey, ThresholdRule, WindowResult,
 };
 
 /// One reading of one series at an event time.
@@ -250,7 +250,10 @@ impl Engine {
                 };
                 agg.add(sample.value);
             }
-            self.max_event_ms = Some(self.max_event_ms.map_or(sample.ts_ms, |m| m.max(sample.ts_ms)));
+            self.max_event_ms = Some(
+                self.max_event_ms
+                    .map_or(sample.ts_ms, |m| m.max(sample.ts_ms)),
+            );
         }
         if let Some(max) = self.max_event_ms {
             self.advance_to(max.saturating_sub(lateness), out);
@@ -308,7 +311,11 @@ impl Engine {
             let rule = &compiled.rule;
             let value = window.aggregates.get(rule.aggregate);
             let now_firing = rule.condition.holds(value);
-            let was_firing = self.firing.get(&(index, window.series)).copied().unwrap_or(false);
+            let was_firing = self
+                .firing
+                .get(&(index, window.series))
+                .copied()
+                .unwrap_or(false);
             if now_firing == was_firing {
                 continue;
             }

@@ -31,11 +31,25 @@ fn tumbling_windows_close_when_the_watermark_passes_their_end() {
     let mut out = Output::default();
     let samples: Vec<Sample> = [(0, 1.0), (400, 3.0), (999, 2.0)]
         .iter()
-        .map(|&(ts_ms, value)| Sample { series: k, ts_ms, value })
+        .map(|&(ts_ms, value)| Sample {
+            series: k,
+            ts_ms,
+            value,
+        })
         .collect();
     e.ingest(&samples, &mut out);
-    assert!(out.windows.is_empty(), "window [0,1000) still open at watermark 999");
-    e.ingest(&[Sample { series: k, ts_ms: 1000, value: 9.0 }], &mut out);
+    assert!(
+        out.windows.is_empty(),
+        "window [0,1000) still open at watermark 999"
+    );
+    e.ingest(
+        &[Sample {
+            series: k,
+            ts_ms: 1000,
+            value: 9.0,
+        }],
+        &mut out,
+    );
     assert_eq!(out.windows.len(), 1);
     let w = out.windows[0];
     assert_eq!((w.start_ms, w.end_ms), (0, 1000));
@@ -49,7 +63,11 @@ fn samples_within_the_lateness_count_and_older_ones_go_to_the_late_output() {
     let mut e = Engine::new(config(1000, 500), vec![]).expect("valid");
     let k = e.series_key("d1", "t").expect("admitted");
     let mut out = Output::default();
-    let s = |ts_ms, value| Sample { series: k, ts_ms, value };
+    let s = |ts_ms, value| Sample {
+        series: k,
+        ts_ms,
+        value,
+    };
     e.ingest(&[s(900, 1.0), s(1400, 1.0)], &mut out); // watermark 900
     e.ingest(&[s(950, 5.0)], &mut out); // within lateness: merged
     e.ingest(&[s(1600, 1.0)], &mut out); // watermark 1100 closes [0,1000)
@@ -71,16 +89,34 @@ fn an_alert_fires_once_and_resolves_once_per_series() {
     for second in 0..6i64 {
         let hot_value = if (1..4).contains(&second) { 80.0 } else { 20.0 };
         let batch = [
-            Sample { series: hot, ts_ms: second * 1000, value: hot_value },
-            Sample { series: cool, ts_ms: second * 1000, value: 20.0 },
-            Sample { series: other_metric, ts_ms: second * 1000, value: 99.0 },
+            Sample {
+                series: hot,
+                ts_ms: second * 1000,
+                value: hot_value,
+            },
+            Sample {
+                series: cool,
+                ts_ms: second * 1000,
+                value: 20.0,
+            },
+            Sample {
+                series: other_metric,
+                ts_ms: second * 1000,
+                value: 99.0,
+            },
         ];
         e.ingest(&batch, &mut out);
     }
     let changes: Vec<_> = out
         .alerts
         .iter()
-        .map(|a| (e.device_name(a.series).to_string(), a.state, a.window_start_ms))
+        .map(|a| {
+            (
+                e.device_name(a.series).to_string(),
+                a.state,
+                a.window_start_ms,
+            )
+        })
         .collect();
     assert_eq!(
         changes,
@@ -101,24 +137,41 @@ fn a_rule_with_its_own_window_size_is_evaluated_on_that_size() {
     let k = e.series_key("d", "temperature").expect("admitted");
     let mut out = Output::default();
     for (ts, v) in [(0, 10.0), (1500, 60.0), (2500, 10.0), (3000, 10.0)] {
-        e.ingest(&[Sample { series: k, ts_ms: ts, value: v }], &mut out);
+        e.ingest(
+            &[Sample {
+                series: k,
+                ts_ms: ts,
+                value: v,
+            }],
+            &mut out,
+        );
     }
     assert_eq!(out.windows.len(), 3, "published windows are the 1 s ones");
     assert_eq!(out.alerts.len(), 1);
-    assert_eq!((out.alerts[0].window_start_ms, out.alerts[0].window_end_ms), (0, 3000));
+    assert_eq!(
+        (out.alerts[0].window_start_ms, out.alerts[0].window_end_ms),
+        (0, 3000)
+    );
 }
 
 #[test]
 fn the_series_cap_refuses_new_series_and_keeps_old_ones() {
     let mut e = Engine::new(
-        EngineConfig { max_series: 2, ..config(1000, 0) },
+        EngineConfig {
+            max_series: 2,
+            ..config(1000, 0)
+        },
         vec![],
     )
     .expect("valid");
     let a = e.series_key("a", "t").expect("admitted");
     e.series_key("b", "t").expect("admitted");
     assert!(e.series_key("c", "t").is_err());
-    assert_eq!(e.series_key("a", "t"), Ok(a), "existing series still resolve");
+    assert_eq!(
+        e.series_key("a", "t"),
+        Ok(a),
+        "existing series still resolve"
+    );
     assert_eq!(e.stats().refused_series_cap, 1);
     assert_eq!(e.series_count(), 2);
 }
@@ -128,7 +181,14 @@ fn an_idle_watermark_closes_open_windows() {
     let mut e = Engine::new(config(1000, 0), vec![]).expect("valid");
     let k = e.series_key("d", "t").expect("admitted");
     let mut out = Output::default();
-    e.ingest(&[Sample { series: k, ts_ms: 10, value: 1.0 }], &mut out);
+    e.ingest(
+        &[Sample {
+            series: k,
+            ts_ms: 10,
+            value: 1.0,
+        }],
+        &mut out,
+    );
     assert!(out.windows.is_empty());
     e.advance_to(1000, &mut out);
     assert_eq!(out.windows.len(), 1);
@@ -138,12 +198,18 @@ fn an_idle_watermark_closes_open_windows() {
 
 #[test]
 fn invalid_rules_are_refused_with_their_name() {
-    let zero = ThresholdRule { window_ms: 0, ..hot_rule(1000) };
+    let zero = ThresholdRule {
+        window_ms: 0,
+        ..hot_rule(1000)
+    };
     assert_eq!(
         Engine::new(config(1000, 0), vec![zero]).err(),
         Some(EngineError::ZeroRuleWindow { rule: "hot".into() })
     );
-    let nan = ThresholdRule { condition: Condition::Below(f64::NAN), ..hot_rule(1000) };
+    let nan = ThresholdRule {
+        condition: Condition::Below(f64::NAN),
+        ..hot_rule(1000)
+    };
     assert!(matches!(
         Engine::new(config(1000, 0), vec![nan]),
         Err(EngineError::NonFiniteThreshold { .. })

@@ -338,7 +338,10 @@ impl Config {
                 }
             }
             if levels.iter().any(|l| l.contains('#') && *l != "#") {
-                return Err(invalid(format!("ingest.topics[{i}].filter"), "misplaced `#`"));
+                return Err(invalid(
+                    format!("ingest.topics[{i}].filter"),
+                    "misplaced `#`",
+                ));
             }
         }
         if self.engine.window.is_zero() {
@@ -369,7 +372,10 @@ impl Config {
                 _ => {}
             }
             if self.rules[..i].iter().any(|o| o.name == r.name) {
-                return Err(invalid(field("name"), format!("`{}` is used twice", r.name)));
+                return Err(invalid(
+                    field("name"),
+                    format!("`{}` is used twice", r.name),
+                ));
             }
         }
         if let Some(up) = &self.upstream {
@@ -415,7 +421,9 @@ impl Config {
 
 fn valid_prefix(prefix: &str) -> Result<(), String> {
     if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
-        return Err(format!("`{prefix}` must be non-empty without leading or trailing `/`"));
+        return Err(format!(
+            "`{prefix}` must be non-empty without leading or trailing `/`"
+        ));
     }
     if prefix.contains(['+', '#']) {
         return Err(format!("`{prefix}` must not contain MQTT wildcards"));

@@ -164,7 +164,12 @@ fn decode_json(device: &str, payload: &[u8], now_ms: i64) -> Result<Decoded, Dec
 /// Numbers and booleans become readings; nested objects are flattened with
 /// `.` (`ENERGY.Power`); strings, nulls and arrays are not readings and are
 /// passed over (devices mix status text with measurements).
-fn flatten(key: &str, value: &Value, depth: usize, out: &mut Vec<Reading>) -> Result<(), DecodeError> {
+fn flatten(
+    key: &str,
+    value: &Value,
+    depth: usize,
+    out: &mut Vec<Reading>,
+) -> Result<(), DecodeError> {
     let number = match value {
         Value::Number(n) => n.as_f64(),
         Value::Bool(b) => Some(f64::from(u8::from(*b))),
@@ -206,8 +211,14 @@ mod tests {
         let d = json(r#"{"temperature": 21.5, "humidity": 40}"#).expect("decodes");
         assert_eq!(d.ts_ms, 42);
         assert_eq!(d.readings.len(), 2);
-        assert_eq!(json(r#"{"t": 1, "ts": 1700000000}"#).expect("s").ts_ms, 1_700_000_000_000);
-        assert_eq!(json(r#"{"t": 1, "ts": 1700000000123}"#).expect("ms").ts_ms, 1_700_000_000_123);
+        assert_eq!(
+            json(r#"{"t": 1, "ts": 1700000000}"#).expect("s").ts_ms,
+            1_700_000_000_000
+        );
+        assert_eq!(
+            json(r#"{"t": 1, "ts": 1700000000123}"#).expect("ms").ts_ms,
+            1_700_000_000_123
+        );
     }
 
     #[test]
@@ -224,17 +235,32 @@ mod tests {
         assert!(matches!(json("{not json"), Err(DecodeError::Json(_))));
         assert_eq!(json("[1,2]"), Err(DecodeError::NotAnObject));
         assert_eq!(json(r#"{"status": "ok"}"#), Err(DecodeError::NoReadings));
-        assert_eq!(json(r#"{"t": 1, "ts": "yesterday"}"#), Err(DecodeError::BadTimestamp));
-        assert!(matches!(json(r#"{"bad key": 1}"#), Err(DecodeError::BadMetric { .. })));
-        let many: String = (0..65).map(|i| format!("\"m{i}\":{i}")).collect::<Vec<_>>().join(",");
-        assert_eq!(json(&format!("{{{many}}}")), Err(DecodeError::TooManyReadings));
+        assert_eq!(
+            json(r#"{"t": 1, "ts": "yesterday"}"#),
+            Err(DecodeError::BadTimestamp)
+        );
+        assert!(matches!(
+            json(r#"{"bad key": 1}"#),
+            Err(DecodeError::BadMetric { .. })
+        ));
+        let many: String = (0..65)
+            .map(|i| format!("\"m{i}\":{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            json(&format!("{{{many}}}")),
+            Err(DecodeError::TooManyReadings)
+        );
     }
 
     #[test]
     fn oversized_and_bad_devices_are_refused_before_parsing() {
         assert_eq!(
             decode(PayloadFormat::Json, "d", &[b'{'; 2000], 1024, 0),
-            Err(DecodeError::Oversized { len: 2000, max: 1024 })
+            Err(DecodeError::Oversized {
+                len: 2000,
+                max: 1024
+            })
         );
         assert!(matches!(
             decode(PayloadFormat::Json, "a b", b"{\"t\":1}", 1024, 0),
@@ -256,12 +282,18 @@ mod tests {
             .collect(),
         });
         let mut buf = [0u8; eddy_proto::MAX_FRAME_LEN];
-        let bytes = eddy_proto::encode(&frame, &mut buf).expect("encodes").to_vec();
+        let bytes = eddy_proto::encode(&frame, &mut buf)
+            .expect("encodes")
+            .to_vec();
         assert!(matches!(
             decode(PayloadFormat::Auto, "dev-1", &bytes, 1024, 0),
             Err(DecodeError::DeviceMismatch { .. })
         ));
         let d = decode(PayloadFormat::Auto, "dev-2", &bytes, 1024, 77).expect("decodes");
-        assert_eq!((d.seq, d.ts_ms), (Some(3), 77), "timestamp 0 means: stamp on arrival");
+        assert_eq!(
+            (d.seq, d.ts_ms),
+            (Some(3), 77),
+            "timestamp 0 means: stamp on arrival"
+        );
     }
 }

@@ -58,7 +58,10 @@ pub fn demo_config(data_dir: PathBuf) -> Config {
 }
 
 /// Runs the demo; `print` receives each alert line as it arrives.
-pub async fn run(options: DemoOptions, mut print: impl FnMut(&str) + Send + 'static) -> anyhow::Result<DemoReport> {
+pub async fn run(
+    options: DemoOptions,
+    mut print: impl FnMut(&str) + Send + 'static,
+) -> anyhow::Result<DemoReport> {
     let temp;
     let data_dir = match &options.data_dir {
         Some(d) => d.clone(),
@@ -70,7 +73,9 @@ pub async fn run(options: DemoOptions, mut print: impl FnMut(&str) + Send + 'sta
     let config = demo_config(data_dir);
     let window = config.engine.window + config.engine.allowed_lateness;
     let prefix = config.ingest.topic_prefix.clone();
-    let gateway = Gateway::start(config).await.context("starting the gateway")?;
+    let gateway = Gateway::start(config)
+        .await
+        .context("starting the gateway")?;
     let broker = gateway.broker().clone();
 
     // Watch alerts the way any MQTT client would.
@@ -122,9 +127,7 @@ pub async fn run(options: DemoOptions, mut print: impl FnMut(&str) + Send + 'sta
     // Let the last windows close (event time advances while the fleet is silent).
     let frames = fleet.frames_acked();
     let wait_until = Instant::now() + window + Duration::from_secs(5);
-    while Instant::now() < wait_until
-        && gateway.stats().snapshot().messages_received < frames
-    {
+    while Instant::now() < wait_until && gateway.stats().snapshot().messages_received < frames {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(window + Duration::from_millis(600)).await;
@@ -151,7 +154,11 @@ pub async fn run(options: DemoOptions, mut print: impl FnMut(&str) + Send + 'sta
 fn alert_line(payload: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
-    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    let n = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN)
+    };
     format!(
         "ALERT {:<8} rule={} device={} {}={:.1} (threshold {})",
         s("state"),
@@ -180,16 +187,32 @@ impl DemoReport {
         let _ = writeln!(out, "\n=== eddy demo summary ===");
         let rows: [(&str, String); 11] = [
             ("devices", self.fleet.devices.len().to_string()),
-            ("frames sent by devices", self.fleet.frames_sent().to_string()),
+            (
+                "frames sent by devices",
+                self.fleet.frames_sent().to_string(),
+            ),
             ("messages received", s.messages_received.to_string()),
-            ("messages rejected", (s.messages_malformed + s.messages_oversized + s.messages_unknown_topic).to_string()),
+            (
+                "messages rejected",
+                (s.messages_malformed + s.messages_oversized + s.messages_unknown_topic)
+                    .to_string(),
+            ),
             ("samples stored (redb)", self.stored_samples.to_string()),
             ("windows closed", s.windows_closed.to_string()),
-            ("alerts fired / resolved", format!("{} / {}", s.alerts_fired, s.alerts_resolved)),
+            (
+                "alerts fired / resolved",
+                format!("{} / {}", s.alerts_fired, s.alerts_resolved),
+            ),
             ("late samples", s.samples_late.to_string()),
-            ("ingest rate", format!("{:.0} messages/s", s.messages_received as f64 / secs)),
+            (
+                "ingest rate",
+                format!("{:.0} messages/s", s.messages_received as f64 / secs),
+            ),
             ("fleet run time", format!("{secs:.1} s")),
-            ("gateway RSS", rss_bytes().map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))),
+            (
+                "gateway RSS",
+                rss_bytes().map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+            ),
         ];
         for (k, v) in rows {
             let _ = writeln!(out, "{k:<26}{v:>18}");

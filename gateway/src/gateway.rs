@@ -82,10 +82,13 @@ impl Gateway {
         let engine = Engine::new(engine_config, rules)?;
 
         let (embedded, broker) = match &config.broker.url {
-            Some(url) => (None, BrokerUrl::parse(url).map_err(|reason| ConfigError::Invalid {
-                field: "broker.url".into(),
-                reason,
-            })?),
+            Some(url) => (
+                None,
+                BrokerUrl::parse(url).map_err(|reason| ConfigError::Invalid {
+                    field: "broker.url".into(),
+                    reason,
+                })?,
+            ),
             None => {
                 let b = EmbeddedBroker::start(&config.broker).await?;
                 let url = client_url(b.addr());

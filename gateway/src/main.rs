@@ -46,21 +46,26 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Validate a config file and exit (non-zero on error).
-    Check {
-        config: PathBuf,
-    },
+    Check { config: PathBuf },
 }
 
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, broker, data_dir } => {
+        Command::Run {
+            config,
+            broker,
+            data_dir,
+        } => {
             init_logging("info,rmqtt=warn,rmqtt_net=warn,rmqtt_acl=warn,rmqtt_retainer=warn");
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
@@ -83,10 +88,18 @@ async fn main() -> anyhow::Result<()> {
             gateway.wait().await?;
             Ok(())
         }
-        Command::Demo { devices, duration, rate, data_dir } => {
+        Command::Demo {
+            devices,
+            duration,
+            rate,
+            data_dir,
+        } => {
             init_logging("warn,rmqtt=error,rmqtt_net=error");
             anyhow::ensure!(devices > 0, "--devices must be at least 1");
-            anyhow::ensure!(rate > 0.0 && rate <= 100.0, "--rate must be in (0, 100] samples/s");
+            anyhow::ensure!(
+                rate > 0.0 && rate <= 100.0,
+                "--rate must be in (0, 100] samples/s"
+            );
             println!(
                 "eddy demo: {devices} simulated devices at {rate} Hz for {duration} s; \
                  every 5th device overheats now and then (rule: mean temperature over 2 s > 50)\n"

@@ -50,24 +50,36 @@ impl Router {
             mappings: config
                 .topics
                 .iter()
-                .map(|TopicMapping { filter, format, device_level }| {
-                    (filter.split('/').map(String::from).collect(), *format, *device_level)
-                })
+                .map(
+                    |TopicMapping {
+                         filter,
+                         format,
+                         device_level,
+                     }| {
+                        (
+                            filter.split('/').map(String::from).collect(),
+                            *format,
+                            *device_level,
+                        )
+                    },
+                )
                 .collect(),
         }
     }
 
     /// The device and payload format of a topic, if any mapping claims it.
     pub fn route<'t>(&self, topic: &'t str) -> Option<(&'t str, PayloadFormat)> {
-        if let Some((device, leaf)) = eddy_proto::topic::split_device_topic(&self.prefix, topic) {
-            if leaf == eddy_proto::topic::TELEMETRY {
-                return Some((device, PayloadFormat::Auto));
-            }
+        if let Some((device, leaf)) = eddy_proto::topic::split_device_topic(&self.prefix, topic)
+            && leaf == eddy_proto::topic::TELEMETRY
+        {
+            return Some((device, PayloadFormat::Auto));
         }
         let levels: Vec<&str> = topic.split('/').collect();
-        self.mappings.iter().find_map(|(filter, format, device_level)| {
-            matches(filter, &levels).then(|| Some((*levels.get(*device_level)?, *format)))?
-        })
+        self.mappings
+            .iter()
+            .find_map(|(filter, format, device_level)| {
+                matches(filter, &levels).then(|| Some((*levels.get(*device_level)?, *format)))?
+            })
     }
 }
 
@@ -164,7 +176,11 @@ impl Pipeline {
         self.flush(&mut batch, &mut out).await
     }
 
-    async fn flush(&mut self, batch: &mut Vec<Publish>, out: &mut Output) -> Result<(), PipelineError> {
+    async fn flush(
+        &mut self,
+        batch: &mut Vec<Publish>,
+        out: &mut Output,
+    ) -> Result<(), PipelineError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -177,7 +193,13 @@ impl Pipeline {
                 debug!(topic = %msg.topic, "message on an unmapped topic");
                 continue;
             };
-            let decoded = match decode::decode(format, device, &msg.payload, self.ingest.max_payload_bytes, now_ms) {
+            let decoded = match decode::decode(
+                format,
+                device,
+                &msg.payload,
+                self.ingest.max_payload_bytes,
+                now_ms,
+            ) {
                 Ok(d) => d,
                 Err(e @ DecodeError::Oversized { .. }) => {
                     stats::add(&self.stats.messages_oversized, 1);
@@ -192,7 +214,11 @@ impl Pipeline {
             };
             for r in &decoded.readings {
                 match self.engine.series_key(&decoded.device, &r.metric) {
-                    Ok(series) => samples.push(Sample { series, ts_ms: decoded.ts_ms, value: r.value }),
+                    Ok(series) => samples.push(Sample {
+                        series,
+                        ts_ms: decoded.ts_ms,
+                        value: r.value,
+                    }),
                     Err(_) => stats::add(&self.stats.samples_series_refused, 1),
                 }
                 stored.push(StoredSample {
@@ -227,19 +253,27 @@ impl Pipeline {
         let outbox: Vec<OutboxRecord> = match self.outbox_cap {
             Some(_) => rendered
                 .iter()
-                .map(|(topic, payload, _)| OutboxRecord { topic: topic.clone(), payload: payload.clone() })
+                .map(|(topic, payload, _)| OutboxRecord {
+                    topic: topic.clone(),
+                    payload: payload.clone(),
+                })
                 .collect(),
             None => Vec::new(),
         };
         let cap = self.outbox_cap.unwrap_or(u64::MAX);
         let store = self.store.clone();
-        let committed = tokio::task::spawn_blocking(move || store.commit_batch(&stored, &outbox, cap)).await??;
+        let committed =
+            tokio::task::spawn_blocking(move || store.commit_batch(&stored, &outbox, cap))
+                .await??;
         stats::add(&self.stats.samples_committed, committed.samples);
         stats::add(&self.stats.batches_committed, 1);
         stats::add(&self.stats.outbox_appended, committed.outbox);
         if committed.outbox_dropped > 0 {
             stats::add(&self.stats.outbox_dropped, committed.outbox_dropped);
-            warn!(dropped = committed.outbox_dropped, "outbox full: oldest records dropped");
+            warn!(
+                dropped = committed.outbox_dropped,
+                "outbox full: oldest records dropped"
+            );
         }
         for msg in acks.drain(..) {
             if let Err(e) = self.acker.try_ack(&msg) {
@@ -255,7 +289,11 @@ impl Pipeline {
         }
         for (topic, payload, retain) in rendered {
             self.local
-                .publish(format!("{}/{topic}", self.ingest.topic_prefix), payload, retain)
+                .publish(
+                    format!("{}/{topic}", self.ingest.topic_prefix),
+                    payload,
+                    retain,
+                )
                 .await;
         }
         if committed.outbox > 0 {
@@ -273,7 +311,11 @@ impl Pipeline {
             "start": w.start_ms, "end": w.end_ms,
             "count": a.count, "mean": a.mean(), "min": a.min, "max": a.max,
         });
-        (format!("agg/{device}/{metric}"), payload.to_string().into_bytes(), false)
+        (
+            format!("agg/{device}/{metric}"),
+            payload.to_string().into_bytes(),
+            false,
+        )
     }
 
     fn render_alert(&self, a: &AlertEvent) -> Rendered {
@@ -283,7 +325,11 @@ impl Pipeline {
             "state": a.state.name(), "value": a.value, "threshold": a.threshold,
             "window_start": a.window_start_ms, "window_end": a.window_end_ms,
         });
-        (format!("alerts/{}/{device}", a.rule), payload.to_string().into_bytes(), true)
+        (
+            format!("alerts/{}/{device}", a.rule),
+            payload.to_string().into_bytes(),
+            true,
+        )
     }
 }
 
@@ -315,9 +361,18 @@ mod tests {
         )
         .expect("valid");
         let router = Router::new(&config.ingest);
-        assert_eq!(router.route("eddy/v1/d1/telemetry"), Some(("d1", PayloadFormat::Auto)));
-        assert_eq!(router.route("tele/plug-3/SENSOR"), Some(("plug-3", PayloadFormat::Json)));
-        assert_eq!(router.route("zigbee2mqtt/bulb/state/x"), Some(("bulb", PayloadFormat::Json)));
+        assert_eq!(
+            router.route("eddy/v1/d1/telemetry"),
+            Some(("d1", PayloadFormat::Auto))
+        );
+        assert_eq!(
+            router.route("tele/plug-3/SENSOR"),
+            Some(("plug-3", PayloadFormat::Json))
+        );
+        assert_eq!(
+            router.route("zigbee2mqtt/bulb/state/x"),
+            Some(("bulb", PayloadFormat::Json))
+        );
         assert_eq!(router.route("eddy/v1/d1/status"), None);
         assert_eq!(router.route("tele/plug-3/STATE"), None);
         assert_eq!(router.route("tele/plug-3/SENSOR/extra"), None);

@@ -210,7 +210,12 @@ impl Store {
                     buf.clone()
                 })
                 .collect();
-            append(txn, SAMPLES, SAMPLES_NEXT, encoded.iter().map(Vec::as_slice))?;
+            append(
+                txn,
+                SAMPLES,
+                SAMPLES_NEXT,
+                encoded.iter().map(Vec::as_slice),
+            )?;
             let mut committed = Committed {
                 samples: samples.len() as u64,
                 ..Committed::default()
@@ -257,7 +262,11 @@ impl Store {
     }
 
     /// Up to `max` outbox records from `from` on, in order.
-    pub fn outbox_from(&self, from: u64, max: usize) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
+    pub fn outbox_from(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = txn.open_table(OUTBOX).map_err(|e| self.db_err(e))?;
         let mut out = Vec::new();
@@ -318,7 +327,10 @@ impl Store {
     pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = txn.open_table(COUNTERS).map_err(|e| self.db_err(e))?;
-        Ok(table.get(name).map_err(|e| self.db_err(e))?.map_or(0, |v| v.value()))
+        Ok(table
+            .get(name)
+            .map_err(|e| self.db_err(e))?
+            .map_or(0, |v| v.value()))
     }
 
     /// Number of samples in the log.

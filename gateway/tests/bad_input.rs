@@ -31,9 +31,11 @@ async fn bad_messages_are_counted_and_good_ones_are_all_kept() {
     let data = tempfile::tempdir().expect("temp dir");
     let mut config = test_config(data.path().to_path_buf(), None);
     config.ingest.topics.push(
-        toml::from_str(r#"filter = "tele/+/SENSOR"
+        toml::from_str(
+            r#"filter = "tele/+/SENSOR"
 format = "json"
-device_level = 1"#)
+device_level = 1"#,
+        )
         .expect("mapping"),
     );
     let gateway = Gateway::start(config).await.expect("gateway starts");
@@ -66,7 +68,11 @@ device_level = 1"#)
 
     // Good before.
     publish(t("good-1"), frame("good-1", 0, 20.0)).await;
-    publish(t("good-2"), br#"{"temperature": 21.0, "humidity": 40}"#.to_vec()).await;
+    publish(
+        t("good-2"),
+        br#"{"temperature": 21.0, "humidity": 40}"#.to_vec(),
+    )
+    .await;
     // Malformed: 7 kinds.
     publish(t("bad-1"), vec![1, 0xff, 0xff, 0xff]).await; // truncated frame body
     publish(t("bad-1"), vec![9, 1, 2, 3]).await; // unknown wire version
@@ -81,7 +87,11 @@ device_level = 1"#)
     publish("eddy/v1/x/other".into(), b"{}".to_vec()).await;
     // Good after: the gateway still works.
     publish(t("good-1"), frame("good-1", 1, 22.0)).await;
-    publish("tele/plug-1/SENSOR".into(), br#"{"ENERGY": {"Power": 5.5}}"#.to_vec()).await;
+    publish(
+        "tele/plug-1/SENSOR".into(),
+        br#"{"ENERGY": {"Power": 5.5}}"#.to_vec(),
+    )
+    .await;
     tokio::time::timeout(Duration::from_secs(10), acks)
         .await
         .expect("broker acknowledged every publish")
@@ -100,7 +110,11 @@ device_level = 1"#)
     assert_eq!(stored.get("good-1"), Some(&2));
     assert_eq!(stored.get("good-2"), Some(&2));
     assert_eq!(stored.get("plug-1"), Some(&1));
-    assert_eq!(stored.len(), 3, "nothing from rejected messages: {stored:?}");
+    assert_eq!(
+        stored.len(),
+        3,
+        "nothing from rejected messages: {stored:?}"
+    );
     assert_eq!(stats.snapshot().samples_committed, 5);
     assert_eq!(stats.snapshot().messages_received, 12);
     gateway.shutdown().await.expect("clean shutdown");

@@ -8,7 +8,6 @@ use eddy_gateway::broker::EmbeddedBroker;
 use eddy_gateway::config::BrokerConfig;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-
 const BURST: usize = 5_000;
 
 /// A persistent QoS 1 subscriber subscribes, goes away while a burst is
@@ -25,13 +24,17 @@ async fn run_burst(config: BrokerConfig) -> usize {
     let addr = broker.addr();
     let options = || {
         let mut o = MqttOptions::new("slow-subscriber", addr.ip().to_string(), addr.port());
-        o.set_clean_session(false).set_keep_alive(Duration::from_secs(5));
+        o.set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5));
         o
     };
     // Subscribe, then disconnect: the session (and its queue) stays.
     {
         let (client, mut eventloop) = AsyncClient::new(options(), 16);
-        client.subscribe("burst/#", QoS::AtLeastOnce).await.expect("queued");
+        client
+            .subscribe("burst/#", QoS::AtLeastOnce)
+            .await
+            .expect("queued");
         loop {
             if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
                 break;
@@ -56,7 +59,9 @@ async fn run_burst(config: BrokerConfig) -> usize {
     }
     let mut acked = 0;
     while acked < BURST {
-        if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.expect("burster connected") {
+        if let Event::Incoming(Packet::PubAck(_)) =
+            eventloop.poll().await.expect("burster connected")
+        {
             acked += 1;
         }
     }
@@ -84,8 +89,14 @@ async fn rmqtt_defaults_drop_qos1_messages_for_a_subscriber_that_fell_behind() {
         ..BrokerConfig::default()
     };
     let got = delivered_after_falling_behind(defaults).await;
-    assert!(got < BURST, "expected loss with rmqtt defaults, got all {got}");
-    eprintln!("rmqtt defaults: {got} of {BURST} delivered ({:.0}% lost)", 100.0 * (BURST - got) as f64 / BURST as f64);
+    assert!(
+        got < BURST,
+        "expected loss with rmqtt defaults, got all {got}"
+    );
+    eprintln!(
+        "rmqtt defaults: {got} of {BURST} delivered ({:.0}% lost)",
+        100.0 * (BURST - got) as f64 / BURST as f64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,11 +81,17 @@ fn bad_configs_name_the_field_and_the_reason() {
             "[[rules]]\nname=\"r\"\nmetric=\"t\"\nwindow=\"1s\"\naggregate=\"max\"\nabove=1\n[[rules]]\nname=\"r\"\nmetric=\"t\"\nwindow=\"1s\"\naggregate=\"max\"\nabove=2",
             "used twice",
         ),
-        ("[upstream]\nurl = \"mqtt://h\"\nmax_inflight = 0", "upstream.max_inflight"),
+        (
+            "[upstream]\nurl = \"mqtt://h\"\nmax_inflight = 0",
+            "upstream.max_inflight",
+        ),
     ];
     for (text, expected) in cases {
         let e = error_of(text);
-        assert!(e.contains(expected), "config {text:?}: error {e:?} lacks {expected:?}");
+        assert!(
+            e.contains(expected),
+            "config {text:?}: error {e:?} lacks {expected:?}"
+        );
     }
 }
 
@@ -97,27 +103,42 @@ fn a_syntax_error_gives_file_and_line() {
     let e = Config::load(&path).expect_err("invalid");
     assert!(matches!(e, ConfigError::Parse { .. }));
     let text = e.to_string();
-    assert!(text.contains("eddy.toml") && text.contains("line 3"), "{text}");
+    assert!(
+        text.contains("eddy.toml") && text.contains("line 3"),
+        "{text}"
+    );
 }
 
 #[test]
 fn a_missing_or_huge_file_is_an_error() {
     let dir = tempfile::tempdir().expect("temp dir");
-    assert!(matches!(Config::load(&dir.path().join("nope.toml")), Err(ConfigError::Read { .. })));
+    assert!(matches!(
+        Config::load(&dir.path().join("nope.toml")),
+        Err(ConfigError::Read { .. })
+    ));
     let big = dir.path().join("big.toml");
     std::fs::write(&big, vec![b'#'; 2 << 20]).expect("write");
-    assert!(matches!(Config::load(&big), Err(ConfigError::TooLarge { .. })));
+    assert!(matches!(
+        Config::load(&big),
+        Err(ConfigError::TooLarge { .. })
+    ));
 }
 
 #[test]
 fn broker_urls() {
     assert_eq!(
         BrokerUrl::parse("mqtt://localhost"),
-        Ok(BrokerUrl { host: "localhost".into(), port: 1883 })
+        Ok(BrokerUrl {
+            host: "localhost".into(),
+            port: 1883
+        })
     );
     assert_eq!(
         BrokerUrl::parse("tcp://[::1]:1884/"),
-        Ok(BrokerUrl { host: "::1".into(), port: 1884 })
+        Ok(BrokerUrl {
+            host: "::1".into(),
+            port: 1884
+        })
     );
     assert!(BrokerUrl::parse("mqtt://:1883").is_err());
 }

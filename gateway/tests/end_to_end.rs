@@ -28,7 +28,11 @@ async fn embedded_broker_fleet_to_alerts_store_and_upstream() {
     let local = format!("mqtt://{}:{}", gateway.broker().host, gateway.broker().port);
     let mut alerts = Collector::start(&local, "test-alerts", "eddy/v1/alerts/#").await;
 
-    let fleet = test_fleet(&gateway.broker().host, gateway.broker().port, Duration::from_secs(5));
+    let fleet = test_fleet(
+        &gateway.broker().host,
+        gateway.broker().port,
+        Duration::from_secs(5),
+    );
     let report = run_fleet_through(&gateway, fleet.clone()).await;
     assert_end_to_end(&gateway, &fleet, &report, &mut alerts, &mut upstream_rx).await;
     gateway.shutdown().await.expect("clean shutdown");
@@ -46,7 +50,10 @@ async fn mosquitto_as_ingest_broker_and_as_upstream() {
     let gateway = Gateway::start(config).await.expect("gateway starts");
     assert_eq!(gateway.broker().port, ingest.port, "no embedded broker");
     let mut alerts = Collector::start(&ingest.url(), "test-alerts", "eddy/v1/alerts/#").await;
-    gateway.subscribed(Duration::from_secs(10)).await.expect("ingest subscribed");
+    gateway
+        .subscribed(Duration::from_secs(10))
+        .await
+        .expect("ingest subscribed");
     let stats = gateway.stats().clone();
 
     let fleet = test_fleet("127.0.0.1", ingest.port, Duration::from_secs(5));

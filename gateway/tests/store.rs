@@ -27,14 +27,22 @@ fn samples_round_trip_in_order_and_survive_reopening() {
         store
             .commit_batch(&[sample("a", 1), sample("b", -5)], &[], u64::MAX)
             .expect("commits");
-        store.commit_batch(&[sample("a", 2)], &[], u64::MAX).expect("commits");
+        store
+            .commit_batch(&[sample("a", 2)], &[], u64::MAX)
+            .expect("commits");
     }
     let store = Store::open(&path).expect("reopens");
     let mut got = Vec::new();
-    store.for_each_sample(|offset, s| got.push((offset, s))).expect("reads");
+    store
+        .for_each_sample(|offset, s| got.push((offset, s)))
+        .expect("reads");
     assert_eq!(
         got,
-        vec![(0, sample("a", 1)), (1, sample("b", -5)), (2, sample("a", 2))]
+        vec![
+            (0, sample("a", 1)),
+            (1, sample("b", -5)),
+            (2, sample("a", 2))
+        ]
     );
 }
 
@@ -42,11 +50,19 @@ fn samples_round_trip_in_order_and_survive_reopening() {
 fn outbox_offsets_stay_monotonic_after_the_outbox_drains_empty() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(&dir.path().join("s.redb")).expect("opens");
-    store.commit_batch(&[], &[record(0), record(1)], u64::MAX).expect("commits");
+    store
+        .commit_batch(&[], &[record(0), record(1)], u64::MAX)
+        .expect("commits");
     store.advance_sink("up", 2).expect("advances");
-    assert_eq!(store.outbox_pending(0).expect("reads"), 0, "delivered records are trimmed");
+    assert_eq!(
+        store.outbox_pending(0).expect("reads"),
+        0,
+        "delivered records are trimmed"
+    );
     // New records continue after the sink's offset, not from zero.
-    store.commit_batch(&[], &[record(2)], u64::MAX).expect("commits");
+    store
+        .commit_batch(&[], &[record(2)], u64::MAX)
+        .expect("commits");
     let from = store.sink_offset("up").expect("reads");
     let pending = store.outbox_from(from, 10).expect("reads");
     assert_eq!(pending, vec![(2, record(2))]);
@@ -72,7 +88,12 @@ fn a_full_outbox_drops_the_oldest_and_moves_sinks_past_them() {
     assert_eq!(store.counter(OUTBOX_DROPPED).expect("reads"), 2);
     let from = store.sink_offset("up").expect("reads");
     assert_eq!(from, 2);
-    let offsets: Vec<u64> = store.outbox_from(from, 10).expect("reads").iter().map(|(o, _)| *o).collect();
+    let offsets: Vec<u64> = store
+        .outbox_from(from, 10)
+        .expect("reads")
+        .iter()
+        .map(|(o, _)| *o)
+        .collect();
     assert_eq!(offsets, vec![2, 3, 4]);
 }
 
@@ -94,10 +115,15 @@ fn a_truncated_store_is_an_error_not_a_panic() {
     {
         let store = Store::open(&path).expect("opens");
         let samples: Vec<_> = (0..2000).map(|i| sample("d", i)).collect();
-        store.commit_batch(&samples, &[], u64::MAX).expect("commits");
+        store
+            .commit_batch(&samples, &[], u64::MAX)
+            .expect("commits");
     }
     let len = std::fs::metadata(&path).expect("stat").len();
-    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     f.set_len(len / 3).expect("truncate");
     drop(f);
     // Either redb repairs what it can, or it reports an error naming the file.

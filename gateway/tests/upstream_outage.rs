@@ -22,13 +22,21 @@ async fn aggregates_produced_during_an_upstream_outage_arrive_in_order() {
     let mut local_rx = Collector::start(&local, "outage-local", "eddy/v1/agg/#").await;
     let stats = gateway.stats().clone();
 
-    let fleet = test_fleet(&gateway.broker().host, gateway.broker().port, Duration::from_secs(8));
+    let fleet = test_fleet(
+        &gateway.broker().host,
+        gateway.broker().port,
+        Duration::from_secs(8),
+    );
     let fleet_task = tokio::spawn(eddy_firmware_host::run_fleet(
         fleet,
         tokio_util::sync::CancellationToken::new(),
     ));
     // Upstream disappears after a few windows have been forwarded ...
-    assert!(wait_until(Duration::from_secs(10), || stats.snapshot().upstream_acked > 0).await);
+    assert!(
+        wait_until(Duration::from_secs(10), || stats.snapshot().upstream_acked
+            > 0)
+        .await
+    );
     upstream.stop();
     let acked_at_outage = stats.snapshot().upstream_acked;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -41,14 +49,31 @@ async fn aggregates_produced_during_an_upstream_outage_arrive_in_order() {
     upstream.restart();
     let report = fleet_task.await.expect("join").expect("fleet ran");
     let readings = report.readings_sent();
-    assert!(wait_until(Duration::from_secs(20), || stats.snapshot().samples_committed >= readings).await);
+    assert!(
+        wait_until(Duration::from_secs(20), || stats
+            .snapshot()
+            .samples_committed
+            >= readings)
+        .await
+    );
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert!(stats.snapshot().upstream_disconnects > 0, "the outage was seen");
-    assert!(produced_during > acked_at_outage, "aggregates were produced during the outage");
+    assert!(
+        stats.snapshot().upstream_disconnects > 0,
+        "the outage was seen"
+    );
+    assert!(
+        produced_during > acked_at_outage,
+        "aggregates were produced during the outage"
+    );
 
     let closed = stats.snapshot().windows_closed as usize;
     assert!(
-        wait_until(Duration::from_secs(20), || dedup_aggregates(&upstream_rx.json()).len() >= closed).await,
+        wait_until(Duration::from_secs(20), || dedup_aggregates(
+            &upstream_rx.json()
+        )
+        .len()
+            >= closed)
+        .await,
         "upstream has {} of {closed} aggregates",
         dedup_aggregates(&upstream_rx.json()).len()
     );

@@ -24,6 +24,9 @@ pub type BoardName = String<MAX_BOARD_LEN>;
 pub type FirmwareVersion = String<MAX_VERSION_LEN>;
 
 /// Everything a device and the gateway say to each other.
+// Telemetry is much larger than the other variants; boxing it would need an
+// allocator, which device firmware does not have.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
     /// A device announces itself after boot or reconnect.

@@ -20,7 +20,7 @@ pub mod topic;
 
 pub use codec::{DecodeError, EncodeError, decode, encode};
 pub use frame::{
-    Ack, BoardName, Command, CommandFrame, DeviceId, Frame, FirmwareVersion, Hello, InvalidName,
+    Ack, BoardName, Command, CommandFrame, DeviceId, FirmwareVersion, Frame, Hello, InvalidName,
     MAX_BOARD_LEN, MAX_DEVICE_ID_LEN, MAX_METRIC_LEN, MAX_READINGS, MAX_VERSION_LEN, MetricName,
     Reading, Telemetry, Validity, valid_name,
 };

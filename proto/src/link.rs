@@ -39,7 +39,8 @@ pub fn encode_framed<'a>(frame: &Frame, out: &'a mut [u8]) -> Result<&'a [u8], E
     let len = codec::encode(frame, &mut raw[..MAX_FRAME_LEN])?.len();
     let crc = CRC.checksum(&raw[..len]);
     raw[len..len + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
-    let n = cobs::try_encode(&raw[..len + CRC_LEN], out).map_err(|_| EncodeError::BufferTooSmall)?;
+    let n =
+        cobs::try_encode(&raw[..len + CRC_LEN], out).map_err(|_| EncodeError::BufferTooSmall)?;
     let delimiter = out.get_mut(n).ok_or(EncodeError::BufferTooSmall)?;
     *delimiter = 0;
     Ok(&out[..=n])

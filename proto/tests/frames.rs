@@ -16,12 +16,14 @@ fn hstr<const N: usize>(s: &str) -> heapless::String<N> {
 }
 
 fn reading() -> impl Strategy<Value = Reading> {
-    (name(32), proptest::num::f64::NORMAL | proptest::num::f64::ZERO).prop_map(|(m, value)| {
-        Reading {
+    (
+        name(32),
+        proptest::num::f64::NORMAL | proptest::num::f64::ZERO,
+    )
+        .prop_map(|(m, value)| Reading {
             metric: hstr(&m),
             value,
-        }
-    })
+        })
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -136,7 +138,9 @@ fn telemetry(device: &str, readings: &[(&str, f64)]) -> Frame {
 #[test]
 fn a_frame_with_every_field_at_its_limit_fits() {
     let metric = "m".repeat(32);
-    let readings: Vec<(&str, f64)> = (0..MAX_READINGS).map(|_| (metric.as_str(), f64::MAX)).collect();
+    let readings: Vec<(&str, f64)> = (0..MAX_READINGS)
+        .map(|_| (metric.as_str(), f64::MAX))
+        .collect();
     let mut f = telemetry(&"d".repeat(32), &readings);
     if let Frame::Telemetry(t) = &mut f {
         t.seq = u32::MAX;

@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "eddy-testbench", version, about = "Eddy testbench: simulated sensor fleets")]
+#[command(
+    name = "eddy-testbench",
+    version,
+    about = "Eddy testbench: simulated sensor fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -15,14 +15,28 @@ async fn simulate_command_publishes_to_a_gateway_and_nothing_is_lost() {
     let broker = format!("mqtt://{}:{}", gateway.broker().host, gateway.broker().port);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
-            .args(["simulate", "--devices", "4", "--rate", "10", "--duration", "2", "--broker", &broker])
+            .args([
+                "simulate",
+                "--devices",
+                "4",
+                "--rate",
+                "10",
+                "--duration",
+                "2",
+                "--broker",
+                &broker,
+            ])
             .output()
             .expect("runs")
     })
     .await
     .expect("join");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // "frames sent N, acknowledged by the broker N, readings R"
     let sent: u64 = stdout
         .split("frames sent ")

@@ -113,12 +113,12 @@ impl Node {
         // Keep the schedule on its grid; after a stall skip missed slots
         // instead of bursting to catch up.
         let interval = u64::from(self.interval_ms);
-        self.next_sample_ms = if self.next_sample_ms == 0 || now_ms - self.next_sample_ms >= interval
-        {
-            now_ms + interval
-        } else {
-            self.next_sample_ms + interval
-        };
+        self.next_sample_ms =
+            if self.next_sample_ms == 0 || now_ms - self.next_sample_ms >= interval {
+                now_ms + interval
+            } else {
+                self.next_sample_ms + interval
+            };
         let mut readings = Readings::new();
         for sensor in sensors.iter_mut() {
             if sensor.read(now_ms, &mut readings).is_err() {

@@ -63,7 +63,10 @@ fn samples_on_its_interval_with_consecutive_sequence_numbers() {
             seqs.push((now, frame.seq));
         }
     }
-    assert_eq!(seqs, (0..10).map(|i| (i * 100, i as u32)).collect::<Vec<_>>());
+    assert_eq!(
+        seqs,
+        (0..10).map(|i| (i * 100, i as u32)).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -86,7 +89,9 @@ fn failing_sensors_are_counted_and_left_out() {
         value: 0.0,
         fail: true,
     };
-    let frame = node.poll(0, 0, &mut [&mut good, &mut bad]).expect("one reading");
+    let frame = node
+        .poll(0, 0, &mut [&mut good, &mut bad])
+        .expect("one reading");
     assert_eq!(frame.readings.len(), 1);
     assert_eq!(node.sensor_errors(), 1);
 
@@ -99,14 +104,23 @@ fn failing_sensors_are_counted_and_left_out() {
 fn commands_change_interval_outputs_and_request_reboot() {
     let mut node = Node::new("dev-1", 1000).expect("valid");
     let mut pins = Pins::default();
-    node.handle(&command("dev-1", Command::SetInterval { ms: 50 }), &mut pins)
-        .expect("applies");
+    node.handle(
+        &command("dev-1", Command::SetInterval { ms: 50 }),
+        &mut pins,
+    )
+    .expect("applies");
     assert_eq!(node.interval_ms(), 50);
-    node.handle(&command("dev-1", Command::SetOutput { pin: 2, on: true }), &mut pins)
-        .expect("applies");
+    node.handle(
+        &command("dev-1", Command::SetOutput { pin: 2, on: true }),
+        &mut pins,
+    )
+    .expect("applies");
     assert!(pins.0[2]);
     assert_eq!(
-        node.handle(&command("dev-1", Command::SetOutput { pin: 9, on: true }), &mut pins),
+        node.handle(
+            &command("dev-1", Command::SetOutput { pin: 9, on: true }),
+            &mut pins
+        ),
         Err(NodeError::NoSuchOutput { pin: 9 })
     );
     assert_eq!(
@@ -118,7 +132,8 @@ fn commands_change_interval_outputs_and_request_reboot() {
         Err(NodeError::NotForThisDevice)
     );
     assert!(!node.reboot_requested());
-    node.handle(&command("dev-1", Command::Reboot), &mut pins).expect("applies");
+    node.handle(&command("dev-1", Command::Reboot), &mut pins)
+        .expect("applies");
     assert!(node.reboot_requested());
 }
 

@@ -119,7 +119,12 @@ impl SimDevice {
         options
             .set_keep_alive(Duration::from_secs(10))
             .set_inflight(100)
-            .set_last_will(LastWill::new(&status_topic, "offline", QoS::AtLeastOnce, true));
+            .set_last_will(LastWill::new(
+                &status_topic,
+                "offline",
+                QoS::AtLeastOnce,
+                true,
+            ));
         let (client, mut eventloop) = AsyncClient::new(options, 256);
 
         // The event loop runs on its own task; it reports PUBACKs and

@@ -48,7 +48,8 @@ impl FleetConfig {
     }
 
     pub fn is_hot(&self, index: usize) -> bool {
-        self.hot_every.is_some_and(|n| n > 0 && index % n == 0)
+        self.hot_every
+            .is_some_and(|n| n > 0 && index.is_multiple_of(n))
     }
 
     fn sensors(&self, index: usize) -> Result<Vec<Waveform>, SimError> {
@@ -57,7 +58,8 @@ impl FleetConfig {
             device: self.device_id(index),
             reason: format!("bad metric name {metric}"),
         };
-        let mut temperature = Waveform::new("temperature", 22.0, seed).ok_or_else(|| setup("temperature"))?;
+        let mut temperature =
+            Waveform::new("temperature", 22.0, seed).ok_or_else(|| setup("temperature"))?;
         temperature.amplitude = 3.0;
         temperature.noise = 0.5;
         temperature.period_ms = 60_000;
@@ -69,7 +71,8 @@ impl FleetConfig {
                 offset: 55.0,
             });
         }
-        let mut humidity = Waveform::new("humidity", 45.0, seed ^ 0x5eed).ok_or_else(|| setup("humidity"))?;
+        let mut humidity =
+            Waveform::new("humidity", 45.0, seed ^ 0x5eed).ok_or_else(|| setup("humidity"))?;
         humidity.amplitude = 10.0;
         humidity.noise = 1.0;
         humidity.period_ms = 90_000;
@@ -98,8 +101,13 @@ impl FleetReport {
 }
 
 /// Runs the fleet to completion (or until `stop`).
-pub async fn run_fleet(config: FleetConfig, stop: CancellationToken) -> Result<FleetReport, SimError> {
-    let interval_ms = (1000.0 / config.rate_hz.max(0.001)).round().clamp(10.0, 3_600_000.0) as u32;
+pub async fn run_fleet(
+    config: FleetConfig,
+    stop: CancellationToken,
+) -> Result<FleetReport, SimError> {
+    let interval_ms = (1000.0 / config.rate_hz.max(0.001))
+        .round()
+        .clamp(10.0, 3_600_000.0) as u32;
     let mut tasks = JoinSet::new();
     for index in 0..config.devices {
         let device = SimDevice::new(

@@ -28,7 +28,9 @@ impl LocalPublisher {
         shutdown: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
-        options.set_keep_alive(Duration::from_secs(15)).set_inflight(1000);
+        options
+            .set_keep_alive(Duration::from_secs(15))
+            .set_inflight(1000);
         let (client, mut eventloop) = AsyncClient::new(options, 4096);
         let task = tokio::spawn(async move {
             loop {

@@ -55,7 +55,11 @@ impl Inflight {
     }
 
     fn acked(&mut self, pkid: u16) -> bool {
-        match self.pkids.remove(&pkid).and_then(|o| self.window.get_mut(&o)) {
+        match self
+            .pkids
+            .remove(&pkid)
+            .and_then(|o| self.window.get_mut(&o))
+        {
             Some(done) => {
                 *done = true;
                 true
@@ -98,12 +102,19 @@ pub async fn run(
     while !shutdown.is_cancelled() {
         match session(&config, &url, &store, &wake, &stats, &shutdown).await? {
             SessionEnd::Shutdown => break,
-            SessionEnd::Failed { reason, was_connected } => {
+            SessionEnd::Failed {
+                reason,
+                was_connected,
+            } => {
                 stats::add(&stats.upstream_disconnects, 1);
                 if was_connected {
                     failures = 0;
                 }
-                let delay = backoff(failures, Duration::from_millis(200), Duration::from_secs(10));
+                let delay = backoff(
+                    failures,
+                    Duration::from_millis(200),
+                    Duration::from_secs(10),
+                );
                 failures = failures.saturating_add(1);
                 warn!(upstream = %config.url, %reason, retry_in = ?delay, "upstream unavailable");
                 tokio::select! {
@@ -185,10 +196,10 @@ async fn session(
             event = eventloop.poll() => match event {
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => inflight.assigned(pkid),
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if inflight.acked(ack.pkid) {
-                        if let Some(offset) = inflight.advance() {
-                            uncommitted = Some(offset);
-                        }
+                    if inflight.acked(ack.pkid)
+                        && let Some(offset) = inflight.advance()
+                    {
+                        uncommitted = Some(offset);
                     }
                 }
                 Ok(_) => {}

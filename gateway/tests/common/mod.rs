@@ -262,11 +262,19 @@ pub async fn run_fleet_through(gateway: &Gateway, fleet: FleetConfig) -> FleetRe
         .await
         .expect("fleet ran");
     assert!(report.frames_sent() > 0);
-    assert_eq!(report.frames_acked(), report.frames_sent(), "broker acknowledged every frame");
+    assert_eq!(
+        report.frames_acked(),
+        report.frames_sent(),
+        "broker acknowledged every frame"
+    );
     let stats = gateway.stats().clone();
     let readings = report.readings_sent();
     assert!(
-        wait_until(Duration::from_secs(20), || stats.snapshot().samples_committed >= readings).await,
+        wait_until(Duration::from_secs(20), || stats
+            .snapshot()
+            .samples_committed
+            >= readings)
+        .await,
         "gateway committed {} of {readings} samples",
         stats.snapshot().samples_committed
     );
@@ -303,7 +311,12 @@ pub async fn assert_end_to_end(
     // Every reading each device sent is stored, exactly once.
     let stored = stored_per_device(gateway).await;
     for d in &report.devices {
-        assert_eq!(stored.get(&d.device).copied(), Some(d.readings), "{}", d.device);
+        assert_eq!(
+            stored.get(&d.device).copied(),
+            Some(d.readings),
+            "{}",
+            d.device
+        );
     }
     let stats = gateway.stats().snapshot();
     assert_eq!(stats.samples_committed, report.readings_sent());
@@ -329,7 +342,12 @@ pub async fn assert_end_to_end(
     // every sample.
     let closed = stats.windows_closed as usize;
     assert!(
-        wait_until(Duration::from_secs(15), || dedup_aggregates(&upstream.json()).len() >= closed).await,
+        wait_until(Duration::from_secs(15), || dedup_aggregates(
+            &upstream.json()
+        )
+        .len()
+            >= closed)
+        .await,
         "upstream has {} of {closed} aggregates; gateway:\n{}",
         dedup_aggregates(&upstream.json()).len(),
         gateway.stats().snapshot()
