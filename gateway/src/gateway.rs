@@ -54,6 +54,8 @@ pub struct Gateway {
     store: Store,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    /// Cancelled once the pipeline has drained, so the source can disconnect.
+    drained: CancellationToken,
     pipeline: JoinHandle<Result<(), PipelineError>>,
     upstream: Option<JoinHandle<Result<(), StoreError>>>,
     helpers: Vec<JoinHandle<()>>,
@@ -99,7 +101,15 @@ impl Gateway {
         let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.ingest.queue_capacity);
-        let source = mqtt::spawn(&broker, &config.ingest, tx, stats.clone(), shutdown.clone());
+        let drained = CancellationToken::new();
+        let source = mqtt::spawn(
+            &broker,
+            &config.ingest,
+            tx,
+            stats.clone(),
+            shutdown.clone(),
+            drained.clone(),
+        );
         let (local, local_task) = LocalPublisher::spawn(
             &broker,
             &format!("{}-out", config.ingest.client_id),
@@ -127,12 +137,13 @@ impl Gateway {
             wake_upstream,
             stats: stats.clone(),
         };
-        let pipeline = tokio::spawn(pipeline.run(rx, shutdown.clone()));
+        let pipeline = tokio::spawn(pipeline.run(rx));
         let gateway = Self {
             broker,
             store,
             stats,
             shutdown,
+            drained,
             pipeline,
             upstream,
             helpers: vec![source.task, local_task],
@@ -205,6 +216,7 @@ impl Gateway {
         if !self.pipeline.is_finished() {
             result = flatten((&mut self.pipeline).await, "pipeline");
         }
+        self.drained.cancel();
         if let Some(up) = self.upstream.take() {
             match up.await {
                 Ok(r) => result = result.and(r.map_err(GatewayError::from)),

@@ -116,6 +116,8 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("demo failed")?;
             print!("{}", report.summary());
+            let lost = report.frames_lost();
+            anyhow::ensure!(lost == 0, "{lost} frames sent by devices were not accepted");
             Ok(())
         }
         Command::Check { config } => {

@@ -15,7 +15,6 @@ use rumqttc::{AsyncClient, Publish};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::{IngestConfig, PayloadFormat, TopicMapping};
@@ -121,13 +120,9 @@ fn wall_ms() -> i64 {
 type Rendered = (String, Vec<u8>, bool);
 
 impl Pipeline {
-    /// Runs until the channel closes or `shutdown`; the batch in hand is
+    /// Runs until the source closes the channel; everything received is
     /// committed and acknowledged before returning.
-    pub async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Publish>,
-        shutdown: CancellationToken,
-    ) -> Result<(), PipelineError> {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Publish>) -> Result<(), PipelineError> {
         let mut batch: Vec<Publish> = Vec::with_capacity(self.ingest.batch_size);
         let mut deadline: Option<Instant> = None;
         let mut last_arrival = Instant::now();
@@ -135,8 +130,6 @@ impl Pipeline {
         let mut out = Output::default();
         loop {
             tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
                     batch.push(msg);
@@ -187,6 +180,7 @@ impl Pipeline {
         let now_ms = wall_ms();
         let mut stored = Vec::with_capacity(batch.len() * 2);
         let mut samples = Vec::with_capacity(batch.len() * 2);
+        let mut rejected = Rejections::default();
         for msg in batch.iter() {
             let Some((device, format)) = self.router.route(&msg.topic) else {
                 stats::add(&self.stats.messages_unknown_topic, 1);
@@ -201,14 +195,13 @@ impl Pipeline {
                 now_ms,
             ) {
                 Ok(d) => d,
-                Err(e @ DecodeError::Oversized { .. }) => {
-                    stats::add(&self.stats.messages_oversized, 1);
-                    warn!(topic = %msg.topic, error = %e, "message rejected");
-                    continue;
-                }
                 Err(e) => {
-                    stats::add(&self.stats.messages_malformed, 1);
-                    warn!(topic = %msg.topic, error = %e, "message rejected");
+                    let counter = match e {
+                        DecodeError::Oversized { .. } => &self.stats.messages_oversized,
+                        _ => &self.stats.messages_malformed,
+                    };
+                    stats::add(counter, 1);
+                    rejected.note(&msg.topic, e);
                     continue;
                 }
             };
@@ -230,6 +223,7 @@ impl Pipeline {
             }
             stats::add(&self.stats.messages_accepted, 1);
         }
+        rejected.log();
         out.clear();
         self.engine.ingest(&samples, out);
         stats::add(&self.stats.samples_late, out.late.len() as u64);
@@ -275,10 +269,15 @@ impl Pipeline {
                 "outbox full: oldest records dropped"
             );
         }
-        for msg in acks.drain(..) {
-            if let Err(e) = self.acker.try_ack(&msg) {
-                warn!(error = %e, "acknowledgement not sent; the broker will redeliver");
-            }
+        let unacked = acks
+            .drain(..)
+            .filter(|m| self.acker.try_ack(m).is_err())
+            .count();
+        if unacked > 0 {
+            warn!(
+                unacked,
+                "acknowledgements not sent; the broker will redeliver"
+            );
         }
         stats::add(&self.stats.windows_closed, out.windows.len() as u64);
         for a in &out.alerts {
@@ -330,6 +329,26 @@ impl Pipeline {
             payload.to_string().into_bytes(),
             true,
         )
+    }
+}
+
+/// Rejected messages of one batch, logged once per batch, not per message.
+#[derive(Debug, Default)]
+struct Rejections {
+    count: usize,
+    first: Option<(String, DecodeError)>,
+}
+
+impl Rejections {
+    fn note(&mut self, topic: &str, error: DecodeError) {
+        self.count += 1;
+        self.first.get_or_insert_with(|| (topic.to_string(), error));
+    }
+
+    fn log(&self) {
+        if let Some((topic, error)) = &self.first {
+            warn!(rejected = self.count, first_topic = %topic, first_error = %error, "messages rejected");
+        }
     }
 }
 

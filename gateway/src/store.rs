@@ -48,14 +48,15 @@ pub struct StoredSample {
 
 impl StoredSample {
     // Layout: ts i64 LE | value f64 LE | device len u8 | device | metric.
-    fn encode(&self, buf: &mut Vec<u8>) {
-        buf.clear();
+    fn encoded(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(17 + self.device.len() + self.metric.len());
         buf.extend_from_slice(&self.ts_ms.to_le_bytes());
         buf.extend_from_slice(&self.value.to_le_bytes());
         // Names are validated to at most 32 bytes before they get here.
         buf.push(self.device.len().min(255) as u8);
         buf.extend_from_slice(self.device.as_bytes());
         buf.extend_from_slice(self.metric.as_bytes());
+        buf
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
@@ -83,12 +84,13 @@ pub struct OutboxRecord {
 
 impl OutboxRecord {
     // Layout: topic len u16 LE | topic | payload.
-    fn encode(&self, buf: &mut Vec<u8>) {
-        buf.clear();
+    fn encoded(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(2 + self.topic.len() + self.payload.len());
         let len = self.topic.len().min(usize::from(u16::MAX));
         buf.extend_from_slice(&(len as u16).to_le_bytes());
         buf.extend_from_slice(&self.topic.as_bytes()[..len]);
         buf.extend_from_slice(&self.payload);
+        buf
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
@@ -125,17 +127,17 @@ const SAMPLES_NEXT: &str = "samples_next";
 const OUTBOX_NEXT: &str = "outbox_next";
 
 /// Appends `values` to a log table at its persistent next offset.
-fn append<'a>(
+fn append(
     txn: &redb::WriteTransaction,
     log: TableDefinition<u64, &[u8]>,
     next_counter: &str,
-    values: impl Iterator<Item = &'a [u8]>,
+    values: impl Iterator<Item = Vec<u8>>,
 ) -> Result<(), redb::Error> {
     let mut counters = txn.open_table(COUNTERS)?;
     let mut key = counters.get(next_counter)?.map_or(0, |v| v.value());
     let mut table = txn.open_table(log)?;
     for v in values {
-        table.insert(key, v)?;
+        table.insert(key, v.as_slice())?;
         key += 1;
     }
     counters.insert(next_counter, key)?;
@@ -202,19 +204,11 @@ impl Store {
         max_outbox: u64,
     ) -> Result<Committed, StoreError> {
         self.write(|txn| {
-            let mut buf = Vec::new();
-            let encoded: Vec<Vec<u8>> = samples
-                .iter()
-                .map(|s| {
-                    s.encode(&mut buf);
-                    buf.clone()
-                })
-                .collect();
             append(
                 txn,
                 SAMPLES,
                 SAMPLES_NEXT,
-                encoded.iter().map(Vec::as_slice),
+                samples.iter().map(StoredSample::encoded),
             )?;
             let mut committed = Committed {
                 samples: samples.len() as u64,
@@ -223,14 +217,12 @@ impl Store {
             if outbox.is_empty() {
                 return Ok(committed);
             }
-            let encoded: Vec<Vec<u8>> = outbox
-                .iter()
-                .map(|r| {
-                    r.encode(&mut buf);
-                    buf.clone()
-                })
-                .collect();
-            append(txn, OUTBOX, OUTBOX_NEXT, encoded.iter().map(Vec::as_slice))?;
+            append(
+                txn,
+                OUTBOX,
+                OUTBOX_NEXT,
+                outbox.iter().map(OutboxRecord::encoded),
+            )?;
             let mut table = txn.open_table(OUTBOX)?;
             committed.outbox = outbox.len() as u64;
             let len = table.len()?;

@@ -142,3 +142,11 @@ fn broker_urls() {
     );
     assert!(BrokerUrl::parse("mqtt://:1883").is_err());
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/eddy.toml");
+    let c = Config::load(&path).expect("examples/eddy.toml is valid");
+    assert_eq!(c.ingest.topics.len(), 1);
+    assert!(c.upstream.is_some());
+}

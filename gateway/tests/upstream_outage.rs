@@ -67,16 +67,7 @@ async fn aggregates_produced_during_an_upstream_outage_arrive_in_order() {
     );
 
     let closed = stats.snapshot().windows_closed as usize;
-    assert!(
-        wait_until(Duration::from_secs(20), || dedup_aggregates(
-            &upstream_rx.json()
-        )
-        .len()
-            >= closed)
-        .await,
-        "upstream has {} of {closed} aggregates",
-        dedup_aggregates(&upstream_rx.json()).len()
-    );
+    wait_for_aggregates(&mut upstream_rx, closed, &gateway).await;
     // Same aggregates, same order, as published locally.
     let local_order = dedup_aggregates(&local_rx.json());
     assert_eq!(local_order.len(), closed);

@@ -54,12 +54,17 @@ pub struct MqttSource {
 }
 
 /// Starts the ingest session.
+///
+/// On `shutdown` the source stops forwarding messages and closes the
+/// channel, so the pipeline drains what it holds; it keeps the connection
+/// until `drained` so the pipeline's last acknowledgements reach the broker.
 pub fn spawn(
     broker: &BrokerUrl,
     config: &IngestConfig,
     tx: mpsc::Sender<Publish>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    drained: CancellationToken,
 ) -> MqttSource {
     let mut options = MqttOptions::new(config.client_id.clone(), broker.host.clone(), broker.port);
     options
@@ -74,17 +79,26 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let mut failures = 0u32;
         let mut pending_subacks = 0usize;
+        let mut tx = Some(tx);
         loop {
             let event = tokio::select! {
                 e = eventloop.poll() => e,
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled(), if tx.is_some() => {
+                    // Close the channel: the pipeline drains and acknowledges.
+                    tx = None;
+                    continue;
+                }
+                () = drained.cancelled() => break,
             };
             match event {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    // After shutdown nothing is forwarded or acknowledged;
+                    // the broker keeps it for the next start.
+                    let Some(sender) = &tx else { continue };
                     stats::add(&stats.messages_received, 1);
                     tokio::select! {
-                        r = tx.send(p) => if r.is_err() { break },
-                        () = shutdown.cancelled() => break,
+                        r = sender.send(p) => if r.is_err() { break },
+                        () = shutdown.cancelled() => tx = None,
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -113,12 +127,22 @@ pub fn spawn(
                     warn!(error = %e, retry_in = ?delay, "ingest connection lost");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = shutdown.cancelled() => break,
+                        () = drained.cancelled() => break,
                     }
                 }
             }
         }
-        let _ = subscriber.try_disconnect();
+        // Send what is queued (acknowledgements), then disconnect cleanly.
+        if subscriber.try_disconnect().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Ok(e) = eventloop.poll().await {
+                    if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = e {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     });
     MqttSource {
         acker: client,

@@ -340,18 +340,7 @@ pub async fn assert_end_to_end(
 
     // Every window's aggregate reaches upstream, and together they count
     // every sample.
-    let closed = stats.windows_closed as usize;
-    assert!(
-        wait_until(Duration::from_secs(15), || dedup_aggregates(
-            &upstream.json()
-        )
-        .len()
-            >= closed)
-        .await,
-        "upstream has {} of {closed} aggregates; gateway:\n{}",
-        dedup_aggregates(&upstream.json()).len(),
-        gateway.stats().snapshot()
-    );
+    wait_for_aggregates(upstream, stats.windows_closed as usize, gateway).await;
     let values = upstream.json();
     let mut counted = std::collections::HashMap::new();
     for v in values.iter().filter(|v| v.get("count").is_some()) {
@@ -360,4 +349,19 @@ pub async fn assert_end_to_end(
     assert_eq!(counted.values().sum::<u64>(), report.readings_sent());
     let upstream_alerts = values.iter().filter(|v| v.get("rule").is_some()).count() as u64;
     assert!(upstream_alerts >= stats.alerts_fired + stats.alerts_resolved);
+}
+
+/// Waits until `collector` holds `expected` distinct aggregates; fails with
+/// the gateway's counters otherwise.
+pub async fn wait_for_aggregates(collector: &mut Collector, expected: usize, gateway: &Gateway) {
+    let arrived = wait_until(Duration::from_secs(20), || {
+        dedup_aggregates(&collector.json()).len() >= expected
+    })
+    .await;
+    assert!(
+        arrived,
+        "upstream has {} of {expected} aggregates; gateway:\n{}",
+        dedup_aggregates(&collector.json()).len(),
+        gateway.stats().snapshot()
+    );
 }
