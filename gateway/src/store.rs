@@ -29,12 +29,12 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
-    #[error("store {path}: record {offset} of table `{table}` is corrupt")]
-    Corrupt {
-        path: PathBuf,
-        table: &'static str,
-        offset: u64,
-    },
+}
+
+fn corrupt(table: &str, offset: u64) -> redb::Error {
+    redb::Error::Corrupted(format!(
+        "record {offset} of table `{table}` does not decode"
+    ))
 }
 
 /// One stored sample.
@@ -148,28 +148,22 @@ impl Store {
     /// Opens or creates the store file. A file that is not a redb database
     /// or is damaged beyond repair is an error naming the file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let err = |source: redb::Error| StoreError::Db {
+        let db = Database::create(path).map_err(|e| StoreError::Db {
             path: path.to_path_buf(),
-            source,
-        };
-        let db = Database::create(path).map_err(|e| err(e.into()))?;
+            source: e.into(),
+        })?;
         let store = Self {
             db: Arc::new(db),
             path: Arc::new(path.to_path_buf()),
         };
         // Create the tables up front so readers never see them missing.
-        store
-            .write(|txn| {
-                txn.open_table(SAMPLES)?;
-                txn.open_table(OUTBOX)?;
-                txn.open_table(SINK_OFFSETS)?;
-                txn.open_table(COUNTERS)?;
-                Ok(())
-            })
-            .map_err(|e| match e {
-                StoreError::Db { source, .. } => err(source),
-                other => other,
-            })?;
+        store.write(|txn| {
+            txn.open_table(SAMPLES)?;
+            txn.open_table(OUTBOX)?;
+            txn.open_table(SINK_OFFSETS)?;
+            txn.open_table(COUNTERS)?;
+            Ok(())
+        })?;
         Ok(store)
     }
 
@@ -253,47 +247,54 @@ impl Store {
         })
     }
 
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        f(&txn).map_err(|e| self.db_err(e))
+    }
+
     /// Up to `max` outbox records from `from` on, in order.
     pub fn outbox_from(
         &self,
         from: u64,
         max: usize,
     ) -> Result<Vec<(u64, OutboxRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(OUTBOX).map_err(|e| self.db_err(e))?;
-        let mut out = Vec::new();
-        for entry in table.range(from..).map_err(|e| self.db_err(e))?.take(max) {
-            let (k, v) = entry.map_err(|e| self.db_err(e))?;
-            let record = OutboxRecord::decode(v.value()).ok_or_else(|| StoreError::Corrupt {
-                path: self.path.to_path_buf(),
-                table: "outbox",
-                offset: k.value(),
-            })?;
-            out.push((k.value(), record));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = txn.open_table(OUTBOX)?;
+            let mut out = Vec::new();
+            for entry in table.range(from..)?.take(max) {
+                let (k, v) = entry?;
+                let record =
+                    OutboxRecord::decode(v.value()).ok_or_else(|| corrupt("outbox", k.value()))?;
+                out.push((k.value(), record));
+            }
+            Ok(out)
+        })
     }
 
     /// Records in the outbox at or after `from`.
     pub fn outbox_pending(&self, from: u64) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(OUTBOX).map_err(|e| self.db_err(e))?;
-        let mut n = 0;
-        for entry in table.range(from..).map_err(|e| self.db_err(e))? {
-            entry.map_err(|e| self.db_err(e))?;
-            n += 1;
-        }
-        Ok(n)
+        self.read(|txn| {
+            let table = txn.open_table(OUTBOX)?;
+            let mut n = 0;
+            for entry in table.range(from..)? {
+                entry?;
+                n += 1;
+            }
+            Ok(n)
+        })
     }
 
     /// The first outbox offset `sink` has not had acknowledged.
     pub fn sink_offset(&self, sink: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(SINK_OFFSETS).map_err(|e| self.db_err(e))?;
-        Ok(table
-            .get(sink)
-            .map_err(|e| self.db_err(e))?
-            .map_or(0, |v| v.value()))
+        self.read(|txn| {
+            Ok(txn
+                .open_table(SINK_OFFSETS)?
+                .get(sink)?
+                .map_or(0, |v| v.value()))
+        })
     }
 
     /// Durably moves `sink`'s offset forward (never back) and removes
@@ -317,34 +318,29 @@ impl Store {
 
     /// A persistent counter (see the constants of this module).
     pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(COUNTERS).map_err(|e| self.db_err(e))?;
-        Ok(table
-            .get(name)
-            .map_err(|e| self.db_err(e))?
-            .map_or(0, |v| v.value()))
+        self.read(|txn| {
+            Ok(txn
+                .open_table(COUNTERS)?
+                .get(name)?
+                .map_or(0, |v| v.value()))
+        })
     }
 
     /// Number of samples in the log.
     pub fn sample_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(SAMPLES).map_err(|e| self.db_err(e))?;
-        table.len().map_err(|e| self.db_err(e))
+        self.read(|txn| Ok(txn.open_table(SAMPLES)?.len()?))
     }
 
     /// Calls `f` for every stored sample, oldest first.
     pub fn for_each_sample(&self, mut f: impl FnMut(u64, StoredSample)) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(SAMPLES).map_err(|e| self.db_err(e))?;
-        for entry in table.iter().map_err(|e| self.db_err(e))? {
-            let (k, v) = entry.map_err(|e| self.db_err(e))?;
-            let sample = StoredSample::decode(v.value()).ok_or_else(|| StoreError::Corrupt {
-                path: self.path.to_path_buf(),
-                table: "samples",
-                offset: k.value(),
-            })?;
-            f(k.value(), sample);
-        }
-        Ok(())
+        self.read(|txn| {
+            for entry in txn.open_table(SAMPLES)?.iter()? {
+                let (k, v) = entry?;
+                let sample =
+                    StoredSample::decode(v.value()).ok_or_else(|| corrupt("samples", k.value()))?;
+                f(k.value(), sample);
+            }
+            Ok(())
+        })
     }
 }

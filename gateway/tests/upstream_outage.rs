@@ -48,14 +48,7 @@ async fn aggregates_produced_during_an_upstream_outage_arrive_in_order() {
     // ... and comes back.
     upstream.restart();
     let report = fleet_task.await.expect("join").expect("fleet ran");
-    let readings = report.readings_sent();
-    assert!(
-        wait_until(Duration::from_secs(20), || stats
-            .snapshot()
-            .samples_committed
-            >= readings)
-        .await
-    );
+    wait_committed(&gateway, report.readings_sent()).await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert!(
         stats.snapshot().upstream_disconnects > 0,

@@ -268,16 +268,7 @@ pub async fn run_fleet_through(gateway: &Gateway, fleet: FleetConfig) -> FleetRe
         "broker acknowledged every frame"
     );
     let stats = gateway.stats().clone();
-    let readings = report.readings_sent();
-    assert!(
-        wait_until(Duration::from_secs(20), || stats
-            .snapshot()
-            .samples_committed
-            >= readings)
-        .await,
-        "gateway committed {} of {readings} samples",
-        stats.snapshot().samples_committed
-    );
+    wait_committed(gateway, report.readings_sent()).await;
     // Event time advances while the fleet is silent: all windows close
     // within window + lateness.
     let windows_before = stats.snapshot().windows_closed;
@@ -363,5 +354,19 @@ pub async fn wait_for_aggregates(collector: &mut Collector, expected: usize, gat
         "upstream has {} of {expected} aggregates; gateway:\n{}",
         dedup_aggregates(&collector.json()).len(),
         gateway.stats().snapshot()
+    );
+}
+
+/// Waits until the gateway committed `samples` samples; fails otherwise.
+pub async fn wait_committed(gateway: &Gateway, samples: u64) {
+    let stats = gateway.stats().clone();
+    let done = wait_until(Duration::from_secs(20), || {
+        stats.snapshot().samples_committed >= samples
+    })
+    .await;
+    assert!(
+        done,
+        "gateway committed {} of {samples} samples",
+        stats.snapshot().samples_committed
     );
 }
