@@ -26,15 +26,36 @@ pub struct BrokerError {
 }
 
 /// A running embedded broker; stops when dropped.
-#[derive(Debug)]
+///
+/// It starts with a private loopback listener for the gateway's own
+/// clients; [`EmbeddedBroker::open`] adds the configured public listener.
+/// The gateway opens it only after its ingest session is subscribed, so no
+/// device can publish into a broker that has no subscriber for it yet
+/// (such a message would be dropped: MQTT has no subscriber to queue it for).
 pub struct EmbeddedBroker {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
+    scx: ServerContext,
+    config: BrokerConfig,
+    internal: SocketAddr,
+    public: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("internal", &self.internal)
+            .field("public", &self.public)
+            .finish()
+    }
+}
+
+/// Listener ids inside rmqtt's context.
+const INTERNAL_LISTENER: u16 = 1;
+const PUBLIC_LISTENER: u16 = 2;
+
 impl EmbeddedBroker {
-    /// Binds the listener (port 0 picks a free port) and starts serving,
-    /// with the retained-message and ACL plugins loaded.
+    /// Starts the broker, with the retained-message and ACL plugins, on a
+    /// private loopback port only.
     pub async fn start(config: &BrokerConfig) -> Result<Self, BrokerError> {
         let err = |reason: String| BrokerError {
             listen: config.listen,
@@ -47,36 +68,72 @@ impl EmbeddedBroker {
         rmqtt_retainer::register(&scx, true, false)
             .await
             .map_err(|e| err(format!("retainer plugin: {e}")))?;
-        let inflight = NonZeroU16::new(config.max_inflight)
+        let mut broker = Self {
+            scx,
+            config: config.clone(),
+            internal: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public: None,
+            tasks: Vec::new(),
+        };
+        broker.internal = broker.serve("eddy/internal", broker.internal, INTERNAL_LISTENER)?;
+        Ok(broker)
+    }
+
+    /// Opens the configured public listener (port 0 picks a free port) and
+    /// returns its address. Opening twice returns the same address.
+    pub fn open(&mut self) -> Result<SocketAddr, BrokerError> {
+        if let Some(addr) = self.public {
+            return Ok(addr);
+        }
+        let addr = self.serve("eddy/tcp", self.config.listen, PUBLIC_LISTENER)?;
+        info!(%addr, "embedded MQTT broker listening");
+        self.public = Some(addr);
+        Ok(addr)
+    }
+
+    fn serve(&mut self, name: &str, laddr: SocketAddr, id: u16) -> Result<SocketAddr, BrokerError> {
+        let err = |reason: String| BrokerError {
+            listen: laddr,
+            reason,
+        };
+        let inflight = NonZeroU16::new(self.config.max_inflight)
             .ok_or_else(|| err("max_inflight must be at least 1".into()))?;
         let listener = Builder::new()
-            .name("eddy/tcp")
-            .laddr(config.listen)
+            .name(name)
+            .laddr(laddr)
             .max_inflight(inflight)
-            .max_mqueue_len(config.max_queued_messages)
-            .max_packet_size(config.max_packet_size)
+            .max_mqueue_len(self.config.max_queued_messages)
+            .max_packet_size(self.config.max_packet_size)
             .bind()
             .map_err(|e| err(e.to_string()))?;
         let addr = listener.local_addr().map_err(|e| err(e.to_string()))?;
         let listener = listener.tcp().map_err(|e| err(e.to_string()))?;
-        let server = MqttServer::new(scx).listener(listener).build();
-        let task = tokio::spawn(async move {
+        let server = MqttServer::new(self.scx.clone())
+            .listener_by_id(listener, id)
+            .build();
+        self.tasks.push(tokio::spawn(async move {
             if let Err(e) = server.run().await {
-                error!(error = %e, "embedded broker stopped");
+                error!(error = %e, "embedded broker listener stopped");
             }
-        });
-        info!(%addr, "embedded MQTT broker listening");
-        Ok(Self { addr, task })
+        }));
+        Ok(addr)
     }
 
-    /// Where clients connect.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// Where the gateway's own clients connect.
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal
+    }
+
+    /// Where devices connect, once [`EmbeddedBroker::open`] was called.
+    pub fn public_addr(&self) -> Option<SocketAddr> {
+        self.public
     }
 }
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }

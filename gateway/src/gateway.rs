@@ -60,7 +60,7 @@ pub struct Gateway {
     upstream: Option<JoinHandle<Result<(), StoreError>>>,
     helpers: Vec<JoinHandle<()>>,
     subscribed: watch::Receiver<bool>,
-    _embedded: Option<EmbeddedBroker>,
+    embedded: Option<EmbeddedBroker>,
 }
 
 impl Gateway {
@@ -93,11 +93,10 @@ impl Gateway {
             ),
             None => {
                 let b = EmbeddedBroker::start(&config.broker).await?;
-                let url = client_url(b.addr());
+                let url = client_url(b.internal_addr());
                 (Some(b), url)
             }
         };
-
         let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.ingest.queue_capacity);
@@ -138,7 +137,7 @@ impl Gateway {
             stats: stats.clone(),
         };
         let pipeline = tokio::spawn(pipeline.run(rx));
-        let gateway = Self {
+        let mut gateway = Self {
             broker,
             store,
             stats,
@@ -148,13 +147,16 @@ impl Gateway {
             upstream,
             helpers: vec![source.task, local_task],
             subscribed: source.subscribed,
-            _embedded: embedded,
+            embedded,
         };
-        // The embedded broker is in this process: wait until devices can
-        // be heard. An external broker may be down at start; then ingest
-        // keeps retrying in the background.
-        if gateway._embedded.is_some() {
+        // Devices may connect only once ingest is subscribed: open the
+        // embedded broker's public listener after that. An external broker
+        // may be down at start; then ingest keeps retrying in the background.
+        if gateway.embedded.is_some() {
             gateway.subscribed(Duration::from_secs(10)).await?;
+            if let Some(b) = gateway.embedded.as_mut() {
+                gateway.broker = client_url(b.open()?);
+            }
         }
         Ok(gateway)
     }
@@ -171,7 +173,8 @@ impl Gateway {
         }
     }
 
-    /// Where devices and local consumers connect.
+    /// Where devices and local consumers connect (the embedded broker's
+    /// public listener, or the external broker).
     pub fn broker(&self) -> &BrokerUrl {
         &self.broker
     }

@@ -20,8 +20,8 @@ async fn delivered_after_falling_behind(config: BrokerConfig) -> usize {
 }
 
 async fn run_burst(config: BrokerConfig) -> usize {
-    let broker = EmbeddedBroker::start(&config).await.expect("broker");
-    let addr = broker.addr();
+    let mut broker = EmbeddedBroker::start(&config).await.expect("broker");
+    let addr = broker.open().expect("listens");
     let options = || {
         let mut o = MqttOptions::new("slow-subscriber", addr.ip().to_string(), addr.port());
         o.set_clean_session(false)

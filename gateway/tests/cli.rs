@@ -1,7 +1,8 @@
 //! The `eddy` binary at its edges: run, stop on Ctrl-C, bad configs, check.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -10,36 +11,58 @@ fn eddy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_eddy"))
 }
 
+/// A child process that is killed if the test fails early.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn run_ingests_and_stops_cleanly_on_ctrl_c() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("eddy.toml");
     std::fs::write(&config, "[broker]\nlisten = \"127.0.0.1:0\"\n").expect("write config");
-    let mut child = eddy()
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("eddy starts");
+    let mut child = Running(
+        eddy()
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("eddy starts"),
+    );
 
-    // The log (stderr) says where the embedded broker listens.
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
+    // The log (stderr) says where the embedded broker listens. A reader
+    // thread keeps the pipe drained, so the test never blocks on it.
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let port: u16 = loop {
-        assert!(Instant::now() < deadline, "no listening line");
-        let line = lines.next().expect("a log line").expect("utf-8");
-        if let Some(rest) = line.split("addr=127.0.0.1:").nth(1) {
-            break rest.trim().parse().expect("a port");
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no listening line in {log:?}"));
+        let port = line
+            .split("addr=127.0.0.1:")
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok());
+        log.push(line);
+        if let Some(port) = port {
+            break port;
         }
     };
-    // Stream the rest of the log so the child never blocks on a full pipe.
-    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
 
     // Publish JSON telemetry and wait for the broker's acknowledgements.
     let (client, mut connection) = Client::new(MqttOptions::new("cli-test", "127.0.0.1", port), 64);
@@ -55,32 +78,35 @@ fn run_ingests_and_stops_cleanly_on_ctrl_c() {
     }
     let mut acked = 0;
     for event in connection.iter() {
-        if let Ok(Event::Incoming(Packet::PubAck(_))) = event {
-            acked += 1;
-            if acked == 20 {
-                break;
-            }
+        match event {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => panic!("publisher: {e}"),
+        }
+        if acked == 20 {
+            break;
         }
     }
     std::thread::sleep(Duration::from_millis(500));
 
     // Ctrl-C: the gateway drains, commits and exits 0.
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &child.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = child.0.try_wait().expect("wait") {
             break s;
         }
         assert!(Instant::now() < deadline, "eddy did not stop on SIGINT");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit {exit:?}");
-    let log = log.join().expect("log thread").join("\n");
-    assert!(log.contains("shutting down"), "{log}");
+    reader.join().expect("reader thread");
+    log.extend(rx.try_iter());
+    assert!(log.iter().any(|l| l.contains("shutting down")), "{log:?}");
 
     let store =
         eddy_gateway::store::Store::open(&dir.path().join("data").join(eddy_gateway::STORE_FILE))

@@ -13,13 +13,13 @@ use eddy_gateway::config::BrokerConfig;
 async fn embedded_broker_fleet_to_alerts_store_and_upstream() {
     let data = tempfile::tempdir().expect("temp dir");
     // The upstream is a second embedded broker on a free port.
-    let upstream = EmbeddedBroker::start(&BrokerConfig {
+    let mut upstream = EmbeddedBroker::start(&BrokerConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         ..BrokerConfig::default()
     })
     .await
     .expect("upstream broker");
-    let upstream_url = format!("mqtt://{}", upstream.addr());
+    let upstream_url = format!("mqtt://{}", upstream.open().expect("listens"));
     let mut upstream_rx = Collector::start(&upstream_url, "test-upstream-rx", "eddy/v1/#").await;
 
     let gateway = Gateway::start(test_config(data.path().to_path_buf(), Some(upstream_url)))

@@ -95,9 +95,12 @@ pub fn spawn(
                     // After shutdown nothing is forwarded or acknowledged;
                     // the broker keeps it for the next start.
                     let Some(sender) = &tx else { continue };
-                    stats::add(&stats.messages_received, 1);
                     tokio::select! {
-                        r = sender.send(p) => if r.is_err() { break },
+                        r = sender.send(p) => match r {
+                            Ok(()) => stats::add(&stats.messages_received, 1),
+                            Err(_) => break,
+                        },
+                        // Not handed over: unacknowledged, redelivered later.
                         () = shutdown.cancelled() => tx = None,
                     }
                 }
@@ -133,13 +136,12 @@ pub fn spawn(
             }
         }
         // Send what is queued (acknowledgements), then disconnect cleanly.
+        // Packets are flushed after rumqttc reports them, so keep polling
+        // until the broker closes the connection, not just until the
+        // DISCONNECT is reported, or the last acknowledgements are lost.
         if subscriber.try_disconnect().is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Ok(e) = eventloop.poll().await {
-                    if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = e {
-                        break;
-                    }
-                }
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while eventloop.poll().await.is_ok() {}
             })
             .await;
         }
