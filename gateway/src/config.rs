@@ -45,6 +45,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// Where the redb store lives.
     pub data_dir: PathBuf,
+    pub store: StoreConfig,
     pub broker: BrokerConfig,
     pub ingest: IngestConfig,
     pub engine: EngineSection,
@@ -58,6 +59,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("eddy-data"),
+            store: StoreConfig::default(),
             broker: BrokerConfig::default(),
             ingest: IngestConfig::default(),
             engine: EngineSection::default(),
@@ -70,6 +72,23 @@ impl Default for Config {
                 below: None,
             }],
             upstream: None,
+        }
+    }
+}
+
+/// The store's caps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Most samples kept in the raw log; beyond it the oldest are dropped
+    /// and counted (`samples_dropped`). About 30 bytes each on disk.
+    pub max_samples: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_samples: 50_000_000,
         }
     }
 }
@@ -309,6 +328,9 @@ impl Config {
         if let Some(url) = &self.broker.url {
             BrokerUrl::parse(url).map_err(|r| invalid("broker.url", r))?;
         }
+        if self.store.max_samples == 0 {
+            return Err(invalid("store.max_samples", "must be at least 1"));
+        }
         if self.broker.max_inflight == 0 {
             return Err(invalid("broker.max_inflight", "must be at least 1"));
         }
@@ -389,6 +411,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The store's caps (no outbox cap without an upstream: no outbox).
+    pub fn store_limits(&self) -> crate::store::Limits {
+        crate::store::Limits {
+            max_samples: self.store.max_samples,
+            max_outbox: self.upstream.as_ref().map_or(u64::MAX, |u| u.max_outbox),
+        }
     }
 
     /// The engine settings and compiled threshold rules.

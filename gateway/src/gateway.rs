@@ -132,7 +132,8 @@ impl Gateway {
             ingest: config.ingest.clone(),
             acker: source.acker,
             local,
-            outbox_cap: config.upstream.as_ref().map(|u| u.max_outbox),
+            outbox: config.upstream.is_some(),
+            limits: config.store_limits(),
             wake_upstream,
             stats: stats.clone(),
         };

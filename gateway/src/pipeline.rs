@@ -21,7 +21,7 @@ use crate::config::{IngestConfig, PayloadFormat, TopicMapping};
 use crate::decode::{self, DecodeError};
 use crate::sinks::local::LocalPublisher;
 use crate::stats::{self, Stats};
-use crate::store::{OutboxRecord, Store, StoreError, StoredSample};
+use crate::store::{Limits, OutboxRecord, Store, StoreError, StoredSample};
 
 /// How often the pipeline advances event time while no data arrives.
 const IDLE_TICK: Duration = Duration::from_millis(200);
@@ -104,8 +104,9 @@ pub struct Pipeline {
     /// Acknowledges ingest messages.
     pub acker: AsyncClient,
     pub local: LocalPublisher,
-    /// Outbox cap, when an upstream sink exists; no outbox otherwise.
-    pub outbox_cap: Option<u64>,
+    /// Whether results go to the outbox (an upstream sink exists).
+    pub outbox: bool,
+    pub limits: Limits,
     pub wake_upstream: Arc<Notify>,
     pub stats: Arc<Stats>,
 }
@@ -244,24 +245,32 @@ impl Pipeline {
             .map(|w| self.render_window(w))
             .chain(out.alerts.iter().map(|a| self.render_alert(a)))
             .collect();
-        let outbox: Vec<OutboxRecord> = match self.outbox_cap {
-            Some(_) => rendered
+        let outbox: Vec<OutboxRecord> = if self.outbox {
+            rendered
                 .iter()
                 .map(|(topic, payload, _)| OutboxRecord {
                     topic: topic.clone(),
                     payload: payload.clone(),
                 })
-                .collect(),
-            None => Vec::new(),
+                .collect()
+        } else {
+            Vec::new()
         };
-        let cap = self.outbox_cap.unwrap_or(u64::MAX);
+        let limits = self.limits;
         let store = self.store.clone();
         let committed =
-            tokio::task::spawn_blocking(move || store.commit_batch(&stored, &outbox, cap))
+            tokio::task::spawn_blocking(move || store.commit_batch(&stored, &outbox, limits))
                 .await??;
         stats::add(&self.stats.samples_committed, committed.samples);
         stats::add(&self.stats.batches_committed, 1);
         stats::add(&self.stats.outbox_appended, committed.outbox);
+        if committed.samples_dropped > 0 {
+            stats::add(&self.stats.samples_dropped, committed.samples_dropped);
+            warn!(
+                dropped = committed.samples_dropped,
+                "sample log full: oldest samples dropped"
+            );
+        }
         if committed.outbox_dropped > 0 {
             stats::add(&self.stats.outbox_dropped, committed.outbox_dropped);
             warn!(

@@ -45,6 +45,8 @@ counters! {
     messages_unknown_topic,
     /// Samples durably committed to the store.
     samples_committed,
+    /// Samples dropped from the store's log at its cap (oldest first).
+    samples_dropped,
     /// Redb transactions committed by the ingest pipeline.
     batches_committed,
     /// Samples older than the watermark (not analysed; still stored).

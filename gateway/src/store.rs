@@ -19,6 +19,24 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 /// Counter of outbox records dropped because the outbox was full.
 pub const OUTBOX_DROPPED: &str = "outbox_dropped";
+/// Counter of samples dropped from the log because it was full.
+pub const SAMPLES_DROPPED: &str = "samples_dropped";
+
+/// Caps of the store's logs, in records. At a cap the oldest records are
+/// dropped (and counted): an edge box must keep running on a full budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_samples: u64,
+    pub max_outbox: u64,
+}
+
+impl Limits {
+    /// No caps (tests and tools).
+    pub const NONE: Limits = Limits {
+        max_samples: u64::MAX,
+        max_outbox: u64::MAX,
+    };
+}
 
 /// A storage failure, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +125,8 @@ impl OutboxRecord {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Committed {
     pub samples: u64,
+    /// Samples dropped from the log to stay within the cap.
+    pub samples_dropped: u64,
     pub outbox: u64,
     /// Outbox records dropped to stay within the cap.
     pub outbox_dropped: u64,
@@ -125,6 +145,34 @@ pub struct Store {
 const SAMPLES_NEXT: &str = "samples_next";
 /// Next offset of the outbox.
 const OUTBOX_NEXT: &str = "outbox_next";
+
+/// Drops the oldest records of `log` beyond `max`, adding their number to
+/// `counter`. Returns (dropped, first offset kept).
+fn trim(
+    txn: &redb::WriteTransaction,
+    log: TableDefinition<u64, &[u8]>,
+    max: u64,
+    counter: &str,
+) -> Result<(u64, u64), redb::Error> {
+    let mut table = txn.open_table(log)?;
+    let len = table.len()?;
+    if len <= max {
+        return Ok((0, 0));
+    }
+    let excess = len - max;
+    let first_kept = match table
+        .iter()?
+        .nth(usize::try_from(excess).unwrap_or(usize::MAX))
+    {
+        Some(entry) => entry?.0.value(),
+        None => u64::MAX,
+    };
+    table.retain_in(..first_kept, |_, _| false)?;
+    let mut counters = txn.open_table(COUNTERS)?;
+    let dropped = counters.get(counter)?.map_or(0, |v| v.value());
+    counters.insert(counter, dropped + excess)?;
+    Ok((excess, first_kept))
+}
 
 /// Appends `values` to a log table at its persistent next offset.
 fn append(
@@ -189,13 +237,14 @@ impl Store {
     }
 
     /// Appends samples to the log and records to the outbox in one durable
-    /// transaction. When the outbox would exceed `max_outbox` records, the
-    /// oldest are dropped, counted, and every sink's offset moves past them.
+    /// transaction. A log over its cap in `limits` drops its oldest records
+    /// and counts them ([`SAMPLES_DROPPED`], [`OUTBOX_DROPPED`]); sinks'
+    /// offsets move past dropped outbox records.
     pub fn commit_batch(
         &self,
         samples: &[StoredSample],
         outbox: &[OutboxRecord],
-        max_outbox: u64,
+        limits: Limits,
     ) -> Result<Committed, StoreError> {
         self.write(|txn| {
             append(
@@ -208,6 +257,10 @@ impl Store {
                 samples: samples.len() as u64,
                 ..Committed::default()
             };
+            if !samples.is_empty() {
+                committed.samples_dropped =
+                    trim(txn, SAMPLES, limits.max_samples, SAMPLES_DROPPED)?.0;
+            }
             if outbox.is_empty() {
                 return Ok(committed);
             }
@@ -217,18 +270,10 @@ impl Store {
                 OUTBOX_NEXT,
                 outbox.iter().map(OutboxRecord::encoded),
             )?;
-            let mut table = txn.open_table(OUTBOX)?;
             committed.outbox = outbox.len() as u64;
-            let len = table.len()?;
-            if len > max_outbox {
-                let excess = len - max_outbox;
-                let mut first_kept = 0;
-                for _ in 0..excess {
-                    if let Some((k, _)) = table.pop_first()? {
-                        first_kept = k.value() + 1;
-                    }
-                }
-                committed.outbox_dropped = excess;
+            let (dropped, first_kept) = trim(txn, OUTBOX, limits.max_outbox, OUTBOX_DROPPED)?;
+            committed.outbox_dropped = dropped;
+            if dropped > 0 {
                 let mut offsets = txn.open_table(SINK_OFFSETS)?;
                 let sinks: Vec<(String, u64)> = offsets
                     .iter()?
@@ -239,9 +284,6 @@ impl Store {
                         offsets.insert(sink.as_str(), first_kept)?;
                     }
                 }
-                let mut counters = txn.open_table(COUNTERS)?;
-                let dropped = counters.get(OUTBOX_DROPPED)?.map_or(0, |v| v.value());
-                counters.insert(OUTBOX_DROPPED, dropped + excess)?;
             }
             Ok(committed)
         })

@@ -60,6 +60,7 @@ fn bad_configs_name_the_field_and_the_reason() {
         ("[broker]\nurl = \"http://x\"", "broker.url"),
         ("[broker]\nurl = \"mqtt://x:99999\"", "port `99999`"),
         ("[ingest]\nbatch_size = 0", "ingest.batch_size"),
+        ("[store]\nmax_samples = 0", "store.max_samples"),
         ("[ingest]\ntopic_prefix = \"eddy/#\"", "wildcards"),
         (
             "[[ingest.topics]]\nfilter = \"a/b\"\nformat = \"json\"\ndevice_level = 1",

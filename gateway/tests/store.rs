@@ -1,6 +1,8 @@
 //! The redb store: logs, offsets, caps, and files that are not stores.
 
-use eddy_gateway::store::{OUTBOX_DROPPED, OutboxRecord, Store, StoreError, StoredSample};
+use eddy_gateway::store::{
+    Limits, OUTBOX_DROPPED, OutboxRecord, SAMPLES_DROPPED, Store, StoreError, StoredSample,
+};
 
 fn sample(device: &str, ts_ms: i64) -> StoredSample {
     StoredSample {
@@ -25,10 +27,10 @@ fn samples_round_trip_in_order_and_survive_reopening() {
     {
         let store = Store::open(&path).expect("opens");
         store
-            .commit_batch(&[sample("a", 1), sample("b", -5)], &[], u64::MAX)
+            .commit_batch(&[sample("a", 1), sample("b", -5)], &[], Limits::NONE)
             .expect("commits");
         store
-            .commit_batch(&[sample("a", 2)], &[], u64::MAX)
+            .commit_batch(&[sample("a", 2)], &[], Limits::NONE)
             .expect("commits");
     }
     let store = Store::open(&path).expect("reopens");
@@ -51,7 +53,7 @@ fn outbox_offsets_stay_monotonic_after_the_outbox_drains_empty() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(&dir.path().join("s.redb")).expect("opens");
     store
-        .commit_batch(&[], &[record(0), record(1)], u64::MAX)
+        .commit_batch(&[], &[record(0), record(1)], Limits::NONE)
         .expect("commits");
     store.advance_sink("up", 2).expect("advances");
     assert_eq!(
@@ -61,7 +63,7 @@ fn outbox_offsets_stay_monotonic_after_the_outbox_drains_empty() {
     );
     // New records continue after the sink's offset, not from zero.
     store
-        .commit_batch(&[], &[record(2)], u64::MAX)
+        .commit_batch(&[], &[record(2)], Limits::NONE)
         .expect("commits");
     let from = store.sink_offset("up").expect("reads");
     let pending = store.outbox_from(from, 10).expect("reads");
@@ -83,7 +85,16 @@ fn a_full_outbox_drops_the_oldest_and_moves_sinks_past_them() {
     let store = Store::open(&dir.path().join("s.redb")).expect("opens");
     store.advance_sink("up", 0).expect("registers the sink");
     let records: Vec<_> = (0..5).map(record).collect();
-    let c = store.commit_batch(&[], &records, 3).expect("commits");
+    let c = store
+        .commit_batch(
+            &[],
+            &records,
+            Limits {
+                max_outbox: 3,
+                ..Limits::NONE
+            },
+        )
+        .expect("commits");
     assert_eq!((c.outbox, c.outbox_dropped), (5, 2));
     assert_eq!(store.counter(OUTBOX_DROPPED).expect("reads"), 2);
     let from = store.sink_offset("up").expect("reads");
@@ -116,7 +127,7 @@ fn a_truncated_store_is_an_error_not_a_panic() {
         let store = Store::open(&path).expect("opens");
         let samples: Vec<_> = (0..2000).map(|i| sample("d", i)).collect();
         store
-            .commit_batch(&samples, &[], u64::MAX)
+            .commit_batch(&samples, &[], Limits::NONE)
             .expect("commits");
     }
     let len = std::fs::metadata(&path).expect("stat").len();
@@ -133,4 +144,30 @@ fn a_truncated_store_is_an_error_not_a_panic() {
         }
         Err(e) => assert!(e.to_string().contains("t.redb"), "{e}"),
     }
+}
+
+#[test]
+fn a_full_sample_log_drops_the_oldest_and_counts_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("s.redb")).expect("opens");
+    let limits = Limits {
+        max_samples: 5,
+        ..Limits::NONE
+    };
+    let first: Vec<_> = (0..4).map(|i| sample("d", i)).collect();
+    let c = store.commit_batch(&first, &[], limits).expect("commits");
+    assert_eq!(c.samples_dropped, 0);
+    let second: Vec<_> = (4..8).map(|i| sample("d", i)).collect();
+    let c = store.commit_batch(&second, &[], limits).expect("commits");
+    assert_eq!(c.samples_dropped, 3);
+    assert_eq!(store.counter(SAMPLES_DROPPED).expect("reads"), 3);
+    let mut kept = Vec::new();
+    store
+        .for_each_sample(|offset, s| kept.push((offset, s.ts_ms)))
+        .expect("reads");
+    assert_eq!(
+        kept,
+        vec![(3, 3), (4, 4), (5, 5), (6, 6), (7, 7)],
+        "newest kept, offsets unchanged"
+    );
 }
