@@ -38,6 +38,9 @@ async fn aggregates_produced_during_an_upstream_outage_arrive_in_order() {
         .await
     );
     upstream.stop();
+    // PUBACKs received just before the stop are committed up to one commit
+    // interval later (or on the connection error): let that settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let acked_at_outage = stats.snapshot().upstream_acked;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let produced_during = stats.snapshot().outbox_appended;
