@@ -123,11 +123,6 @@ impl EmbeddedBroker {
     pub fn internal_addr(&self) -> SocketAddr {
         self.internal
     }
-
-    /// Where devices connect, once [`EmbeddedBroker::open`] was called.
-    pub fn public_addr(&self) -> Option<SocketAddr> {
-        self.public
-    }
 }
 
 impl Drop for EmbeddedBroker {

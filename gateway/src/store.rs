@@ -215,10 +215,6 @@ impl Store {
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn db_err(&self, source: impl Into<redb::Error>) -> StoreError {
         StoreError::Db {
             path: self.path.to_path_buf(),
