@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut decoder = FrameDecoder::new();
     decoder.feed(data, |_| {});
-    let probe = Frame::Ack(Ack { device: "probe".try_into().expect("fits"), seq: 42 });
+    let probe = Frame::Ack(Ack { device: "probe".try_into().expect("fits"), boot: 1, seq: 42 });
     let mut out = [0u8; MAX_WIRE_LEN];
     let wire = encode_framed(&probe, &mut out).expect("encodes");
     let mut last = None;

@@ -104,6 +104,9 @@ impl EmbeddedBroker {
             .max_inflight(inflight)
             .max_mqueue_len(self.config.max_queued_messages)
             .max_packet_size(self.config.max_packet_size)
+            // A restarted gateway (after a crash, too) must get its port
+            // back while the old connections linger in TIME_WAIT.
+            .reuseaddr(Some(true))
             .bind()
             .map_err(|e| err(e.to_string()))?;
         let addr = listener.local_addr().map_err(|e| err(e.to_string()))?;

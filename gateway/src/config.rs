@@ -175,6 +175,10 @@ pub struct IngestConfig {
     pub queue_capacity: usize,
     /// Larger payloads are rejected and counted.
     pub max_payload_bytes: usize,
+    /// Eddy devices whose sequence state is tracked for exactly-once
+    /// admission. Frames of further devices are refused (counted, not
+    /// acknowledged), so those devices keep their data.
+    pub max_devices: usize,
     /// Extra topics for devices that do not speak Eddy (Tasmota, ...).
     pub topics: Vec<TopicMapping>,
 }
@@ -188,6 +192,7 @@ impl Default for IngestConfig {
             batch_delay: Duration::from_millis(20),
             queue_capacity: 10_000,
             max_payload_bytes: 64 * 1024,
+            max_devices: 100_000,
             topics: Vec::new(),
         }
     }
@@ -343,6 +348,9 @@ impl Config {
         }
         if ingest.max_payload_bytes == 0 {
             return Err(invalid("ingest.max_payload_bytes", "must be at least 1"));
+        }
+        if ingest.max_devices == 0 {
+            return Err(invalid("ingest.max_devices", "must be at least 1"));
         }
         if ingest.client_id.is_empty() {
             return Err(invalid("ingest.client_id", "must not be empty"));

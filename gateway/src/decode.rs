@@ -7,6 +7,7 @@ use eddy_proto::{Frame, MAX_DEVICE_ID_LEN, MAX_METRIC_LEN, valid_name};
 use serde_json::Value;
 
 use crate::config::PayloadFormat;
+use crate::sequencer::FrameSeq;
 
 /// Most readings taken from one JSON message.
 pub const MAX_JSON_READINGS: usize = 64;
@@ -24,8 +25,8 @@ pub struct Reading {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
     pub device: String,
-    /// Telemetry sequence number, for Eddy frames.
-    pub seq: Option<u32>,
+    /// Sequence fields, for Eddy frames; JSON carries none.
+    pub seq: Option<FrameSeq>,
     /// Event time in Unix milliseconds.
     pub ts_ms: i64,
     pub readings: Vec<Reading>,
@@ -56,6 +57,8 @@ pub enum DecodeError {
     TooManyReadings,
     #[error("message holds no numeric readings")]
     NoReadings,
+    #[error("device limit reached (ingest.max_devices); the device keeps its frames")]
+    TooManyDevices,
 }
 
 /// Decodes one message published on a topic of `device`.
@@ -116,7 +119,11 @@ fn decode_frame(device: &str, payload: &[u8], now_ms: i64) -> Result<Decoded, De
     };
     Ok(Decoded {
         device: device.to_string(),
-        seq: Some(telemetry.seq),
+        seq: Some(FrameSeq {
+            boot: telemetry.boot,
+            seq: telemetry.seq,
+            oldest: telemetry.oldest,
+        }),
         ts_ms,
         readings: telemetry
             .readings
@@ -272,7 +279,9 @@ mod tests {
     fn frames_must_be_telemetry_from_the_topic_device() {
         let frame = Frame::Telemetry(eddy_proto::Telemetry {
             device: "dev-2".try_into().expect("fits"),
+            boot: 9,
             seq: 3,
+            oldest: 2,
             timestamp_ms: 0,
             readings: [eddy_proto::Reading {
                 metric: "t".try_into().expect("fits"),
@@ -292,7 +301,14 @@ mod tests {
         let d = decode(PayloadFormat::Auto, "dev-2", &bytes, 1024, 77).expect("decodes");
         assert_eq!(
             (d.seq, d.ts_ms),
-            (Some(3), 77),
+            (
+                Some(FrameSeq {
+                    boot: 9,
+                    seq: 3,
+                    oldest: 2
+                }),
+                77
+            ),
             "timestamp 0 means: stamp on arrival"
         );
     }

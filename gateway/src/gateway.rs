@@ -14,6 +14,7 @@ use tracing::{error, info};
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::config::{BrokerUrl, Config, ConfigError};
 use crate::pipeline::{Pipeline, PipelineError, Router};
+use crate::sequencer::Sequencer;
 use crate::sinks::local::LocalPublisher;
 use crate::sinks::upstream;
 use crate::sources::mqtt;
@@ -136,6 +137,7 @@ impl Gateway {
             limits: config.store_limits(),
             wake_upstream,
             stats: stats.clone(),
+            sequencer: Sequencer::new(store.devices()?, config.ingest.max_devices),
         };
         let pipeline = tokio::spawn(pipeline.run(rx));
         let mut gateway = Self {

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod demo;
 mod gateway;
 pub mod pipeline;
+pub mod sequencer;
 pub mod sinks;
 pub mod sources;
 pub mod stats;

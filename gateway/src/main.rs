@@ -60,6 +60,22 @@ fn init_logging(default: &str) {
         .init();
 }
 
+/// Ctrl-C, or SIGTERM (what service managers send to stop a daemon).
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -84,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
             let gateway = Gateway::start(config).await?;
             let token = gateway.shutdown_token();
             tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
+                stop_signal().await;
                 tracing::info!("shutting down");
                 token.cancel();
             });

@@ -7,10 +7,12 @@
 //! oversized) is counted, logged and acknowledged, so it is never
 //! redelivered forever; it never affects the other messages of its batch.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_analytics::{AlertEvent, Engine, Output, Sample, WindowResult};
+use eddy_proto::{Ack, Frame};
 use rumqttc::{AsyncClient, Publish};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
@@ -19,9 +21,10 @@ use tracing::{debug, warn};
 
 use crate::config::{IngestConfig, PayloadFormat, TopicMapping};
 use crate::decode::{self, DecodeError};
+use crate::sequencer::{Sequencer, Verdict};
 use crate::sinks::local::LocalPublisher;
 use crate::stats::{self, Stats};
-use crate::store::{Limits, OutboxRecord, Store, StoreError, StoredSample};
+use crate::store::{Batch, Limits, OutboxRecord, Store, StoreError, StoredSample};
 
 /// How often the pipeline advances event time while no data arrives.
 const IDLE_TICK: Duration = Duration::from_millis(200);
@@ -109,6 +112,8 @@ pub struct Pipeline {
     pub limits: Limits,
     pub wake_upstream: Arc<Notify>,
     pub stats: Arc<Stats>,
+    /// Exactly-once admission of Eddy frames; loaded from the store.
+    pub sequencer: Sequencer,
 }
 
 fn wall_ms() -> i64 {
@@ -182,6 +187,7 @@ impl Pipeline {
         let mut stored = Vec::with_capacity(batch.len() * 2);
         let mut samples = Vec::with_capacity(batch.len() * 2);
         let mut rejected = Rejections::default();
+        let mut acks: HashSet<String> = HashSet::new();
         for msg in batch.iter() {
             let Some((device, format)) = self.router.route(&msg.topic) else {
                 stats::add(&self.stats.messages_unknown_topic, 1);
@@ -206,6 +212,30 @@ impl Pipeline {
                     continue;
                 }
             };
+            if let Some(frame) = decoded.seq {
+                let counter = match self.sequencer.admit(&decoded.device, frame) {
+                    Verdict::Admit { lost } => {
+                        if lost > 0 {
+                            stats::add(&self.stats.frames_lost, u64::from(lost));
+                            warn!(device = %decoded.device, lost, "device dropped unacknowledged frames");
+                        }
+                        None
+                    }
+                    Verdict::Duplicate => Some(&self.stats.frames_duplicate),
+                    Verdict::Gap => Some(&self.stats.frames_gap),
+                    Verdict::TooManyDevices => {
+                        rejected.note(&msg.topic, DecodeError::TooManyDevices);
+                        stats::add(&self.stats.frames_device_cap, 1);
+                        continue;
+                    }
+                };
+                acks.insert(decoded.device.clone());
+                if let Some(counter) = counter {
+                    stats::add(counter, 1);
+                    continue;
+                }
+            }
+            let frame = decoded.seq.map(|f| (f.boot, f.seq));
             for r in &decoded.readings {
                 match self.engine.series_key(&decoded.device, &r.metric) {
                     Ok(series) => samples.push(Sample {
@@ -220,6 +250,7 @@ impl Pipeline {
                     metric: r.metric.clone(),
                     ts_ms: decoded.ts_ms,
                     value: r.value,
+                    frame,
                 });
             }
             stats::add(&self.stats.messages_accepted, 1);
@@ -228,7 +259,39 @@ impl Pipeline {
         out.clear();
         self.engine.ingest(&samples, out);
         stats::add(&self.stats.samples_late, out.late.len() as u64);
-        self.commit_and_publish(stored, batch, out).await
+        self.commit_and_publish(stored, batch, out).await?;
+        for device in acks {
+            self.send_ack(device).await;
+        }
+        Ok(())
+    }
+
+    /// Tells `device` which of its frames are durably stored. Acks are
+    /// cumulative and QoS 0: a lost one is made good by the next.
+    async fn send_ack(&self, device: String) {
+        let Some(state) = self.sequencer.get(&device) else {
+            return;
+        };
+        let Ok(id) = eddy_proto::DeviceId::try_from(device.as_str()) else {
+            return;
+        };
+        let frame = Frame::Ack(Ack {
+            device: id,
+            boot: state.boot,
+            seq: state.acked(),
+        });
+        let mut buf = [0u8; 64];
+        let Ok(bytes) = eddy_proto::encode(&frame, &mut buf) else {
+            return;
+        };
+        let topic = format!(
+            "{}/{device}/{}",
+            self.ingest.topic_prefix,
+            eddy_proto::topic::ACK
+        );
+        if self.local.publish_once(topic, bytes.to_vec()).await {
+            stats::add(&self.stats.acks_sent, 1);
+        }
     }
 
     /// Commits samples and outbox records in one transaction, then
@@ -258,9 +321,13 @@ impl Pipeline {
         };
         let limits = self.limits;
         let store = self.store.clone();
+        let batch = Batch {
+            samples: stored,
+            outbox,
+            devices: self.sequencer.take_dirty(),
+        };
         let committed =
-            tokio::task::spawn_blocking(move || store.commit_batch(&stored, &outbox, limits))
-                .await??;
+            tokio::task::spawn_blocking(move || store.commit_batch(&batch, limits)).await??;
         stats::add(&self.stats.samples_committed, committed.samples);
         stats::add(&self.stats.batches_committed, 1);
         stats::add(&self.stats.outbox_appended, committed.outbox);

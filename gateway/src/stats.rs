@@ -43,6 +43,16 @@ counters! {
     messages_oversized,
     /// Messages on topics no mapping claims.
     messages_unknown_topic,
+    /// Eddy frames already stored (retransmissions, redeliveries): dropped.
+    frames_duplicate,
+    /// Eddy frames refused because an earlier one is missing; the device resends.
+    frames_gap,
+    /// Eddy frames their device declared lost (its backlog overflowed).
+    frames_lost,
+    /// Eddy frames refused because `ingest.max_devices` devices are tracked.
+    frames_device_cap,
+    /// End-to-end acknowledgements sent to devices after a commit.
+    acks_sent,
     /// Samples durably committed to the store.
     samples_committed,
     /// Samples dropped from the store's log at its cap (oldest first).

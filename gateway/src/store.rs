@@ -7,15 +7,18 @@
 //! logs; a sink's offset is the first record it has not yet had
 //! acknowledged upstream.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::sequencer::DeviceSeq;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const SAMPLES: TableDefinition<u64, &[u8]> = TableDefinition::new("samples");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const SINK_OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("sink_offsets");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 
 /// Counter of outbox records dropped because the outbox was full.
 pub const OUTBOX_DROPPED: &str = "outbox_dropped";
@@ -62,14 +65,25 @@ pub struct StoredSample {
     pub metric: String,
     pub ts_ms: i64,
     pub value: f64,
+    /// (boot, seq) of the Eddy frame it came in; `None` for JSON.
+    pub frame: Option<(u32, u32)>,
 }
 
 impl StoredSample {
-    // Layout: ts i64 LE | value f64 LE | device len u8 | device | metric.
+    // Layout: ts i64 LE | value f64 LE | has frame u8 | [boot u32 LE |
+    // seq u32 LE] | device len u8 | device | metric.
     fn encoded(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(17 + self.device.len() + self.metric.len());
+        let mut buf = Vec::with_capacity(26 + self.device.len() + self.metric.len());
         buf.extend_from_slice(&self.ts_ms.to_le_bytes());
         buf.extend_from_slice(&self.value.to_le_bytes());
+        match self.frame {
+            Some((boot, seq)) => {
+                buf.push(1);
+                buf.extend_from_slice(&boot.to_le_bytes());
+                buf.extend_from_slice(&seq.to_le_bytes());
+            }
+            None => buf.push(0),
+        }
         // Names are validated to at most 32 bytes before they get here.
         buf.push(self.device.len().min(255) as u8);
         buf.extend_from_slice(self.device.as_bytes());
@@ -78,16 +92,23 @@ impl StoredSample {
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
+        let word = |i: usize| Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?));
         let ts_ms = i64::from_le_bytes(bytes.get(0..8)?.try_into().ok()?);
         let value = f64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
-        let dlen = usize::from(*bytes.get(16)?);
-        let device = std::str::from_utf8(bytes.get(17..17 + dlen)?).ok()?;
-        let metric = std::str::from_utf8(bytes.get(17 + dlen..)?).ok()?;
+        let (frame, at) = match bytes.get(16)? {
+            0 => (None, 17),
+            1 => (Some((word(17)?, word(21)?)), 25),
+            _ => return None,
+        };
+        let dlen = usize::from(*bytes.get(at)?);
+        let device = std::str::from_utf8(bytes.get(at + 1..at + 1 + dlen)?).ok()?;
+        let metric = std::str::from_utf8(bytes.get(at + 1 + dlen..)?).ok()?;
         Some(Self {
             device: device.to_string(),
             metric: metric.to_string(),
             ts_ms,
             value,
+            frame,
         })
     }
 }
@@ -119,6 +140,15 @@ impl OutboxRecord {
             payload: bytes.get(2 + len..)?.to_vec(),
         })
     }
+}
+
+/// Everything one pipeline batch writes, committed atomically.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub samples: Vec<StoredSample>,
+    pub outbox: Vec<OutboxRecord>,
+    /// Devices whose admission state changed with these samples.
+    pub devices: Vec<(String, DeviceSeq)>,
 }
 
 /// What a committed batch changed.
@@ -210,6 +240,7 @@ impl Store {
             txn.open_table(OUTBOX)?;
             txn.open_table(SINK_OFFSETS)?;
             txn.open_table(COUNTERS)?;
+            txn.open_table(DEVICES)?;
             Ok(())
         })?;
         Ok(store)
@@ -236,13 +267,19 @@ impl Store {
     /// transaction. A log over its cap in `limits` drops its oldest records
     /// and counts them ([`SAMPLES_DROPPED`], [`OUTBOX_DROPPED`]); sinks'
     /// offsets move past dropped outbox records.
-    pub fn commit_batch(
-        &self,
-        samples: &[StoredSample],
-        outbox: &[OutboxRecord],
-        limits: Limits,
-    ) -> Result<Committed, StoreError> {
+    pub fn commit_batch(&self, batch: &Batch, limits: Limits) -> Result<Committed, StoreError> {
+        let Batch {
+            samples,
+            outbox,
+            devices,
+        } = batch;
         self.write(|txn| {
+            if !devices.is_empty() {
+                let mut table = txn.open_table(DEVICES)?;
+                for (device, state) in devices {
+                    table.insert(device.as_str(), state.encode().as_slice())?;
+                }
+            }
             append(
                 txn,
                 SAMPLES,
@@ -351,6 +388,21 @@ impl Store {
             let mut outbox = txn.open_table(OUTBOX)?;
             outbox.retain_in(..lowest, |_, _| false)?;
             Ok(())
+        })
+    }
+
+    /// The admission state of every device (see `sequencer`).
+    pub fn devices(&self) -> Result<HashMap<String, DeviceSeq>, StoreError> {
+        self.read(|txn| {
+            let mut out = HashMap::new();
+            for entry in txn.open_table(DEVICES)?.iter()? {
+                let (k, v) = entry?;
+                let state = DeviceSeq::decode(v.value()).ok_or_else(|| {
+                    redb::Error::Corrupted(format!("device `{}` state does not decode", k.value()))
+                })?;
+                out.insert(k.value().to_string(), state);
+            }
+            Ok(out)
         })
     }
 

@@ -13,7 +13,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 fn frame(device: &str, seq: u32, value: f64) -> Vec<u8> {
     let f = Frame::Telemetry(Telemetry {
         device: device.try_into().expect("fits"),
+        boot: 1,
         seq,
+        oldest: 0,
         timestamp_ms: 0,
         readings: [Reading {
             metric: "temperature".try_into().expect("fits"),

@@ -1,8 +1,23 @@
 //! The redb store: logs, offsets, caps, and files that are not stores.
 
+use eddy_gateway::sequencer::DeviceSeq;
 use eddy_gateway::store::{
-    Limits, OUTBOX_DROPPED, OutboxRecord, SAMPLES_DROPPED, Store, StoreError, StoredSample,
+    Batch, Limits, OUTBOX_DROPPED, OutboxRecord, SAMPLES_DROPPED, Store, StoreError, StoredSample,
 };
+
+fn samples(samples: &[StoredSample]) -> Batch {
+    Batch {
+        samples: samples.to_vec(),
+        ..Batch::default()
+    }
+}
+
+fn outbox(records: &[OutboxRecord]) -> Batch {
+    Batch {
+        outbox: records.to_vec(),
+        ..Batch::default()
+    }
+}
 
 fn sample(device: &str, ts_ms: i64) -> StoredSample {
     StoredSample {
@@ -10,6 +25,7 @@ fn sample(device: &str, ts_ms: i64) -> StoredSample {
         metric: "temperature".into(),
         ts_ms,
         value: ts_ms as f64 / 10.0,
+        frame: (ts_ms % 2 == 0).then_some((7, ts_ms as u32)),
     }
 }
 
@@ -27,10 +43,10 @@ fn samples_round_trip_in_order_and_survive_reopening() {
     {
         let store = Store::open(&path).expect("opens");
         store
-            .commit_batch(&[sample("a", 1), sample("b", -5)], &[], Limits::NONE)
+            .commit_batch(&samples(&[sample("a", 1), sample("b", -5)]), Limits::NONE)
             .expect("commits");
         store
-            .commit_batch(&[sample("a", 2)], &[], Limits::NONE)
+            .commit_batch(&samples(&[sample("a", 2)]), Limits::NONE)
             .expect("commits");
     }
     let store = Store::open(&path).expect("reopens");
@@ -53,7 +69,7 @@ fn outbox_offsets_stay_monotonic_after_the_outbox_drains_empty() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(&dir.path().join("s.redb")).expect("opens");
     store
-        .commit_batch(&[], &[record(0), record(1)], Limits::NONE)
+        .commit_batch(&outbox(&[record(0), record(1)]), Limits::NONE)
         .expect("commits");
     store.advance_sink("up", 2).expect("advances");
     assert_eq!(
@@ -63,7 +79,7 @@ fn outbox_offsets_stay_monotonic_after_the_outbox_drains_empty() {
     );
     // New records continue after the sink's offset, not from zero.
     store
-        .commit_batch(&[], &[record(2)], Limits::NONE)
+        .commit_batch(&outbox(&[record(2)]), Limits::NONE)
         .expect("commits");
     let from = store.sink_offset("up").expect("reads");
     let pending = store.outbox_from(from, 10).expect("reads");
@@ -87,8 +103,7 @@ fn a_full_outbox_drops_the_oldest_and_moves_sinks_past_them() {
     let records: Vec<_> = (0..5).map(record).collect();
     let c = store
         .commit_batch(
-            &[],
-            &records,
+            &outbox(&records),
             Limits {
                 max_outbox: 3,
                 ..Limits::NONE
@@ -125,9 +140,9 @@ fn a_truncated_store_is_an_error_not_a_panic() {
     let path = dir.path().join("t.redb");
     {
         let store = Store::open(&path).expect("opens");
-        let samples: Vec<_> = (0..2000).map(|i| sample("d", i)).collect();
+        let many: Vec<_> = (0..2000).map(|i| sample("d", i)).collect();
         store
-            .commit_batch(&samples, &[], Limits::NONE)
+            .commit_batch(&samples(&many), Limits::NONE)
             .expect("commits");
     }
     let len = std::fs::metadata(&path).expect("stat").len();
@@ -137,12 +152,9 @@ fn a_truncated_store_is_an_error_not_a_panic() {
         .expect("open");
     f.set_len(len / 3).expect("truncate");
     drop(f);
-    // Either redb repairs what it can, or it reports an error naming the file.
     match Store::open(&path) {
-        Ok(store) => {
-            let _ = store.for_each_sample(|_, _| {});
-        }
         Err(e) => assert!(e.to_string().contains("t.redb"), "{e}"),
+        Ok(_) => panic!("a store cut to a third opened as if whole"),
     }
 }
 
@@ -155,10 +167,14 @@ fn a_full_sample_log_drops_the_oldest_and_counts_them() {
         ..Limits::NONE
     };
     let first: Vec<_> = (0..4).map(|i| sample("d", i)).collect();
-    let c = store.commit_batch(&first, &[], limits).expect("commits");
+    let c = store
+        .commit_batch(&samples(&first), limits)
+        .expect("commits");
     assert_eq!(c.samples_dropped, 0);
     let second: Vec<_> = (4..8).map(|i| sample("d", i)).collect();
-    let c = store.commit_batch(&second, &[], limits).expect("commits");
+    let c = store
+        .commit_batch(&samples(&second), limits)
+        .expect("commits");
     assert_eq!(c.samples_dropped, 3);
     assert_eq!(store.counter(SAMPLES_DROPPED).expect("reads"), 3);
     let mut kept = Vec::new();
@@ -170,4 +186,32 @@ fn a_full_sample_log_drops_the_oldest_and_counts_them() {
         vec![(3, 3), (4, 4), (5, 5), (6, 6), (7, 7)],
         "newest kept, offsets unchanged"
     );
+}
+
+#[test]
+fn device_sequence_state_commits_with_the_samples_and_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.redb");
+    let state = DeviceSeq {
+        boot: 9,
+        next: 41,
+        previous_boot: 3,
+    };
+    {
+        let store = Store::open(&path).expect("opens");
+        let batch = Batch {
+            devices: vec![("dev-1".into(), state)],
+            ..samples(&[sample("dev-1", 40)])
+        };
+        store.commit_batch(&batch, Limits::NONE).expect("commits");
+    }
+    let store = Store::open(&path).expect("reopens");
+    let devices = store.devices().expect("reads");
+    assert_eq!(devices.get("dev-1"), Some(&state));
+    assert_eq!(devices.len(), 1);
+    let mut got = Vec::new();
+    store
+        .for_each_sample(|_, s| got.push(s.frame))
+        .expect("reads");
+    assert_eq!(got, vec![Some((7, 40))]);
 }

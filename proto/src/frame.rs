@@ -51,9 +51,17 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Telemetry {
     pub device: DeviceId,
-    /// Per-device sequence number, +1 per telemetry frame; the gateway uses
-    /// it to detect loss and to drop retransmitted duplicates.
+    /// Chosen anew at every boot (a counter in non-volatile memory, or a
+    /// random number); sequence numbers restart with it.
+    pub boot: u32,
+    /// Per-boot sequence number, +1 per telemetry frame (wrapping); the
+    /// gateway stores frames in sequence order exactly once.
     pub seq: u32,
+    /// The oldest sequence number the device still holds for
+    /// retransmission. Frames below it that the gateway has not stored are
+    /// gone for good (the device's buffer overflowed); the gateway counts
+    /// them as lost instead of waiting for them.
+    pub oldest: u32,
     /// Event time in milliseconds since the Unix epoch; 0 means the device
     /// has no clock and the gateway stamps the arrival time.
     pub timestamp_ms: u64,
@@ -67,10 +75,12 @@ pub struct Reading {
     pub value: f64,
 }
 
-/// Acknowledges every telemetry frame of `device` up to and including `seq`.
+/// Acknowledges every telemetry frame of `device`'s boot `boot` up to and
+/// including `seq`: they are durably stored and the device may forget them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
     pub device: DeviceId,
+    pub boot: u32,
     pub seq: u32,
 }
 

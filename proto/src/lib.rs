@@ -27,7 +27,7 @@ pub use frame::{
 
 /// Version byte that starts every encoded frame. A decoder rejects any
 /// other value instead of guessing at a layout it does not know.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Upper bound of one encoded frame (version byte and postcard body),
 /// large enough for a `Telemetry` frame with every field at its limit.

@@ -2,7 +2,7 @@
 //!
 //! With the default prefix `eddy/v1`:
 //! `eddy/v1/{device}/telemetry` (device to gateway), `eddy/v1/{device}/cmd`
-//! (gateway to device), `eddy/v1/alerts/{rule}/{device}` and
+//! and `eddy/v1/{device}/ack` (gateway to device), `eddy/v1/alerts/{rule}/{device}` and
 //! `eddy/v1/agg/{device}/{metric}` (gateway outputs).
 
 /// Default topic prefix.
@@ -11,6 +11,8 @@ pub const DEFAULT_PREFIX: &str = "eddy/v1";
 pub const TELEMETRY: &str = "telemetry";
 /// Last level of a device's command topic.
 pub const COMMAND: &str = "cmd";
+/// Last level of a device's acknowledgement topic (gateway to device).
+pub const ACK: &str = "ack";
 /// Last level of a device's presence topic.
 pub const STATUS: &str = "status";
 

@@ -3,7 +3,7 @@
 use eddy_proto::link::{FrameDecoder, LinkError, MAX_WIRE_LEN, encode_framed};
 use eddy_proto::{
     Ack, Command, CommandFrame, DecodeError, Frame, Hello, MAX_FRAME_LEN, MAX_READINGS, Reading,
-    Telemetry, decode, encode,
+    Telemetry, WIRE_VERSION, decode, encode,
 };
 use proptest::prelude::*;
 
@@ -43,18 +43,23 @@ fn frame() -> impl Strategy<Value = Frame> {
         })),
         (
             name(32),
-            any::<u32>(),
+            any::<(u32, u32, u32)>(),
             any::<u64>(),
             proptest::collection::vec(reading(), 1..=MAX_READINGS)
         )
-            .prop_map(|(d, seq, timestamp_ms, rs)| Frame::Telemetry(Telemetry {
-                device: hstr(&d),
-                seq,
-                timestamp_ms,
-                readings: rs.into_iter().collect(),
-            })),
-        (name(32), any::<u32>()).prop_map(|(d, seq)| Frame::Ack(Ack {
+            .prop_map(
+                |(d, (boot, seq, oldest), timestamp_ms, rs)| Frame::Telemetry(Telemetry {
+                    device: hstr(&d),
+                    boot,
+                    seq,
+                    oldest,
+                    timestamp_ms,
+                    readings: rs.into_iter().collect(),
+                })
+            ),
+        (name(32), any::<u32>(), any::<u32>()).prop_map(|(d, boot, seq)| Frame::Ack(Ack {
             device: hstr(&d),
+            boot,
             seq
         })),
         (name(32), any::<u32>(), command()).prop_map(|(d, id, command)| Frame::Command(
@@ -123,7 +128,9 @@ proptest! {
 fn telemetry(device: &str, readings: &[(&str, f64)]) -> Frame {
     Frame::Telemetry(Telemetry {
         device: hstr(device),
+        boot: 1,
         seq: 7,
+        oldest: 3,
         timestamp_ms: 1_700_000_000_000,
         readings: readings
             .iter()
@@ -143,7 +150,9 @@ fn a_frame_with_every_field_at_its_limit_fits() {
         .collect();
     let mut f = telemetry(&"d".repeat(32), &readings);
     if let Frame::Telemetry(t) = &mut f {
+        t.boot = u32::MAX;
         t.seq = u32::MAX;
+        t.oldest = u32::MAX;
         t.timestamp_ms = u64::MAX;
     }
     let mut buf = [0u8; MAX_FRAME_LEN];
@@ -171,9 +180,11 @@ fn wrong_version_trailing_bytes_and_oversize_are_named() {
         .expect("encodes")
         .to_vec();
 
-    let mut v2 = good.clone();
-    v2[0] = 2;
-    assert_eq!(decode(&v2), Err(DecodeError::UnsupportedVersion(2)));
+    for other in [0, WIRE_VERSION - 1, WIRE_VERSION + 1, u8::MAX] {
+        let mut v = good.clone();
+        v[0] = other;
+        assert_eq!(decode(&v), Err(DecodeError::UnsupportedVersion(other)));
+    }
 
     let mut trailing = good.clone();
     trailing.push(0);

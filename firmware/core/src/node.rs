@@ -29,6 +29,7 @@ pub enum NodeError {
 #[derive(Debug)]
 pub struct Node {
     device: DeviceId,
+    boot: u32,
     interval_ms: u32,
     next_sample_ms: u64,
     next_seq: u32,
@@ -38,7 +39,10 @@ pub struct Node {
 
 impl Node {
     /// A node that samples every `interval_ms`, starting at the first poll.
-    pub fn new(device: &str, interval_ms: u32) -> Result<Self, NodeError> {
+    ///
+    /// `boot` must differ from the previous boot's (a counter kept in
+    /// flash, or a random number): sequence numbers restart at 0 with it.
+    pub fn new(device: &str, boot: u32, interval_ms: u32) -> Result<Self, NodeError> {
         valid_name(device, MAX_DEVICE_ID_LEN).map_err(NodeError::BadDeviceId)?;
         if interval_ms < MIN_INTERVAL_MS {
             return Err(NodeError::IntervalTooShort { ms: interval_ms });
@@ -48,6 +52,7 @@ impl Node {
         let _ = id.push_str(device);
         Ok(Self {
             device: id,
+            boot,
             interval_ms,
             next_sample_ms: 0,
             next_seq: 0,
@@ -58,6 +63,10 @@ impl Node {
 
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    pub fn boot(&self) -> u32 {
+        self.boot
     }
 
     pub fn interval_ms(&self) -> u32 {
@@ -132,7 +141,11 @@ impl Node {
         self.next_seq = self.next_seq.wrapping_add(1);
         Some(Telemetry {
             device: self.device.clone(),
+            boot: self.boot,
             seq,
+            // Without a backlog nothing older is held; `Backlog::push`
+            // overwrites this.
+            oldest: seq,
             timestamp_ms: wall_ms,
             readings,
         })

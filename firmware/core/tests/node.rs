@@ -53,7 +53,7 @@ fn command(device: &str, command: Command) -> Frame {
 
 #[test]
 fn samples_on_its_interval_with_consecutive_sequence_numbers() {
-    let mut node = Node::new("dev-1", 100).expect("valid");
+    let mut node = Node::new("dev-1", 7, 100).expect("valid");
     let mut t = temp(21.5);
     let mut seqs = Vec::new();
     for now in (0..1000).step_by(10) {
@@ -71,7 +71,7 @@ fn samples_on_its_interval_with_consecutive_sequence_numbers() {
 
 #[test]
 fn a_stall_skips_missed_slots_instead_of_bursting() {
-    let mut node = Node::new("dev-1", 100).expect("valid");
+    let mut node = Node::new("dev-1", 7, 100).expect("valid");
     let mut t = temp(1.0);
     assert!(node.poll(0, 0, &mut [&mut t]).is_some());
     // The board was busy for a second.
@@ -82,7 +82,7 @@ fn a_stall_skips_missed_slots_instead_of_bursting() {
 
 #[test]
 fn failing_sensors_are_counted_and_left_out() {
-    let mut node = Node::new("dev-1", 100).expect("valid");
+    let mut node = Node::new("dev-1", 7, 100).expect("valid");
     let mut good = temp(3.0);
     let mut bad = Fixed {
         metric: "humidity",
@@ -102,7 +102,7 @@ fn failing_sensors_are_counted_and_left_out() {
 
 #[test]
 fn commands_change_interval_outputs_and_request_reboot() {
-    let mut node = Node::new("dev-1", 1000).expect("valid");
+    let mut node = Node::new("dev-1", 7, 1000).expect("valid");
     let mut pins = Pins::default();
     node.handle(
         &command("dev-1", Command::SetInterval { ms: 50 }),
@@ -139,14 +139,14 @@ fn commands_change_interval_outputs_and_request_reboot() {
 
 #[test]
 fn bad_device_ids_are_refused() {
-    assert!(Node::new("a/b", 100).is_err());
-    assert!(Node::new("", 100).is_err());
-    assert!(Node::new(&"x".repeat(33), 100).is_err());
+    assert!(Node::new("a/b", 7, 100).is_err());
+    assert!(Node::new("", 7, 100).is_err());
+    assert!(Node::new(&"x".repeat(33), 7, 100).is_err());
 }
 
 #[test]
 fn hello_carries_board_and_version() {
-    let node = Node::new("dev-1", 100).expect("valid");
+    let node = Node::new("dev-1", 7, 100).expect("valid");
     match node.hello("host-sim", "0.1.0") {
         Frame::Hello(h) => {
             assert_eq!(h.board.as_str(), "host-sim");

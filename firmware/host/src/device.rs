@@ -1,11 +1,11 @@
 //! One simulated device: the firmware core, simulated sensors, MQTT link.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eddy_firmware::{Node, Outputs, Readings, Sensor, SensorError};
-use eddy_proto::{Frame, MAX_FRAME_LEN, Reading, topic};
+use eddy_firmware::{Backlog, Node, Outputs, Readings, Sensor, SensorError};
+use eddy_proto::{Frame, MAX_FRAME_LEN, Reading, Telemetry, topic};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,11 +32,18 @@ pub struct SimDeviceConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceReport {
     pub device: String,
-    /// Telemetry frames published (sequence numbers 0..sent).
+    /// Boot number its frames carried.
+    pub boot: u32,
+    /// Telemetry frames produced (sequence numbers 0..sent of `boot`).
     pub sent: u32,
-    /// Of those, frames the broker acknowledged (PUBACK).
+    /// Of those, frames the gateway confirmed as durably stored (its
+    /// end-to-end `Ack`s), whatever broker sat in between.
     pub acked: u32,
-    /// Readings in the published frames.
+    /// Frames dropped unconfirmed because the backlog was full.
+    pub dropped: u32,
+    /// Frames sent again after a reconnect or an ack timeout.
+    pub retransmitted: u64,
+    /// Readings in the produced frames.
     pub readings: u64,
     /// Commands received and applied.
     pub commands_applied: u32,
@@ -74,13 +81,31 @@ impl Sensor for SimOutputs {
     }
 }
 
+/// Unacknowledged frames a simulated device holds (about 100 KiB).
+pub const SIM_BACKLOG: usize = 128;
+/// How long frames wait for the gateway's ack before they are sent again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// How long a device waits at the end of its run for outstanding acks.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the link task hands the device loop.
+#[derive(Debug)]
+enum LinkEvent {
+    /// A (re)connection: subscriptions are renewed, the backlog resent.
+    Connected,
+    /// A frame on the device's ack or command topic.
+    Frame(Vec<u8>),
+}
+
 /// A device ready to run.
 #[derive(Debug)]
 pub struct SimDevice {
     config: SimDeviceConfig,
     node: Node,
+    backlog: Box<Backlog<SIM_BACKLOG>>,
     sensors: Vec<Waveform>,
     outputs: SimOutputs,
+    report: DeviceReport,
 }
 
 fn wall_ms() -> u64 {
@@ -89,51 +114,75 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The topics of one device.
+#[derive(Debug)]
+struct Topics {
+    telemetry: String,
+    status: String,
+    command: String,
+    ack: String,
+}
+
+impl Topics {
+    fn new(prefix: &str, device: &str) -> Self {
+        let t = |leaf: &str| format!("{prefix}/{device}/{leaf}");
+        Self {
+            telemetry: t(topic::TELEMETRY),
+            status: t(topic::STATUS),
+            command: t(topic::COMMAND),
+            ack: t(topic::ACK),
+        }
+    }
+}
+
 impl SimDevice {
     pub fn new(config: SimDeviceConfig, sensors: Vec<Waveform>) -> Result<Self, SimError> {
-        let node = Node::new(&config.device, config.interval_ms).map_err(|e| SimError::Setup {
+        // A fresh random boot number, as a board without flash would pick.
+        let boot = rand::random::<u32>();
+        let node =
+            Node::new(&config.device, boot, config.interval_ms).map_err(|e| SimError::Setup {
+                device: config.device.clone(),
+                reason: format!("{e:?}"),
+            })?;
+        let report = DeviceReport {
             device: config.device.clone(),
-            reason: format!("{e:?}"),
-        })?;
+            boot,
+            ..DeviceReport::default()
+        };
         Ok(Self {
             config,
             node,
+            backlog: Box::new(Backlog::new(boot)),
             sensors,
             outputs: SimOutputs::default(),
+            report,
         })
     }
 
     /// Runs until the configured duration passed or `stop` fires, then
-    /// waits (bounded) for the broker to acknowledge what was sent.
+    /// waits (bounded) until the gateway has acknowledged every frame.
     pub async fn run(mut self, stop: CancellationToken) -> DeviceReport {
         let cfg = self.config.clone();
-        let mut report = DeviceReport {
-            device: cfg.device.clone(),
-            ..DeviceReport::default()
-        };
-        let telemetry_topic = format!("{}/{}/{}", cfg.prefix, cfg.device, topic::TELEMETRY);
-        let status_topic = format!("{}/{}/{}", cfg.prefix, cfg.device, topic::STATUS);
-        let command_topic = format!("{}/{}/{}", cfg.prefix, cfg.device, topic::COMMAND);
-
+        let topics = Topics::new(&cfg.prefix, &cfg.device);
         let mut options = MqttOptions::new(cfg.device.clone(), cfg.host.clone(), cfg.port);
         options
             .set_keep_alive(Duration::from_secs(10))
             .set_inflight(100)
             .set_last_will(LastWill::new(
-                &status_topic,
+                &topics.status,
                 "offline",
                 QoS::AtLeastOnce,
                 true,
             ));
         let (client, mut eventloop) = AsyncClient::new(options, 256);
 
-        // The event loop runs on its own task; it reports PUBACKs and
-        // hands commands over.
-        let acked = Arc::new(AtomicU32::new(0));
-        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Vec<u8>>(16);
+        // The event loop runs on its own task; it reports (re)connections
+        // and hands acks and commands over.
+        let connected = Arc::new(AtomicBool::new(false));
+        let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(64);
         let net_stop = CancellationToken::new();
         let net = {
-            let acked = acked.clone();
+            let connected = connected.clone();
             let net_stop = net_stop.clone();
             let device = cfg.device.clone();
             tokio::spawn(async move {
@@ -143,15 +192,18 @@ impl SimDevice {
                         () = net_stop.cancelled() => return,
                     };
                     match event {
-                        Ok(Event::Incoming(Packet::PubAck(_))) => {
-                            acked.fetch_add(1, Ordering::Relaxed);
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            connected.store(true, Ordering::Relaxed);
+                            let _ = link_tx.send(LinkEvent::Connected).await;
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            // Commands are rare; if the node is behind, drop.
-                            let _ = cmd_tx.try_send(p.payload.to_vec());
+                            // Acks are cumulative, so one lost to a full
+                            // queue is repaired by the next.
+                            let _ = link_tx.try_send(LinkEvent::Frame(p.payload.to_vec()));
                         }
                         Ok(_) => {}
                         Err(e) => {
+                            connected.store(false, Ordering::Relaxed);
                             debug!(%device, error = %e, "link down, reconnecting");
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
@@ -159,70 +211,109 @@ impl SimDevice {
                 }
             })
         };
-        // Status and the command subscription are queued before the first
-        // connect and sent once it is up. Status is QoS 0 so every PUBACK
-        // counted is a telemetry frame's.
-        let _ = client
-            .publish(&status_topic, QoS::AtMostOnce, true, "online")
-            .await;
-        let _ = client.subscribe(&command_topic, QoS::AtLeastOnce).await;
 
         let start = Instant::now();
+        let now_ms = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let deadline = start + cfg.duration;
         tokio::select! {
             () = tokio::time::sleep(cfg.start_offset) => {}
             () = stop.cancelled() => {}
         }
-        let mut buf = [0u8; MAX_FRAME_LEN];
-        while !stop.is_cancelled() {
-            let now_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let wait = Duration::from_millis(self.node.due_in(now_ms));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                Some(payload) = cmd_rx.recv() => {
-                    self.apply_command(&payload, &mut report);
-                    continue;
-                }
-                () = tokio::time::sleep_until(deadline) => break,
-                () = stop.cancelled() => break,
+        let mut resend_check = tokio::time::interval(RESEND_AFTER / 4);
+        let resend_ms = u64::try_from(RESEND_AFTER.as_millis()).unwrap_or(u64::MAX);
+        let mut sampling = true;
+        let drain_deadline = deadline + DRAIN_TIMEOUT;
+        loop {
+            if sampling && (stop.is_cancelled() || Instant::now() >= deadline) {
+                sampling = false;
             }
-            let now_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let Some(telemetry) = self.sample(now_ms) else {
-                continue;
-            };
-            let readings = telemetry.readings.len() as u64;
-            let bytes = match eddy_proto::encode(&Frame::Telemetry(telemetry), &mut buf) {
-                Ok(b) => b.to_vec(),
-                Err(e) => {
-                    warn!(device = %cfg.device, error = %e, "frame not encodable");
-                    continue;
-                }
-            };
-            if client
-                .publish(&telemetry_topic, QoS::AtLeastOnce, false, bytes)
-                .await
-                .is_err()
-            {
+            if !sampling && (self.backlog.is_empty() || Instant::now() >= drain_deadline) {
                 break;
             }
-            report.sent += 1;
-            report.readings += readings;
+            let wait = if sampling {
+                Duration::from_millis(self.node.due_in(now_ms()))
+            } else {
+                Duration::MAX
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait), if sampling => {
+                    self.sample_and_send(&client, &topics, &connected, now_ms());
+                }
+                Some(event) = link_rx.recv() => match event {
+                    LinkEvent::Connected => {
+                        let _ = client.try_subscribe(&topics.ack, QoS::AtMostOnce);
+                        let _ = client.try_subscribe(&topics.command, QoS::AtLeastOnce);
+                        let _ = client.try_publish(&topics.status, QoS::AtMostOnce, true, "online");
+                        self.resend(&client, &topics, now_ms());
+                    }
+                    LinkEvent::Frame(payload) => self.on_frame(&payload, now_ms()),
+                },
+                _ = resend_check.tick() => {
+                    if connected.load(Ordering::Relaxed) && self.backlog.resend_due(now_ms(), resend_ms) {
+                        self.resend(&client, &topics, now_ms());
+                    }
+                }
+                () = tokio::time::sleep_until(deadline), if sampling => {}
+                () = tokio::time::sleep_until(drain_deadline), if !sampling => {}
+            }
         }
 
-        // Drain: give the broker time to acknowledge what is in flight.
-        let drain_until = Instant::now() + Duration::from_secs(10);
-        while acked.load(Ordering::Relaxed) < report.sent && Instant::now() < drain_until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        report.acked = acked.load(Ordering::Relaxed);
+        let mut report = self.report;
+        report.dropped = self.backlog.dropped();
+        report.acked = report
+            .sent
+            .saturating_sub(report.dropped)
+            .saturating_sub(self.backlog.len() as u32);
         let _ = client
-            .publish(&status_topic, QoS::AtMostOnce, true, "offline")
+            .publish(&topics.status, QoS::AtMostOnce, true, "offline")
             .await;
         let _ = client.disconnect().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         net_stop.cancel();
         let _ = net.await;
         report
+    }
+
+    fn publish(client: &AsyncClient, topic: &str, telemetry: &Telemetry) -> bool {
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        match eddy_proto::encode(&Frame::Telemetry(telemetry.clone()), &mut buf) {
+            // A full request queue leaves the frame in the backlog; it goes
+            // out with the next retransmission.
+            Ok(bytes) => client
+                .try_publish(topic, QoS::AtLeastOnce, false, bytes.to_vec())
+                .is_ok(),
+            Err(e) => {
+                warn!(device = %telemetry.device, error = %e, "frame not encodable");
+                false
+            }
+        }
+    }
+
+    fn sample_and_send(
+        &mut self,
+        client: &AsyncClient,
+        topics: &Topics,
+        connected: &AtomicBool,
+        now_ms: u64,
+    ) {
+        let Some(mut telemetry) = self.sample(now_ms) else {
+            return;
+        };
+        self.backlog.push(&mut telemetry, now_ms);
+        self.report.sent += 1;
+        self.report.readings += telemetry.readings.len() as u64;
+        if connected.load(Ordering::Relaxed) {
+            Self::publish(client, &topics.telemetry, &telemetry);
+        }
+    }
+
+    fn resend(&mut self, client: &AsyncClient, topics: &Topics, now_ms: u64) {
+        for telemetry in self.backlog.resend(now_ms) {
+            if !Self::publish(client, &topics.telemetry, telemetry) {
+                break;
+            }
+            self.report.retransmitted += 1;
+        }
     }
 
     fn sample(&mut self, now_ms: u64) -> Option<eddy_proto::Telemetry> {
@@ -235,18 +326,24 @@ impl SimDevice {
         self.node.poll(now_ms, wall_ms(), &mut sensors)
     }
 
-    fn apply_command(&mut self, payload: &[u8], report: &mut DeviceReport) {
-        let outcome = eddy_proto::decode(payload)
-            .map_err(|e| format!("{e}"))
-            .and_then(|frame| {
-                self.node
-                    .handle(&frame, &mut self.outputs)
-                    .map_err(|e| format!("{e:?}"))
-            });
+    fn on_frame(&mut self, payload: &[u8], now_ms: u64) {
+        let outcome = match eddy_proto::decode(payload) {
+            Ok(Frame::Ack(ack)) => {
+                if ack.device == self.node.device() {
+                    self.backlog.ack(&ack, now_ms);
+                }
+                return;
+            }
+            Ok(frame) => self
+                .node
+                .handle(&frame, &mut self.outputs)
+                .map_err(|e| format!("{e:?}")),
+            Err(e) => Err(e.to_string()),
+        };
         match outcome {
-            Ok(()) => report.commands_applied += 1,
+            Ok(()) => self.report.commands_applied += 1,
             Err(reason) => {
-                report.commands_refused += 1;
+                self.report.commands_refused += 1;
                 warn!(device = %self.config.device, %reason, "command refused");
             }
         }

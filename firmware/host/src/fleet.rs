@@ -91,8 +91,18 @@ impl FleetReport {
         self.devices.iter().map(|d| u64::from(d.sent)).sum()
     }
 
+    /// Frames the gateway confirmed as stored (end-to-end acks).
     pub fn frames_acked(&self) -> u64 {
         self.devices.iter().map(|d| u64::from(d.acked)).sum()
+    }
+
+    /// Frames the devices dropped unconfirmed (backlog overflow).
+    pub fn frames_dropped(&self) -> u64 {
+        self.devices.iter().map(|d| u64::from(d.dropped)).sum()
+    }
+
+    pub fn frames_retransmitted(&self) -> u64 {
+        self.devices.iter().map(|d| d.retransmitted).sum()
     }
 
     pub fn readings_sent(&self) -> u64 {

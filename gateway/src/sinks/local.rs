@@ -46,6 +46,15 @@ impl LocalPublisher {
         (Self { client, stats }, task)
     }
 
+    /// Publishes at QoS 0 (end-to-end acks: cumulative, so a lost one is
+    /// made good by the next). True when handed to the client.
+    pub async fn publish_once(&self, topic: String, payload: Vec<u8>) -> bool {
+        self.client
+            .publish(topic, QoS::AtMostOnce, false, payload)
+            .await
+            .is_ok()
+    }
+
     pub async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
         if self
             .client

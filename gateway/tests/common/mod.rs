@@ -376,3 +376,45 @@ pub async fn wait_committed(gateway: &Gateway, samples: u64) {
         stats.snapshot().samples_committed
     );
 }
+
+/// Asserts every frame each device sent is stored exactly once: the
+/// (boot, seq) numbers stored for the `outputs` metric, which every
+/// simulated frame carries, are exactly 0..sent of the device's boot, and
+/// the device's whole reading count is stored, no more, no less.
+pub fn assert_exactly_once(store: &eddy_gateway::store::Store, report: &FleetReport) {
+    let mut seqs: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
+    let mut readings: BTreeMap<String, u64> = BTreeMap::new();
+    store
+        .for_each_sample(|_, s| {
+            *readings.entry(s.device.clone()).or_insert(0) += 1;
+            if s.metric == "outputs" {
+                let frame = s.frame.expect("eddy samples carry their frame");
+                seqs.entry(s.device).or_default().push(frame);
+            }
+        })
+        .expect("store readable");
+    for d in &report.devices {
+        assert_eq!(d.dropped, 0, "{}: backlog overflowed", d.device);
+        assert_eq!(d.acked, d.sent, "{}: frames never acknowledged", d.device);
+        let mut got = seqs.remove(&d.device).unwrap_or_default();
+        got.sort_unstable();
+        let expected: Vec<(u32, u32)> = (0..d.sent).map(|s| (d.boot, s)).collect();
+        if got != expected {
+            let dups = got.windows(2).filter(|w| w[0] == w[1]).count();
+            let missing = expected.iter().filter(|e| !got.contains(e)).count();
+            panic!(
+                "{}: sent {}, stored {} frames ({dups} duplicates, {missing} missing)",
+                d.device,
+                d.sent,
+                got.len()
+            );
+        }
+        assert_eq!(
+            readings.get(&d.device).copied().unwrap_or(0),
+            d.readings,
+            "{}: stored readings",
+            d.device
+        );
+    }
+    assert!(seqs.is_empty(), "samples of unknown devices: {seqs:?}");
+}
