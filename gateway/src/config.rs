@@ -53,6 +53,25 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// Where aggregates and alerts are forwarded; none by default.
     pub upstream: Option<UpstreamConfig>,
+    pub http: HttpConfig,
+}
+
+/// The gateway's HTTP port: `/metrics` (Prometheus) and `/healthz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Address to listen on; loopback by default (port 0 picks a free one).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
 }
 
 impl Default for Config {
@@ -72,25 +91,64 @@ impl Default for Config {
                 below: None,
             }],
             upstream: None,
+            http: HttpConfig::default(),
         }
     }
 }
 
-/// The store's caps.
+/// The store: retention, caps, what happens at a cap, durability.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Most samples kept in the raw log; beyond it the oldest are dropped
-    /// and counted (`samples_dropped`). About 30 bytes each on disk.
+    /// Most samples kept in the raw log.
     pub max_samples: u64,
+    /// Most bytes of sample records kept (about 40 bytes per sample plus
+    /// redb's overhead, roughly 2x on disk).
+    pub max_bytes: u64,
+    /// Samples whose event time is older than this are deleted; none by default.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// What happens when `max_samples` or `max_bytes` is reached.
+    pub on_full: FullPolicy,
+    /// `immediate`: every batch is fsynced before devices are acknowledged
+    /// (survives power loss). `none`: commits are not fsynced; faster, but a
+    /// crash or power loss rolls the store back to the last durable commit,
+    /// losing acknowledged data. Use `none` only for disposable data.
+    pub durability: DurabilityMode,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             max_samples: 50_000_000,
+            max_bytes: 4 << 30,
+            max_age: None,
+            on_full: FullPolicy::DropOldest,
+            durability: DurabilityMode::Immediate,
         }
     }
+}
+
+/// The declared policy at a store cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Delete the oldest samples to make room, counting them
+    /// (`samples_dropped`). The gateway keeps the newest data.
+    DropOldest,
+    /// Keep what is stored and stop admitting: Eddy devices are not
+    /// acknowledged and hold their data until room appears (age retention
+    /// or an operator); JSON messages are refused and counted
+    /// (`samples_refused`). The gateway keeps the oldest data.
+    Refuse,
+}
+
+/// Whether commits are fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityMode {
+    Immediate,
+    None,
 }
 
 /// The MQTT broker devices publish to.
@@ -336,6 +394,12 @@ impl Config {
         if self.store.max_samples == 0 {
             return Err(invalid("store.max_samples", "must be at least 1"));
         }
+        if self.store.max_bytes < 4096 {
+            return Err(invalid("store.max_bytes", "must be at least 4096"));
+        }
+        if self.store.max_age.is_some_and(|a| a.is_zero()) {
+            return Err(invalid("store.max_age", "must be longer than 0"));
+        }
         if self.broker.max_inflight == 0 {
             return Err(invalid("broker.max_inflight", "must be at least 1"));
         }
@@ -425,6 +489,13 @@ impl Config {
     pub fn store_limits(&self) -> crate::store::Limits {
         crate::store::Limits {
             max_samples: self.store.max_samples,
+            max_sample_bytes: self.store.max_bytes,
+            max_age_ms: self
+                .store
+                .max_age
+                .map(|a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX)),
+            on_full: self.store.on_full,
+            durability: self.store.durability,
             max_outbox: self.upstream.as_ref().map_or(u64::MAX, |u| u.max_outbox),
         }
     }

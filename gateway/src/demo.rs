@@ -44,6 +44,7 @@ pub fn demo_config(data_dir: PathBuf) -> Config {
         ..Config::default()
     };
     config.broker.listen = ([127, 0, 0, 1], 0).into();
+    config.http.listen = ([127, 0, 0, 1], 0).into();
     config.engine.window = Duration::from_secs(2);
     config.engine.allowed_lateness = Duration::from_millis(500);
     config.rules = vec![RuleConfig {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use eddy_analytics::{Engine, EngineError};
+use eddy_analytics::EngineError;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
@@ -13,13 +13,14 @@ use tracing::{error, info};
 
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::config::{BrokerUrl, Config, ConfigError};
-use crate::pipeline::{Pipeline, PipelineError, Router};
-use crate::sequencer::Sequencer;
+use crate::http::{self, HttpError};
+use crate::pipeline::{Inbox, PipelineError, PipelineParts};
 use crate::sinks::local::LocalPublisher;
 use crate::sinks::upstream;
 use crate::sources::mqtt;
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
+use crate::supervisor::{RestartPolicy, supervise};
 
 /// The store file inside `data_dir`.
 pub const STORE_FILE: &str = "eddy.redb";
@@ -46,6 +47,10 @@ pub enum GatewayError {
     NotSubscribed { broker: String, waited: Duration },
     #[error("{task} task panicked")]
     Panicked { task: &'static str },
+    #[error("the ingest source stopped unexpectedly")]
+    SourceClosed,
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// A running gateway.
@@ -57,11 +62,13 @@ pub struct Gateway {
     shutdown: CancellationToken,
     /// Cancelled once the pipeline has drained, so the source can disconnect.
     drained: CancellationToken,
-    pipeline: JoinHandle<Result<(), PipelineError>>,
-    upstream: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Supervised; finishes once the source closed and it drained.
+    pipeline: JoinHandle<()>,
+    upstream: Option<JoinHandle<()>>,
     helpers: Vec<JoinHandle<()>>,
     subscribed: watch::Receiver<bool>,
     embedded: Option<EmbeddedBroker>,
+    http: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -81,8 +88,6 @@ impl Gateway {
                 .map_err(|_| GatewayError::Panicked { task: "store open" })??
         };
         info!(path = %store_path.display(), "store open");
-        let (engine_config, rules) = config.engine();
-        let engine = Engine::new(engine_config, rules)?;
 
         let (embedded, broker) = match &config.broker.url {
             Some(url) => (
@@ -117,19 +122,33 @@ impl Gateway {
             shutdown.clone(),
         );
         let wake_upstream = Arc::new(Notify::new());
+        let policy = RestartPolicy::default();
         let upstream = config.upstream.clone().map(|up| {
-            tokio::spawn(upstream::run(
-                up,
+            let (store, wake, stats, shutdown) = (
                 store.clone(),
                 wake_upstream.clone(),
                 stats.clone(),
                 shutdown.clone(),
-            ))
+            );
+            supervise(
+                "upstream",
+                policy,
+                stats.clone(),
+                shutdown.clone(),
+                move || {
+                    upstream::run(
+                        up.clone(),
+                        store.clone(),
+                        wake.clone(),
+                        stats.clone(),
+                        shutdown.clone(),
+                    )
+                },
+            )
         });
-        let pipeline = Pipeline {
-            engine,
+        let parts = PipelineParts {
+            engine: config.engine(),
             store: store.clone(),
-            router: Router::new(&config.ingest),
             ingest: config.ingest.clone(),
             acker: source.acker,
             local,
@@ -137,9 +156,41 @@ impl Gateway {
             limits: config.store_limits(),
             wake_upstream,
             stats: stats.clone(),
-            sequencer: Sequencer::new(store.devices()?, config.ingest.max_devices),
         };
-        let pipeline = tokio::spawn(pipeline.run(rx));
+        // Fail fast on a bad engine config or unreadable state, before
+        // anything is supervised.
+        let first = parts.build()?;
+        let inbox: Inbox = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut first = Some(first);
+        let pipeline = supervise(
+            "pipeline",
+            policy,
+            stats.clone(),
+            shutdown.clone(),
+            move || {
+                let pipeline = match first.take() {
+                    Some(p) => Ok(p),
+                    None => parts.build(),
+                };
+                let inbox = inbox.clone();
+                async move { pipeline?.run(inbox).await }
+            },
+        );
+        let mut helpers = vec![source.task, local_task];
+        let http = match config.http.enabled {
+            true => {
+                let (addr, task) = http::serve(
+                    config.http.listen,
+                    stats.clone(),
+                    store.clone(),
+                    shutdown.clone(),
+                )
+                .await?;
+                helpers.push(task);
+                Some(addr)
+            }
+            false => None,
+        };
         let mut gateway = Self {
             broker,
             store,
@@ -148,7 +199,8 @@ impl Gateway {
             drained,
             pipeline,
             upstream,
-            helpers: vec![source.task, local_task],
+            helpers,
+            http,
             subscribed: source.subscribed,
             embedded,
         };
@@ -182,6 +234,11 @@ impl Gateway {
         &self.broker
     }
 
+    /// Where `/metrics` is served, if the HTTP port is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
@@ -199,7 +256,12 @@ impl Gateway {
     /// pipeline failed. Then stops everything and reports the first error.
     pub async fn wait(mut self) -> Result<(), GatewayError> {
         let result = tokio::select! {
-            r = &mut self.pipeline => flatten(r, "pipeline"),
+            r = &mut self.pipeline => match r {
+                Ok(()) if self.shutdown.is_cancelled() => Ok(()),
+                // Otherwise the pipeline only ends when the source is gone.
+                Ok(()) => Err(GatewayError::SourceClosed),
+                Err(_) => Err(GatewayError::Panicked { task: "pipeline supervisor" }),
+            },
             () = self.shutdown.cancelled() => Ok(()),
         };
         if let Err(e) = &result {
@@ -219,30 +281,23 @@ impl Gateway {
 
     async fn stop_tasks(&mut self) -> Result<(), GatewayError> {
         let mut result = Ok(());
-        if !self.pipeline.is_finished() {
-            result = flatten((&mut self.pipeline).await, "pipeline");
+        if !self.pipeline.is_finished() && (&mut self.pipeline).await.is_err() {
+            result = Err(GatewayError::Panicked {
+                task: "pipeline supervisor",
+            });
         }
         self.drained.cancel();
-        if let Some(up) = self.upstream.take() {
-            match up.await {
-                Ok(r) => result = result.and(r.map_err(GatewayError::from)),
-                Err(_) => result = result.and(Err(GatewayError::Panicked { task: "upstream" })),
-            }
+        if let Some(up) = self.upstream.take()
+            && up.await.is_err()
+        {
+            result = result.and(Err(GatewayError::Panicked {
+                task: "upstream supervisor",
+            }));
         }
         for h in self.helpers.drain(..) {
             let _ = h.await;
         }
         result
-    }
-}
-
-fn flatten<E: Into<GatewayError>>(
-    r: Result<Result<(), E>, tokio::task::JoinError>,
-    task: &'static str,
-) -> Result<(), GatewayError> {
-    match r {
-        Ok(r) => r.map_err(Into::into),
-        Err(_) => Err(GatewayError::Panicked { task }),
     }
 }
 

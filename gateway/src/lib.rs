@@ -11,11 +11,13 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 mod gateway;
+pub mod http;
 pub mod pipeline;
 pub mod sequencer;
 pub mod sinks;
 pub mod sources;
 pub mod stats;
 pub mod store;
+pub mod supervisor;
 
 pub use gateway::{Gateway, GatewayError, STORE_FILE};

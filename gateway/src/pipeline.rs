@@ -11,15 +11,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eddy_analytics::{AlertEvent, Engine, Output, Sample, WindowResult};
+use eddy_analytics::{
+    AlertEvent, Engine, EngineConfig, Output, Sample, ThresholdRule, WindowResult,
+};
 use eddy_proto::{Ack, Frame};
 use rumqttc::{AsyncClient, Publish};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::config::{IngestConfig, PayloadFormat, TopicMapping};
+use crate::config::{FullPolicy, IngestConfig, PayloadFormat, TopicMapping};
 use crate::decode::{self, DecodeError};
 use crate::sequencer::{Sequencer, Verdict};
 use crate::sinks::local::LocalPublisher;
@@ -36,6 +38,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("engine: {0}")]
+    Engine(#[from] eddy_analytics::EngineError),
 }
 
 /// Which messages are telemetry, in which format, from which device.
@@ -97,12 +101,14 @@ fn matches(filter: &[String], levels: &[&str]) -> bool {
     filter.len() == levels.len()
 }
 
-/// Everything the pipeline needs, wired by `Gateway::start`.
-#[derive(Debug)]
-pub struct Pipeline {
-    pub engine: Engine,
+/// Everything a pipeline is built from, wired by `Gateway::start`. The
+/// supervisor builds a fresh [`Pipeline`] from it after a failure, with
+/// admission state reloaded from the store, so the restarted pipeline
+/// knows exactly what was committed.
+#[derive(Debug, Clone)]
+pub struct PipelineParts {
+    pub engine: (EngineConfig, Vec<ThresholdRule>),
     pub store: Store,
-    pub router: Router,
     pub ingest: IngestConfig,
     /// Acknowledges ingest messages.
     pub acker: AsyncClient,
@@ -112,9 +118,37 @@ pub struct Pipeline {
     pub limits: Limits,
     pub wake_upstream: Arc<Notify>,
     pub stats: Arc<Stats>,
-    /// Exactly-once admission of Eddy frames; loaded from the store.
-    pub sequencer: Sequencer,
 }
+
+impl PipelineParts {
+    /// A pipeline with a fresh engine and the stored admission state.
+    pub fn build(&self) -> Result<Pipeline, PipelineError> {
+        let (config, rules) = self.engine.clone();
+        Ok(Pipeline {
+            engine: Engine::new(config, rules)?,
+            router: Router::new(&self.ingest),
+            sequencer: Sequencer::new(self.store.devices()?, self.ingest.max_devices),
+            full: false,
+            parts: self.clone(),
+        })
+    }
+}
+
+/// The ingest pipeline's running state.
+#[derive(Debug)]
+pub struct Pipeline {
+    engine: Engine,
+    router: Router,
+    /// Exactly-once admission of Eddy frames; loaded from the store.
+    sequencer: Sequencer,
+    /// The sample log was at a cap after the last commit.
+    full: bool,
+    parts: PipelineParts,
+}
+
+/// The channel from the ingest source, shared by successive pipeline
+/// runs: a restarted pipeline continues where the failed one stopped.
+pub type Inbox = Arc<tokio::sync::Mutex<mpsc::Receiver<Publish>>>;
 
 fn wall_ms() -> i64 {
     SystemTime::now()
@@ -128,8 +162,9 @@ type Rendered = (String, Vec<u8>, bool);
 impl Pipeline {
     /// Runs until the source closes the channel; everything received is
     /// committed and acknowledged before returning.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Publish>) -> Result<(), PipelineError> {
-        let mut batch: Vec<Publish> = Vec::with_capacity(self.ingest.batch_size);
+    pub async fn run(mut self, inbox: Inbox) -> Result<(), PipelineError> {
+        let mut rx = inbox.lock().await;
+        let mut batch: Vec<Publish> = Vec::with_capacity(self.parts.ingest.batch_size);
         let mut deadline: Option<Instant> = None;
         let mut last_arrival = Instant::now();
         let mut idle = tokio::time::interval(IDLE_TICK);
@@ -140,15 +175,15 @@ impl Pipeline {
                     let Some(msg) = msg else { break };
                     batch.push(msg);
                     last_arrival = Instant::now();
-                    deadline.get_or_insert(last_arrival + self.ingest.batch_delay);
+                    deadline.get_or_insert(last_arrival + self.parts.ingest.batch_delay);
                     // Take what is already queued without waiting.
-                    while batch.len() < self.ingest.batch_size {
+                    while batch.len() < self.parts.ingest.batch_size {
                         match rx.try_recv() {
                             Ok(m) => batch.push(m),
                             Err(_) => break,
                         }
                     }
-                    if batch.len() >= self.ingest.batch_size {
+                    if batch.len() >= self.parts.ingest.batch_size {
                         self.flush(&mut batch, &mut out).await?;
                         deadline = None;
                     }
@@ -190,7 +225,7 @@ impl Pipeline {
         let mut acks: HashSet<String> = HashSet::new();
         for msg in batch.iter() {
             let Some((device, format)) = self.router.route(&msg.topic) else {
-                stats::add(&self.stats.messages_unknown_topic, 1);
+                stats::add(&self.parts.stats.messages_unknown_topic, 1);
                 debug!(topic = %msg.topic, "message on an unmapped topic");
                 continue;
             };
@@ -198,34 +233,44 @@ impl Pipeline {
                 format,
                 device,
                 &msg.payload,
-                self.ingest.max_payload_bytes,
+                self.parts.ingest.max_payload_bytes,
                 now_ms,
             ) {
                 Ok(d) => d,
                 Err(e) => {
                     let counter = match e {
-                        DecodeError::Oversized { .. } => &self.stats.messages_oversized,
-                        _ => &self.stats.messages_malformed,
+                        DecodeError::Oversized { .. } => &self.parts.stats.messages_oversized,
+                        _ => &self.parts.stats.messages_malformed,
                     };
                     stats::add(counter, 1);
                     rejected.note(&msg.topic, e);
                     continue;
                 }
             };
+            if self.refusing() {
+                // The store is full and the policy keeps what it has: Eddy
+                // devices are not acknowledged and keep their frames.
+                let counter = match decoded.seq {
+                    Some(_) => &self.parts.stats.frames_refused_full,
+                    None => &self.parts.stats.samples_refused,
+                };
+                stats::add(counter, decoded.readings.len() as u64);
+                continue;
+            }
             if let Some(frame) = decoded.seq {
                 let counter = match self.sequencer.admit(&decoded.device, frame) {
                     Verdict::Admit { lost } => {
                         if lost > 0 {
-                            stats::add(&self.stats.frames_lost, u64::from(lost));
+                            stats::add(&self.parts.stats.frames_lost, u64::from(lost));
                             warn!(device = %decoded.device, lost, "device dropped unacknowledged frames");
                         }
                         None
                     }
-                    Verdict::Duplicate => Some(&self.stats.frames_duplicate),
-                    Verdict::Gap => Some(&self.stats.frames_gap),
+                    Verdict::Duplicate => Some(&self.parts.stats.frames_duplicate),
+                    Verdict::Gap => Some(&self.parts.stats.frames_gap),
                     Verdict::TooManyDevices => {
                         rejected.note(&msg.topic, DecodeError::TooManyDevices);
-                        stats::add(&self.stats.frames_device_cap, 1);
+                        stats::add(&self.parts.stats.frames_device_cap, 1);
                         continue;
                     }
                 };
@@ -243,7 +288,7 @@ impl Pipeline {
                         ts_ms: decoded.ts_ms,
                         value: r.value,
                     }),
-                    Err(_) => stats::add(&self.stats.samples_series_refused, 1),
+                    Err(_) => stats::add(&self.parts.stats.samples_series_refused, 1),
                 }
                 stored.push(StoredSample {
                     device: decoded.device.clone(),
@@ -253,17 +298,22 @@ impl Pipeline {
                     frame,
                 });
             }
-            stats::add(&self.stats.messages_accepted, 1);
+            stats::add(&self.parts.stats.messages_accepted, 1);
         }
         rejected.log();
         out.clear();
         self.engine.ingest(&samples, out);
-        stats::add(&self.stats.samples_late, out.late.len() as u64);
+        stats::add(&self.parts.stats.samples_late, out.late.len() as u64);
         self.commit_and_publish(stored, batch, out).await?;
         for device in acks {
             self.send_ack(device).await;
         }
         Ok(())
+    }
+
+    /// True while the store is at a cap under the `refuse` policy.
+    fn refusing(&self) -> bool {
+        self.full && self.parts.limits.on_full == FullPolicy::Refuse
     }
 
     /// Tells `device` which of its frames are durably stored. Acks are
@@ -286,11 +336,11 @@ impl Pipeline {
         };
         let topic = format!(
             "{}/{device}/{}",
-            self.ingest.topic_prefix,
+            self.parts.ingest.topic_prefix,
             eddy_proto::topic::ACK
         );
-        if self.local.publish_once(topic, bytes.to_vec()).await {
-            stats::add(&self.stats.acks_sent, 1);
+        if self.parts.local.publish_once(topic, bytes.to_vec()).await {
+            stats::add(&self.parts.stats.acks_sent, 1);
         }
     }
 
@@ -308,7 +358,7 @@ impl Pipeline {
             .map(|w| self.render_window(w))
             .chain(out.alerts.iter().map(|a| self.render_alert(a)))
             .collect();
-        let outbox: Vec<OutboxRecord> = if self.outbox {
+        let outbox: Vec<OutboxRecord> = if self.parts.outbox {
             rendered
                 .iter()
                 .map(|(topic, payload, _)| OutboxRecord {
@@ -319,8 +369,8 @@ impl Pipeline {
         } else {
             Vec::new()
         };
-        let limits = self.limits;
-        let store = self.store.clone();
+        let limits = self.parts.limits;
+        let store = self.parts.store.clone();
         let batch = Batch {
             samples: stored,
             outbox,
@@ -328,18 +378,27 @@ impl Pipeline {
         };
         let committed =
             tokio::task::spawn_blocking(move || store.commit_batch(&batch, limits)).await??;
-        stats::add(&self.stats.samples_committed, committed.samples);
-        stats::add(&self.stats.batches_committed, 1);
-        stats::add(&self.stats.outbox_appended, committed.outbox);
+        stats::add(&self.parts.stats.samples_committed, committed.samples);
+        stats::add(&self.parts.stats.samples_expired, committed.samples_expired);
+        if committed.full != self.full && self.parts.limits.on_full == FullPolicy::Refuse {
+            if committed.full {
+                warn!("sample store full: refusing new samples (store.on_full = \"refuse\")");
+            } else {
+                info!("sample store has room again: admitting samples");
+            }
+        }
+        self.full = committed.full;
+        stats::add(&self.parts.stats.batches_committed, 1);
+        stats::add(&self.parts.stats.outbox_appended, committed.outbox);
         if committed.samples_dropped > 0 {
-            stats::add(&self.stats.samples_dropped, committed.samples_dropped);
+            stats::add(&self.parts.stats.samples_dropped, committed.samples_dropped);
             warn!(
                 dropped = committed.samples_dropped,
                 "sample log full: oldest samples dropped"
             );
         }
         if committed.outbox_dropped > 0 {
-            stats::add(&self.stats.outbox_dropped, committed.outbox_dropped);
+            stats::add(&self.parts.stats.outbox_dropped, committed.outbox_dropped);
             warn!(
                 dropped = committed.outbox_dropped,
                 "outbox full: oldest records dropped"
@@ -347,7 +406,7 @@ impl Pipeline {
         }
         let unacked = acks
             .drain(..)
-            .filter(|m| self.acker.try_ack(m).is_err())
+            .filter(|m| self.parts.acker.try_ack(m).is_err())
             .count();
         if unacked > 0 {
             warn!(
@@ -355,24 +414,27 @@ impl Pipeline {
                 "acknowledgements not sent; the broker will redeliver"
             );
         }
-        stats::add(&self.stats.windows_closed, out.windows.len() as u64);
+        stats::add(&self.parts.stats.windows_closed, out.windows.len() as u64);
         for a in &out.alerts {
             match a.state {
-                eddy_analytics::AlertState::Firing => stats::add(&self.stats.alerts_fired, 1),
-                eddy_analytics::AlertState::Resolved => stats::add(&self.stats.alerts_resolved, 1),
+                eddy_analytics::AlertState::Firing => stats::add(&self.parts.stats.alerts_fired, 1),
+                eddy_analytics::AlertState::Resolved => {
+                    stats::add(&self.parts.stats.alerts_resolved, 1)
+                }
             }
         }
         for (topic, payload, retain) in rendered {
-            self.local
+            self.parts
+                .local
                 .publish(
-                    format!("{}/{topic}", self.ingest.topic_prefix),
+                    format!("{}/{topic}", self.parts.ingest.topic_prefix),
                     payload,
                     retain,
                 )
                 .await;
         }
         if committed.outbox > 0 {
-            self.wake_upstream.notify_one();
+            self.parts.wake_upstream.notify_one();
         }
         Ok(())
     }

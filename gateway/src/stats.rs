@@ -1,25 +1,41 @@
 //! Counters of what the gateway did, shared by every task.
 
-use std::fmt;
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($(#[doc = $doc:literal] $name:ident),* $(,)?) => {
         /// Monotonic counters, readable while the gateway runs.
         #[derive(Debug, Default)]
         pub struct Stats {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+            /// Restarts per supervised task.
+            restarts: Mutex<BTreeMap<&'static str, u64>>,
         }
 
-        /// A point-in-time copy of [`Stats`].
+        /// A point-in-time copy of [`Stats`]' counters.
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct Snapshot {
-            $($(#[$doc])* pub $name: u64,)*
+            $(#[doc = $doc] pub $name: u64,)*
         }
 
         impl Stats {
             pub fn snapshot(&self) -> Snapshot {
                 Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl Snapshot {
+            /// The counters in Prometheus text format, as `eddy_{name}_total`.
+            pub fn prometheus(&self, out: &mut String) {
+                $(
+                    let name = concat!("eddy_", stringify!($name), "_total");
+                    let _ = writeln!(out, "# HELP {name} {}", $doc.trim());
+                    let _ = writeln!(out, "# TYPE {name} counter");
+                    let _ = writeln!(out, "{name} {}", self.$name);
+                )*
             }
         }
 
@@ -30,6 +46,24 @@ macro_rules! counters {
             }
         }
     };
+}
+
+impl Stats {
+    /// Counts a restart of supervised task `task`; returns its total.
+    pub fn task_restarted(&self, task: &'static str) -> u64 {
+        let mut map = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(task).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// Restarts per supervised task (tasks never restarted are absent).
+    pub fn task_restarts(&self) -> BTreeMap<&'static str, u64> {
+        self.restarts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 counters! {
@@ -51,6 +85,12 @@ counters! {
     frames_lost,
     /// Eddy frames refused because `ingest.max_devices` devices are tracked.
     frames_device_cap,
+    /// Eddy frames refused because the store is full (`on_full = "refuse"`); devices keep them.
+    frames_refused_full,
+    /// JSON samples refused because the store is full (`on_full = "refuse"`).
+    samples_refused,
+    /// Samples deleted from the store for age (`store.max_age`).
+    samples_expired,
     /// End-to-end acknowledgements sent to devices after a commit.
     acks_sent,
     /// Samples durably committed to the store.

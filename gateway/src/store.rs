@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::{DurabilityMode, FullPolicy};
 use crate::sequencer::DeviceSeq;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -24,19 +25,37 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 pub const OUTBOX_DROPPED: &str = "outbox_dropped";
 /// Counter of samples dropped from the log because it was full.
 pub const SAMPLES_DROPPED: &str = "samples_dropped";
+/// Counter of samples deleted because they were older than `max_age`.
+pub const SAMPLES_EXPIRED: &str = "samples_expired";
+/// Bytes of sample records in the log.
+const SAMPLES_BYTES: &str = "samples_bytes";
 
-/// Caps of the store's logs, in records. At a cap the oldest records are
-/// dropped (and counted): an edge box must keep running on a full budget.
+/// Retention, caps and commit durability, applied on every commit: an
+/// edge box must keep running on a full budget, in a declared way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Samples kept in the log.
     pub max_samples: u64,
+    /// Bytes of sample records kept in the log.
+    pub max_sample_bytes: u64,
+    /// Samples with an event time older than this (relative to the wall
+    /// clock) are deleted from the old end of the log.
+    pub max_age_ms: Option<i64>,
+    /// What a full sample log does.
+    pub on_full: FullPolicy,
+    pub durability: DurabilityMode,
+    /// Outbox records kept; beyond it the oldest are dropped and counted.
     pub max_outbox: u64,
 }
 
 impl Limits {
-    /// No caps (tests and tools).
+    /// No caps, durable commits (tests and tools).
     pub const NONE: Limits = Limits {
         max_samples: u64::MAX,
+        max_sample_bytes: u64::MAX,
+        max_age_ms: None,
+        on_full: FullPolicy::DropOldest,
+        durability: DurabilityMode::Immediate,
         max_outbox: u64::MAX,
     };
 }
@@ -151,12 +170,31 @@ pub struct Batch {
     pub devices: Vec<(String, DeviceSeq)>,
 }
 
+/// The store's sizes, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    pub samples: u64,
+    pub sample_bytes: u64,
+    /// Outbox records not yet delivered by every sink.
+    pub outbox: u64,
+    /// Per sink: records appended to the outbox it has not had acknowledged.
+    pub sink_lag: Vec<(String, u64)>,
+    /// Devices with exactly-once admission state.
+    pub devices: u64,
+    pub file_bytes: u64,
+}
+
 /// What a committed batch changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Committed {
     pub samples: u64,
     /// Samples dropped from the log to stay within the cap.
     pub samples_dropped: u64,
+    /// Samples deleted for age.
+    pub samples_expired: u64,
+    /// The sample log is at a cap after this commit (with the `refuse`
+    /// policy, the pipeline stops admitting until it is not).
+    pub full: bool,
     pub outbox: u64,
     /// Outbox records dropped to stay within the cap.
     pub outbox_dropped: u64,
@@ -202,6 +240,78 @@ fn trim(
     let dropped = counters.get(counter)?.map_or(0, |v| v.value());
     counters.insert(counter, dropped + excess)?;
     Ok((excess, first_kept))
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn bump(counters: &mut redb::Table<&str, u64>, name: &str, by: u64) -> Result<u64, redb::Error> {
+    let value = counters
+        .get(name)?
+        .map_or(0, |v| v.value())
+        .saturating_add(by);
+    counters.insert(name, value)?;
+    Ok(value)
+}
+
+/// Applies age retention and the caps to the sample log after `added`
+/// bytes were appended.
+fn retain_samples(
+    txn: &redb::WriteTransaction,
+    added: u64,
+    limits: &Limits,
+    committed: &mut Committed,
+) -> Result<(), redb::Error> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    let mut bytes = bump(&mut counters, SAMPLES_BYTES, added)?;
+    let mut table = txn.open_table(SAMPLES)?;
+    let mut len = table.len()?;
+    let cutoff = limits.max_age_ms.map(|age| wall_ms().saturating_sub(age));
+    let over = |len: u64, bytes: u64| len > limits.max_samples || bytes > limits.max_sample_bytes;
+    let (mut expired, mut dropped, mut freed) = (0u64, 0u64, 0u64);
+    loop {
+        let Some((_, first)) = table.first()? else {
+            break;
+        };
+        let value = first.value();
+        let old = cutoff.is_some_and(|c| {
+            value
+                .get(0..8)
+                .and_then(|b| b.try_into().ok())
+                .is_some_and(|b| i64::from_le_bytes(b) < c)
+        });
+        let cap = limits.on_full == FullPolicy::DropOldest && over(len, bytes);
+        if !old && !cap {
+            break;
+        }
+        let size = value.len() as u64;
+        drop(first);
+        table.pop_first()?;
+        len -= 1;
+        bytes = bytes.saturating_sub(size);
+        freed += size;
+        if old {
+            expired += 1;
+        } else {
+            dropped += 1;
+        }
+    }
+    if freed > 0 {
+        counters.insert(SAMPLES_BYTES, bytes)?;
+    }
+    if expired > 0 {
+        bump(&mut counters, SAMPLES_EXPIRED, expired)?;
+    }
+    if dropped > 0 {
+        bump(&mut counters, SAMPLES_DROPPED, dropped)?;
+    }
+    committed.samples_expired = expired;
+    committed.samples_dropped = dropped;
+    committed.full = len >= limits.max_samples || bytes >= limits.max_sample_bytes;
+    Ok(())
 }
 
 /// Appends `values` to a log table at its persistent next offset.
@@ -257,7 +367,19 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        self.write_with(DurabilityMode::Immediate, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: DurabilityMode,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        if durability == DurabilityMode::None {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| self.db_err(redb::Error::from(e)))?;
+        }
         let value = f(&txn).map_err(|e| self.db_err(e))?;
         txn.commit().map_err(|e| self.db_err(e))?;
         Ok(value)
@@ -273,27 +395,21 @@ impl Store {
             outbox,
             devices,
         } = batch;
-        self.write(|txn| {
+        self.write_with(limits.durability, |txn| {
             if !devices.is_empty() {
                 let mut table = txn.open_table(DEVICES)?;
                 for (device, state) in devices {
                     table.insert(device.as_str(), state.encode().as_slice())?;
                 }
             }
-            append(
-                txn,
-                SAMPLES,
-                SAMPLES_NEXT,
-                samples.iter().map(StoredSample::encoded),
-            )?;
+            let encoded: Vec<Vec<u8>> = samples.iter().map(StoredSample::encoded).collect();
+            let bytes: u64 = encoded.iter().map(|e| e.len() as u64).sum();
+            append(txn, SAMPLES, SAMPLES_NEXT, encoded.into_iter())?;
             let mut committed = Committed {
                 samples: samples.len() as u64,
                 ..Committed::default()
             };
-            if !samples.is_empty() {
-                committed.samples_dropped =
-                    trim(txn, SAMPLES, limits.max_samples, SAMPLES_DROPPED)?.0;
-            }
+            retain_samples(txn, bytes, &limits, &mut committed)?;
             if outbox.is_empty() {
                 return Ok(committed);
             }
@@ -414,6 +530,37 @@ impl Store {
                 .get(name)?
                 .map_or(0, |v| v.value()))
         })
+    }
+
+    /// Sizes for monitoring, read in one transaction.
+    pub fn gauges(&self) -> Result<StoreGauges, StoreError> {
+        let file_bytes = std::fs::metadata(self.path.as_path()).map_or(0, |m| m.len());
+        self.read(|txn| {
+            let counters = txn.open_table(COUNTERS)?;
+            let counter = |name: &str| -> Result<u64, redb::Error> {
+                Ok(counters.get(name)?.map_or(0, |v| v.value()))
+            };
+            let outbox_next = counter(OUTBOX_NEXT)?;
+            let offsets = txn.open_table(SINK_OFFSETS)?;
+            let mut sinks = Vec::new();
+            for entry in offsets.iter()? {
+                let (k, v) = entry?;
+                sinks.push((k.value().to_string(), outbox_next.saturating_sub(v.value())));
+            }
+            Ok(StoreGauges {
+                samples: txn.open_table(SAMPLES)?.len()?,
+                sample_bytes: counter(SAMPLES_BYTES)?,
+                outbox: txn.open_table(OUTBOX)?.len()?,
+                sink_lag: sinks,
+                devices: txn.open_table(DEVICES)?.len()?,
+                file_bytes,
+            })
+        })
+    }
+
+    /// Bytes of sample records in the log.
+    pub fn sample_bytes(&self) -> Result<u64, StoreError> {
+        self.counter(SAMPLES_BYTES)
     }
 
     /// Number of samples in the log.

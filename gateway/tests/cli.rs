@@ -25,7 +25,11 @@ impl Drop for Running {
 fn run_ingests_and_stops_cleanly_on_ctrl_c() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("eddy.toml");
-    std::fs::write(&config, "[broker]\nlisten = \"127.0.0.1:0\"\n").expect("write config");
+    std::fs::write(
+        &config,
+        "[broker]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("write config");
     let mut child = Running(
         eddy()
             .args(["run", "--config"])
@@ -55,8 +59,9 @@ fn run_ingests_and_stops_cleanly_on_ctrl_c() {
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("no listening line in {log:?}"));
         let port = line
-            .split("addr=127.0.0.1:")
-            .nth(1)
+            .contains("MQTT broker listening")
+            .then(|| line.split("addr=127.0.0.1:").nth(1))
+            .flatten()
             .and_then(|p| p.trim().parse().ok());
         log.push(line);
         if let Some(port) = port {

@@ -71,7 +71,7 @@ async fn sigkilled_ten_times_under_load_every_frame_is_stored_exactly_once() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{port}\"\n",
+            "data_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
             dir.path().join("data")
         ),
     )

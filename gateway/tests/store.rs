@@ -1,8 +1,10 @@
 //! The redb store: logs, offsets, caps, and files that are not stores.
 
+use eddy_gateway::config::{DurabilityMode, FullPolicy};
 use eddy_gateway::sequencer::DeviceSeq;
 use eddy_gateway::store::{
-    Batch, Limits, OUTBOX_DROPPED, OutboxRecord, SAMPLES_DROPPED, Store, StoreError, StoredSample,
+    Batch, Limits, OUTBOX_DROPPED, OutboxRecord, SAMPLES_DROPPED, SAMPLES_EXPIRED, Store,
+    StoreError, StoredSample,
 };
 
 fn samples(samples: &[StoredSample]) -> Batch {
@@ -214,4 +216,103 @@ fn device_sequence_state_commits_with_the_samples_and_survives_reopening() {
         .for_each_sample(|_, s| got.push(s.frame))
         .expect("reads");
     assert_eq!(got, vec![Some((7, 40))]);
+}
+
+#[test]
+fn samples_older_than_max_age_are_deleted_and_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("s.redb")).expect("opens");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let limits = Limits {
+        max_age_ms: Some(3_600_000),
+        ..Limits::NONE
+    };
+    // Two samples from two hours ago, two from a minute ago.
+    let batch = [
+        sample("d", now - 7_200_000),
+        sample("d", now - 7_100_000),
+        sample("d", now - 60_000),
+        sample("d", now - 59_000),
+    ];
+    let c = store
+        .commit_batch(&samples(&batch), limits)
+        .expect("commits");
+    assert_eq!((c.samples, c.samples_expired, c.full), (4, 2, false));
+    assert_eq!(store.counter(SAMPLES_EXPIRED).expect("reads"), 2);
+    assert_eq!(store.sample_count().expect("reads"), 2);
+}
+
+#[test]
+fn the_byte_cap_drops_the_oldest_under_drop_oldest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("s.redb")).expect("opens");
+    // Each test sample record is 17 + 9 (frame) + 1 + 11 bytes or so; a
+    // budget of 10 records' bytes keeps at most 10.
+    let one = {
+        let c = store
+            .commit_batch(&samples(&[sample("d", 0)]), Limits::NONE)
+            .expect("commits");
+        assert_eq!(c.samples, 1);
+        store.sample_bytes().expect("reads")
+    };
+    let limits = Limits {
+        max_sample_bytes: one * 10,
+        ..Limits::NONE
+    };
+    let many: Vec<_> = (2..42).step_by(2).map(|i| sample("d", i)).collect();
+    let c = store
+        .commit_batch(&samples(&many), limits)
+        .expect("commits");
+    assert_eq!(c.samples_dropped, 11);
+    assert!(c.full, "at the cap after trimming to it");
+    assert_eq!(store.sample_count().expect("reads"), 10);
+    assert_eq!(store.sample_bytes().expect("reads"), one * 10);
+    let mut oldest = None;
+    store
+        .for_each_sample(|_, s| {
+            oldest.get_or_insert(s.ts_ms);
+        })
+        .expect("reads");
+    assert_eq!(oldest, Some(22), "the newest ten are kept");
+}
+
+#[test]
+fn under_refuse_a_full_log_keeps_everything_and_reports_full() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("s.redb")).expect("opens");
+    let limits = Limits {
+        max_samples: 3,
+        on_full: FullPolicy::Refuse,
+        ..Limits::NONE
+    };
+    let c = store
+        .commit_batch(&samples(&[sample("d", 0), sample("d", 2)]), limits)
+        .expect("commits");
+    assert!(!c.full);
+    let c = store
+        .commit_batch(&samples(&[sample("d", 4)]), limits)
+        .expect("commits");
+    assert!(c.full);
+    assert_eq!(
+        (c.samples_dropped, store.sample_count().expect("reads")),
+        (0, 3)
+    );
+}
+
+#[test]
+fn commits_without_fsync_are_readable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.redb");
+    let limits = Limits {
+        durability: DurabilityMode::None,
+        ..Limits::NONE
+    };
+    let store = Store::open(&path).expect("opens");
+    store
+        .commit_batch(&samples(&[sample("d", 0)]), limits)
+        .expect("commits");
+    assert_eq!(store.sample_count().expect("reads"), 1);
 }

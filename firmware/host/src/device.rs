@@ -26,6 +26,8 @@ pub struct SimDeviceConfig {
     /// Delay before the first sample, to spread a fleet's samples.
     pub start_offset: Duration,
     pub duration: Duration,
+    /// How long to wait at the end for outstanding acks.
+    pub drain_timeout: Duration,
 }
 
 /// What a device did, counted on the device side.
@@ -85,8 +87,6 @@ impl Sensor for SimOutputs {
 pub const SIM_BACKLOG: usize = 128;
 /// How long frames wait for the gateway's ack before they are sent again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(2);
-/// How long a device waits at the end of its run for outstanding acks.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the link task hands the device loop.
 #[derive(Debug)]
@@ -222,7 +222,7 @@ impl SimDevice {
         let mut resend_check = tokio::time::interval(RESEND_AFTER / 4);
         let resend_ms = u64::try_from(RESEND_AFTER.as_millis()).unwrap_or(u64::MAX);
         let mut sampling = true;
-        let drain_deadline = deadline + DRAIN_TIMEOUT;
+        let drain_deadline = deadline + cfg.drain_timeout;
         loop {
             if sampling && (stop.is_cancelled() || Instant::now() >= deadline) {
                 sampling = false;

@@ -24,6 +24,9 @@ pub struct FleetConfig {
     /// jumps by +55 °C for 3 s every 10 s, starting 1 s in.
     pub hot_every: Option<usize>,
     pub seed: u64,
+    /// How long devices wait at the end for the gateway to acknowledge
+    /// everything they sent.
+    pub drain_timeout: Duration,
 }
 
 impl Default for FleetConfig {
@@ -38,6 +41,7 @@ impl Default for FleetConfig {
             id_prefix: "sim".into(),
             hot_every: Some(5),
             seed: 1,
+            drain_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -132,6 +136,7 @@ pub async fn run_fleet(
                     (u64::from(interval_ms) * index as u64) / config.devices.max(1) as u64,
                 ),
                 duration: config.duration,
+                drain_timeout: config.drain_timeout,
             },
             config.sensors(index)?,
         )?;

@@ -3,10 +3,11 @@
 //! The sink reads the outbox from its stored offset, publishes in order
 //! with QoS 1, and moves the offset only over records the upstream
 //! acknowledged (PUBACK), lowest unacknowledged first. On any connection
-//! failure it drops the connection state, waits with exponential backoff
-//! and jitter, and resends from the stored offset: nothing is lost, order
-//! is kept, and a record may arrive twice (at-least-once; every payload
-//! carries a natural key for deduplication).
+//! failure the session ends with an error; its supervisor waits with
+//! exponential backoff and jitter and starts a new session, which resends
+//! from the stored offset: nothing is lost, order is kept, and a record may
+//! arrive twice (at-least-once; every payload carries its outbox offset as
+//! `seq` for deduplication).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,10 +16,9 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::{BrokerUrl, UpstreamConfig};
-use crate::sinks::backoff;
 use crate::stats::{self, Stats};
 use crate::store::{Store, StoreError};
 
@@ -82,54 +82,41 @@ impl Inflight {
     }
 }
 
-/// Runs the sink until `shutdown`. Returns only on shutdown or a store error.
+/// Why the sink stopped; its supervisor restarts it with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {url}: {reason}")]
+    Connection { url: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs one upstream session until `shutdown` (Ok) or a failure (Err):
+/// connect, then forward the outbox from the stored offset.
 pub async fn run(
     config: UpstreamConfig,
     store: Store,
     wake: Arc<Notify>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
-) -> Result<(), StoreError> {
-    let url = match BrokerUrl::parse(&config.url) {
-        Ok(u) => u,
-        // Config validation checks the URL; this is a programming error.
-        Err(reason) => {
-            warn!(%reason, "upstream disabled");
-            return Ok(());
-        }
+) -> Result<(), UpstreamError> {
+    let failed = |reason: String| UpstreamError::Connection {
+        url: config.url.clone(),
+        reason,
     };
-    let mut failures = 0u32;
-    while !shutdown.is_cancelled() {
-        match session(&config, &url, &store, &wake, &stats, &shutdown).await? {
-            SessionEnd::Shutdown => break,
-            SessionEnd::Failed {
-                reason,
-                was_connected,
-            } => {
-                stats::add(&stats.upstream_disconnects, 1);
-                if was_connected {
-                    failures = 0;
-                }
-                let delay = backoff(
-                    failures,
-                    Duration::from_millis(200),
-                    Duration::from_secs(10),
-                );
-                failures = failures.saturating_add(1);
-                warn!(upstream = %config.url, %reason, retry_in = ?delay, "upstream unavailable");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => break,
-                }
-            }
+    let url = BrokerUrl::parse(&config.url).map_err(failed)?;
+    match session(&config, &url, &store, &wake, &stats, &shutdown).await? {
+        SessionEnd::Shutdown => Ok(()),
+        SessionEnd::Failed { reason } => {
+            stats::add(&stats.upstream_disconnects, 1);
+            Err(failed(reason))
         }
     }
-    Ok(())
 }
 
 enum SessionEnd {
     Shutdown,
-    Failed { reason: String, was_connected: bool },
+    Failed { reason: String },
 }
 
 async fn session(
@@ -162,7 +149,6 @@ async fn session(
             Err(e) => {
                 return Ok(SessionEnd::Failed {
                     reason: e.to_string(),
-                    was_connected: false,
                 });
             }
         }
@@ -207,7 +193,6 @@ async fn session(
                     flush(store, stats, &mut uncommitted, &mut committed)?;
                     return Ok(SessionEnd::Failed {
                         reason: e.to_string(),
-                        was_connected: true,
                     });
                 }
             },

@@ -1,0 +1,132 @@
+//! The gateway's HTTP port: `GET /metrics` in Prometheus text format and
+//! `GET /healthz`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::stats::Stats;
+use crate::store::Store;
+
+/// The HTTP listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("http listener {listen}: {source}")]
+pub struct HttpError {
+    pub listen: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+#[derive(Debug, Clone)]
+struct AppState {
+    stats: Arc<Stats>,
+    store: Store,
+}
+
+/// Binds `listen` and serves until `shutdown`; returns the bound address.
+pub async fn serve(
+    listen: SocketAddr,
+    stats: Arc<Stats>,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), HttpError> {
+    let err = |source| HttpError { listen, source };
+    let listener = TcpListener::bind(listen).await.map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(AppState { stats, store });
+    info!(%addr, "http listening");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "http server stopped");
+        }
+    });
+    Ok((addr, task))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.gauges()).await {
+        Ok(Ok(gauges)) => {
+            let mut out = String::with_capacity(8192);
+            state.stats.snapshot().prometheus(&mut out);
+            render_restarts(&state.stats, &mut out);
+            let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+                let _ = writeln!(out, "# HELP eddy_{name} {help}");
+                let _ = writeln!(out, "# TYPE eddy_{name} gauge");
+                let _ = writeln!(out, "eddy_{name} {value}");
+            };
+            gauge(
+                &mut out,
+                "store_samples",
+                "Samples in the raw log.",
+                gauges.samples,
+            );
+            gauge(
+                &mut out,
+                "store_sample_bytes",
+                "Bytes of sample records in the raw log.",
+                gauges.sample_bytes,
+            );
+            gauge(
+                &mut out,
+                "store_file_bytes",
+                "Size of the redb file.",
+                gauges.file_bytes,
+            );
+            gauge(
+                &mut out,
+                "outbox_depth",
+                "Outbox records not yet delivered by every sink.",
+                gauges.outbox,
+            );
+            gauge(
+                &mut out,
+                "devices_tracked",
+                "Devices with exactly-once admission state.",
+                gauges.devices,
+            );
+            let _ = writeln!(
+                out,
+                "# HELP eddy_sink_lag_records Outbox records a sink has not had acknowledged.\n\
+                 # TYPE eddy_sink_lag_records gauge"
+            );
+            for (sink, lag) in &gauges.sink_lag {
+                let _ = writeln!(out, "eddy_sink_lag_records{{sink=\"{sink}\"}} {lag}");
+            }
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+fn render_restarts(stats: &Stats, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP eddy_task_restarts_total Restarts of a supervised task after it failed.\n\
+         # TYPE eddy_task_restarts_total counter"
+    );
+    let mut restarts = stats.task_restarts();
+    for task in crate::supervisor::TASKS {
+        restarts.entry(task).or_insert(0);
+    }
+    for (task, n) in restarts {
+        let _ = writeln!(out, "eddy_task_restarts_total{{task=\"{task}\"}} {n}");
+    }
+}
