@@ -13,6 +13,8 @@ use eddy_analytics::{Aggregate, Condition, EngineConfig, ThresholdRule};
 use eddy_proto::{MAX_DEVICE_ID_LEN, topic::DEFAULT_PREFIX};
 use serde::Deserialize;
 
+use crate::tls::TlsFiles;
+
 /// Largest config file accepted.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -187,14 +189,34 @@ impl Default for BrokerConfig {
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    /// `mqtts://` (or `ssl://`): MQTT over TLS.
+    pub tls: bool,
 }
 
 impl BrokerUrl {
+    /// A plain TCP address.
+    pub fn tcp(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            tls: false,
+        }
+    }
+
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("`{url}` must start with mqtt:// or tcp://"))?;
+        let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (r, true)
+        } else if let Some(r) = url.strip_prefix("ssl://") {
+            (r, true)
+        } else {
+            let r = url
+                .strip_prefix("mqtt://")
+                .or_else(|| url.strip_prefix("tcp://"))
+                .ok_or_else(|| {
+                    format!("`{url}` must start with mqtt://, tcp://, mqtts:// or ssl://")
+                })?;
+            (r, false)
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (
@@ -202,6 +224,7 @@ impl BrokerUrl {
                 p.parse::<u16>()
                     .map_err(|_| format!("`{url}`: port `{p}` is not a number from 1 to 65535"))?,
             ),
+            None if tls => (rest, 8883),
             None => (rest, 1883),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -211,6 +234,7 @@ impl BrokerUrl {
         Ok(Self {
             host: host.to_string(),
             port,
+            tls,
         })
     }
 }
@@ -322,7 +346,7 @@ pub struct RuleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `mqtt://host:port`.
+    /// `mqtt://host:port`, or `mqtts://host:port` for TLS (port 8883 by default).
     pub url: String,
     #[serde(default = "UpstreamConfig::default_client_id")]
     pub client_id: String,
@@ -336,6 +360,10 @@ pub struct UpstreamConfig {
     /// oldest are dropped and counted.
     #[serde(default = "UpstreamConfig::default_max_outbox")]
     pub max_outbox: u64,
+    /// Certificates for an `mqtts://` url; the system's roots and no client
+    /// certificate when absent.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 impl UpstreamConfig {
@@ -388,8 +416,15 @@ impl Config {
 
     /// Checks what serde cannot: ranges, names, URLs, rule sanity.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.broker.url {
-            BrokerUrl::parse(url).map_err(|r| invalid("broker.url", r))?;
+        if let Some(url) = &self.broker.url
+            && BrokerUrl::parse(url)
+                .map_err(|r| invalid("broker.url", r))?
+                .tls
+        {
+            return Err(invalid(
+                "broker.url",
+                "TLS to the ingest broker is not supported; use a loopback or LAN mqtt:// broker",
+            ));
         }
         if self.store.max_samples == 0 {
             return Err(invalid("store.max_samples", "must be at least 1"));
@@ -473,7 +508,13 @@ impl Config {
             }
         }
         if let Some(up) = &self.upstream {
-            BrokerUrl::parse(&up.url).map_err(|r| invalid("upstream.url", r))?;
+            let url = BrokerUrl::parse(&up.url).map_err(|r| invalid("upstream.url", r))?;
+            if up.tls.is_some() && !url.tls {
+                return Err(invalid(
+                    "upstream.tls",
+                    "TLS settings need an mqtts:// upstream.url",
+                ));
+            }
             valid_prefix(&up.topic_prefix).map_err(|r| invalid("upstream.topic_prefix", r))?;
             if up.max_inflight == 0 {
                 return Err(invalid("upstream.max_inflight", "must be at least 1"));

@@ -51,6 +51,8 @@ pub enum GatewayError {
     SourceClosed,
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error("upstream TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running gateway.
@@ -121,6 +123,12 @@ impl Gateway {
             stats.clone(),
             shutdown.clone(),
         );
+        // Bad certificate files are reported now, not at the first connect.
+        if let Some(up) = &config.upstream
+            && BrokerUrl::parse(&up.url).is_ok_and(|u| u.tls)
+        {
+            crate::tls::client_config(&up.tls.clone().unwrap_or_default())?;
+        }
         let wake_upstream = Arc::new(Notify::new());
         let policy = RestartPolicy::default();
         let upstream = config.upstream.clone().map(|up| {
@@ -309,8 +317,5 @@ fn client_url(addr: SocketAddr) -> BrokerUrl {
     } else {
         addr.ip().to_string()
     };
-    BrokerUrl {
-        host,
-        port: addr.port(),
-    }
+    BrokerUrl::tcp(host, addr.port())
 }

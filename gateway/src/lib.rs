@@ -19,5 +19,6 @@ pub mod sources;
 pub mod stats;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 
 pub use gateway::{Gateway, GatewayError, STORE_FILE};

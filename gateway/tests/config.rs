@@ -129,16 +129,18 @@ fn a_missing_or_huge_file_is_an_error() {
 fn broker_urls() {
     assert_eq!(
         BrokerUrl::parse("mqtt://localhost"),
-        Ok(BrokerUrl {
-            host: "localhost".into(),
-            port: 1883
-        })
+        Ok(BrokerUrl::tcp("localhost", 1883))
     );
     assert_eq!(
         BrokerUrl::parse("tcp://[::1]:1884/"),
+        Ok(BrokerUrl::tcp("::1", 1884))
+    );
+    assert_eq!(
+        BrokerUrl::parse("mqtts://broker.example"),
         Ok(BrokerUrl {
-            host: "::1".into(),
-            port: 1884
+            host: "broker.example".into(),
+            port: 8883,
+            tls: true
         })
     );
     assert!(BrokerUrl::parse("mqtt://:1883").is_err());

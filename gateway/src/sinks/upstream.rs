@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -21,6 +23,7 @@ use tracing::info;
 use crate::config::{BrokerUrl, UpstreamConfig};
 use crate::stats::{self, Stats};
 use crate::store::{Store, StoreError};
+use crate::tls::{self, TlsError};
 
 /// The name of this sink's offset in the store.
 pub const SINK: &str = "upstream";
@@ -89,6 +92,8 @@ pub enum UpstreamError {
     Connection { url: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("upstream TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Runs one upstream session until `shutdown` (Ok) or a failure (Err):
@@ -105,7 +110,13 @@ pub async fn run(
         reason,
     };
     let url = BrokerUrl::parse(&config.url).map_err(failed)?;
-    match session(&config, &url, &store, &wake, &stats, &shutdown).await? {
+    // Files are read at every session start, so renewed certificates are
+    // picked up on the next reconnect.
+    let tls = match url.tls {
+        true => Some(tls::client_config(&config.tls.clone().unwrap_or_default())?),
+        false => None,
+    };
+    match session(&config, &url, tls, &store, &wake, &stats, &shutdown).await? {
         SessionEnd::Shutdown => Ok(()),
         SessionEnd::Failed { reason } => {
             stats::add(&stats.upstream_disconnects, 1);
@@ -122,6 +133,7 @@ enum SessionEnd {
 async fn session(
     config: &UpstreamConfig,
     url: &BrokerUrl,
+    tls: Option<Arc<rustls::ClientConfig>>,
     store: &Store,
     wake: &Notify,
     stats: &Stats,
@@ -134,6 +146,9 @@ async fn session(
         .set_clean_session(true)
         .set_keep_alive(Duration::from_secs(10))
         .set_inflight(config.max_inflight);
+    if let Some(tls) = tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
     let max_inflight = usize::from(config.max_inflight);
     let (client, mut eventloop) = AsyncClient::new(options, max_inflight * 2 + 16);
 
@@ -167,7 +182,12 @@ async fn session(
             for (offset, record) in store.outbox_from(next, room)? {
                 let topic = format!("{}/{}", config.topic_prefix, record.topic);
                 if client
-                    .try_publish(topic, QoS::AtLeastOnce, false, record.payload)
+                    .try_publish(
+                        topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        with_seq(offset, &record.payload),
+                    )
                     .is_err()
                 {
                     break;
@@ -210,6 +230,23 @@ async fn session(
     }
 }
 
+/// Puts the record's outbox offset first in its JSON object as `seq`:
+/// strictly increasing per gateway, so a consumer keeps exactly one copy of
+/// each record by dropping any `seq` it has seen (at-least-once delivery
+/// made exactly-once processing, as with Kafka's idempotent producer).
+fn with_seq(offset: u64, payload: &[u8]) -> Vec<u8> {
+    let Some(rest) = payload.strip_prefix(b"{") else {
+        return payload.to_vec();
+    };
+    let mut out = Vec::with_capacity(payload.len() + 24);
+    out.extend_from_slice(format!("{{\"seq\":{offset}").as_bytes());
+    if rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 fn flush(
     store: &Store,
     stats: &Stats,
@@ -227,6 +264,21 @@ fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_carry_their_offset_as_seq() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&with_seq(42, br#"{"device":"d","count":3}"#)).expect("JSON");
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["count"], 3);
+        assert_eq!(with_seq(7, b"{}"), br#"{"seq":7}"#);
+        assert_eq!(
+            with_seq(7, b" { } "),
+            b" { } ",
+            "only a leading brace is touched"
+        );
+        assert_eq!(with_seq(7, b"raw"), b"raw");
+    }
 
     #[test]
     fn the_offset_moves_only_over_an_acknowledged_prefix() {

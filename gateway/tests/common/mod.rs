@@ -43,10 +43,18 @@ pub struct Mosquitto {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// Appended to the generated configuration (extra listeners).
+    extra: String,
 }
 
 impl Mosquitto {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts with `extra` appended to the configuration, e.g. a TLS
+    /// listener block; the plain listener on `port` stays.
+    pub fn start_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         // Started as root, Mosquitto drops to its own user, which must be
         // able to write its persistence file here.
@@ -57,6 +65,7 @@ impl Mosquitto {
             child: None,
             port: free_port(),
             dir,
+            extra: extra.to_string(),
         };
         m.launch();
         m
@@ -75,9 +84,10 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\npersistence_location {}/\n{recommended}",
+                "listener {} 127.0.0.1\npersistence_location {}/\n{recommended}\n{}\n",
                 self.port,
-                self.dir.path().display()
+                self.dir.path().display(),
+                self.extra
             ),
         )
         .expect("write config");
@@ -238,6 +248,7 @@ pub fn test_config(data_dir: PathBuf, upstream: Option<String>) -> Config {
         topic_prefix: "eddy/v1".into(),
         max_inflight: 100,
         max_outbox: 1_000_000,
+        tls: None,
     });
     config
 }
