@@ -188,13 +188,22 @@ impl DemoReport {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let mut out = String::new();
         let _ = writeln!(out, "\n=== eddy demo summary ===");
-        let rows: [(&str, String); 11] = [
+        let rows: [(&str, String); 14] = [
             ("devices", self.fleet.devices.len().to_string()),
             (
                 "frames sent by devices",
                 self.fleet.frames_sent().to_string(),
             ),
             ("messages received", s.messages_received.to_string()),
+            (
+                "frames retransmitted",
+                self.fleet.frames_retransmitted().to_string(),
+            ),
+            ("duplicates dropped", s.frames_duplicate.to_string()),
+            (
+                "evicted, backlog full",
+                self.fleet.frames_dropped().to_string(),
+            ),
             (
                 "messages rejected",
                 (s.messages_malformed + s.messages_oversized + s.messages_unknown_topic)
@@ -224,7 +233,8 @@ impl DemoReport {
         out
     }
 
-    /// Frames the devices sent that the gateway did not accept.
+    /// Frames the devices sent that the gateway did not store. Admission
+    /// is exactly once per frame, so accepted messages count frames.
     pub fn frames_lost(&self) -> u64 {
         self.fleet
             .frames_sent()

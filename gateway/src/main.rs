@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
             .context("demo failed")?;
             print!("{}", report.summary());
             let lost = report.frames_lost();
-            anyhow::ensure!(lost == 0, "{lost} frames sent by devices were not accepted");
+            anyhow::ensure!(lost == 0, "{lost} frames sent by devices were not stored");
             Ok(())
         }
         Command::Check { config } => {

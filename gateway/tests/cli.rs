@@ -149,3 +149,61 @@ fn check_accepts_the_example_config() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 rules)"));
 }
+
+#[test]
+fn a_garbage_or_truncated_store_file_exits_non_zero_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let store = data.join("eddy.redb");
+    let config = dir.path().join("eddy.toml");
+    std::fs::write(
+        &config,
+        "[broker]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("write config");
+    let run = || {
+        eddy()
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("runs")
+    };
+    // A real store, cut short.
+    {
+        let s = eddy_gateway::store::Store::open(&store).expect("creates");
+        let samples: Vec<_> = (0..3000)
+            .map(|i| eddy_gateway::store::StoredSample {
+                device: "d".into(),
+                metric: "m".into(),
+                ts_ms: i,
+                value: 0.0,
+                frame: None,
+            })
+            .collect();
+        let batch = eddy_gateway::store::Batch {
+            samples,
+            ..Default::default()
+        };
+        s.commit_batch(&batch, eddy_gateway::store::Limits::NONE)
+            .expect("commits");
+    }
+    let len = std::fs::metadata(&store).expect("stat").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&store)
+        .and_then(|f| f.set_len(len / 3))
+        .expect("truncate");
+    for (case, contents) in [("truncated", None), ("garbage", Some(vec![0xA5u8; 8192]))] {
+        if let Some(bytes) = contents {
+            std::fs::write(&store, bytes).expect("write garbage");
+        }
+        let out = run();
+        assert!(!out.status.success(), "{case} store accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("eddy.redb"), "{case}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+    }
+}

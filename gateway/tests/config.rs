@@ -61,6 +61,21 @@ fn bad_configs_name_the_field_and_the_reason() {
         ("[broker]\nurl = \"mqtt://x:99999\"", "port `99999`"),
         ("[ingest]\nbatch_size = 0", "ingest.batch_size"),
         ("[store]\nmax_samples = 0", "store.max_samples"),
+        ("[store]\nmax_bytes = 10", "store.max_bytes"),
+        ("[store]\nmax_age = \"0s\"", "store.max_age"),
+        ("[store]\non_full = \"explode\"", "explode"),
+        ("[store]\ndurability = \"eventual\"", "eventual"),
+        ("[ingest]\nmax_devices = 0", "ingest.max_devices"),
+        ("[broker]\nurl = \"mqtts://x\"", "broker.url"),
+        (
+            "[upstream]\nurl = \"mqtt://x\"\n[upstream.tls]\nca_file = \"ca.pem\"",
+            "upstream.tls",
+        ),
+        (
+            "[upstream]\nurl = \"mqtts://x\"\n[upstream.tls]\nca = \"ca.pem\"",
+            "unknown field `ca`",
+        ),
+        ("[http]\nlisten = \"localhost\"", "listen"),
         ("[ingest]\ntopic_prefix = \"eddy/#\"", "wildcards"),
         (
             "[[ingest.topics]]\nfilter = \"a/b\"\nformat = \"json\"\ndevice_level = 1",

@@ -87,14 +87,17 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("fleet failed")?;
             println!(
-                "frames sent {}, acknowledged by the broker {}, readings {}",
+                "frames sent {}, stored (acknowledged by the gateway) {}, retransmitted {}, \
+                 evicted from full backlogs {}, readings {}",
                 report.frames_sent(),
                 report.frames_acked(),
+                report.frames_retransmitted(),
+                report.frames_dropped(),
                 report.readings_sent()
             );
             anyhow::ensure!(
                 report.frames_acked() == report.frames_sent(),
-                "{} frames were not acknowledged by the broker",
+                "{} frames were not acknowledged as stored by an Eddy gateway",
                 report.frames_sent() - report.frames_acked()
             );
             Ok(())

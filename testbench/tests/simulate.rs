@@ -37,7 +37,7 @@ async fn simulate_command_publishes_to_a_gateway_and_nothing_is_lost() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // "frames sent N, acknowledged by the broker N, readings R"
+    // "frames sent N, stored (acknowledged by the gateway) N, ..."
     let sent: u64 = stdout
         .split("frames sent ")
         .nth(1)

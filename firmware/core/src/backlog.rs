@@ -26,7 +26,12 @@ pub struct Backlog<const N: usize> {
     /// Board time of the last progress: an ack that removed frames, or a
     /// full retransmission.
     progress_ms: u64,
+    /// Timeouts in a row without progress; each doubles the next timeout.
+    timeouts: u32,
 }
+
+/// Most doublings of the retransmission timeout (base x 32).
+const MAX_BACKOFF: u32 = 5;
 
 impl<const N: usize> Backlog<N> {
     /// An empty backlog for frames of boot `boot`.
@@ -36,6 +41,7 @@ impl<const N: usize> Backlog<N> {
             frames: Deque::new(),
             dropped: 0,
             progress_ms: 0,
+            timeouts: 0,
         }
     }
 
@@ -87,19 +93,28 @@ impl<const N: usize> Backlog<N> {
         }
         if released > 0 {
             self.progress_ms = now_ms;
+            self.timeouts = 0;
         }
         released
     }
 
-    /// True when frames have waited `timeout_ms` without progress; the
-    /// caller then retransmits them all ([`Backlog::resend`]).
-    pub fn resend_due(&self, now_ms: u64, timeout_ms: u64) -> bool {
-        !self.frames.is_empty() && now_ms.saturating_sub(self.progress_ms) >= timeout_ms
+    /// True when frames have waited without progress for the timeout:
+    /// `base_ms`, doubled for every timeout in a row (up to 32 x), so a
+    /// gateway that is merely slow is not buried under retransmissions.
+    /// Counts the timeout; the caller then retransmits everything
+    /// ([`Backlog::resend`]).
+    pub fn timed_out(&mut self, now_ms: u64, base_ms: u64) -> bool {
+        let timeout = base_ms.saturating_mul(1 << self.timeouts);
+        let due = !self.frames.is_empty() && now_ms.saturating_sub(self.progress_ms) >= timeout;
+        if due {
+            self.timeouts = (self.timeouts + 1).min(MAX_BACKOFF);
+        }
+        due
     }
 
     /// Every held frame, oldest first, each with `oldest` brought up to
     /// date; restarts the retransmission timer. Call after a reconnect or
-    /// when [`Backlog::resend_due`] says so.
+    /// when [`Backlog::timed_out`] says so.
     pub fn resend(&mut self, now_ms: u64) -> impl Iterator<Item = &Telemetry> {
         self.progress_ms = now_ms;
         let oldest = self.oldest().unwrap_or(0);

@@ -83,19 +83,38 @@ fn a_full_backlog_drops_the_oldest_counts_it_and_says_so() {
 #[test]
 fn retransmission_is_due_only_after_a_timeout_without_progress() {
     let mut b: Backlog<8> = Backlog::new(BOOT);
-    assert!(!b.resend_due(1_000_000, 100), "nothing held, nothing due");
+    assert!(!b.timed_out(1_000_000, 100), "nothing held, nothing due");
     b.push(&mut frame(0), 1_000);
     b.push(&mut frame(1), 1_050);
-    assert!(!b.resend_due(1_099, 100));
-    assert!(b.resend_due(1_100, 100));
+    assert!(!b.timed_out(1_099, 100));
+    assert!(b.timed_out(1_100, 100));
     // An ack that releases something is progress.
     b.ack(&ack(BOOT, 0), 1_100);
-    assert!(!b.resend_due(1_150, 100));
-    assert!(b.resend_due(1_200, 100));
-    // So is a retransmission.
+    assert!(!b.timed_out(1_150, 100));
+    assert!(b.timed_out(1_200, 100));
+    // So is a retransmission; the timeout doubles after each one in a row.
     assert_eq!(b.resend(1_200).count(), 1);
-    assert!(!b.resend_due(1_250, 100));
-    assert!(b.resend_due(1_300, 100));
+    assert!(!b.timed_out(1_350, 100));
+    assert!(b.timed_out(1_400, 100), "2 x base after one timeout");
+    assert_eq!(b.resend(1_400).count(), 1);
+    assert!(!b.timed_out(1_750, 100));
+    assert!(b.timed_out(1_800, 100), "4 x base after two");
+    // Progress resets the backoff.
+    b.push(&mut frame(2), 1_800);
+    b.ack(&ack(BOOT, 1), 1_800);
+    assert!(b.timed_out(1_900, 100));
+}
+
+#[test]
+fn the_backoff_is_capped() {
+    let mut b: Backlog<8> = Backlog::new(BOOT);
+    b.push(&mut frame(0), 0);
+    let mut now = 0;
+    for _ in 0..20 {
+        now += 100 * 32;
+        assert!(b.timed_out(now, 100), "never longer than 32 x base");
+        assert_eq!(b.resend(now).count(), 1);
+    }
 }
 
 #[test]

@@ -41,7 +41,8 @@ pub struct DeviceReport {
     /// Of those, frames the gateway confirmed as durably stored (its
     /// end-to-end `Ack`s), whatever broker sat in between.
     pub acked: u32,
-    /// Frames dropped unconfirmed because the backlog was full.
+    /// Frames evicted unacknowledged because the backlog was full. Those
+    /// already sent may still be stored; the rest are lost.
     pub dropped: u32,
     /// Frames sent again after a reconnect or an ack timeout.
     pub retransmitted: u64,
@@ -85,7 +86,8 @@ impl Sensor for SimOutputs {
 
 /// Unacknowledged frames a simulated device holds (about 100 KiB).
 pub const SIM_BACKLOG: usize = 128;
-/// How long frames wait for the gateway's ack before they are sent again.
+/// How long frames wait for the gateway's ack before they are sent again
+/// (doubling after each timeout in a row, see `Backlog::timed_out`).
 pub const RESEND_AFTER: Duration = Duration::from_secs(2);
 
 /// What the link task hands the device loop.
@@ -249,7 +251,7 @@ impl SimDevice {
                     LinkEvent::Frame(payload) => self.on_frame(&payload, now_ms()),
                 },
                 _ = resend_check.tick() => {
-                    if connected.load(Ordering::Relaxed) && self.backlog.resend_due(now_ms(), resend_ms) {
+                    if connected.load(Ordering::Relaxed) && self.backlog.timed_out(now_ms(), resend_ms) {
                         self.resend(&client, &topics, now_ms());
                     }
                 }

@@ -100,7 +100,8 @@ impl FleetReport {
         self.devices.iter().map(|d| u64::from(d.acked)).sum()
     }
 
-    /// Frames the devices dropped unconfirmed (backlog overflow).
+    /// Frames the devices evicted unacknowledged (backlog overflow); those
+    /// already sent may still be stored.
     pub fn frames_dropped(&self) -> u64 {
         self.devices.iter().map(|d| u64::from(d.dropped)).sum()
     }
