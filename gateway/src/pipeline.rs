@@ -15,7 +15,7 @@ use eddy_analytics::{
     AlertEvent, Engine, EngineConfig, Output, Sample, ThresholdRule, WindowResult,
 };
 use eddy_proto::{Ack, Frame};
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::Publish;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -25,6 +25,7 @@ use crate::config::{FullPolicy, IngestConfig, PayloadFormat, TopicMapping};
 use crate::decode::{self, DecodeError};
 use crate::sequencer::{Sequencer, Verdict};
 use crate::sinks::local::LocalPublisher;
+use crate::sources::mqtt::Acker;
 use crate::stats::{self, Stats};
 use crate::store::{Batch, Limits, OutboxRecord, Store, StoreError, StoredSample};
 
@@ -111,7 +112,7 @@ pub struct PipelineParts {
     pub store: Store,
     pub ingest: IngestConfig,
     /// Acknowledges ingest messages.
-    pub acker: AsyncClient,
+    pub acker: Acker,
     pub local: LocalPublisher,
     /// Whether results go to the outbox (an upstream sink exists).
     pub outbox: bool,
@@ -406,7 +407,7 @@ impl Pipeline {
         }
         let unacked = acks
             .drain(..)
-            .filter(|m| self.parts.acker.try_ack(m).is_err())
+            .filter(|m| self.parts.acker.ack(m).is_err())
             .count();
         if unacked > 0 {
             warn!(

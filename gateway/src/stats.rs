@@ -119,6 +119,8 @@ counters! {
     upstream_sent,
     /// Upstream publishes acknowledged (PUBACK) and committed as the sink offset.
     upstream_acked,
+    /// Ingest connection attempts that failed or connections that dropped.
+    ingest_disconnects,
     /// Upstream connection attempts that failed or connections that dropped.
     upstream_disconnects,
 }

@@ -7,17 +7,19 @@
 //! transaction holding it committed; until then the broker keeps it and
 //! redelivers it if the gateway dies.
 
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{BrokerUrl, IngestConfig};
+use crate::sinks::backoff;
 use crate::stats::{self, Stats};
+use crate::supervisor::{RestartPolicy, supervise};
 
 /// Largest incoming MQTT packet. Larger than any payload limit, so an
 /// oversized message is rejected by the decoder (counted, acknowledged)
@@ -41,11 +43,24 @@ pub fn filters(config: &IngestConfig) -> Vec<String> {
     filters
 }
 
+/// The client acknowledgements go through. A restarted source replaces
+/// it; the pipeline always acknowledges through the current one.
+#[derive(Debug, Clone)]
+pub struct Acker(Arc<RwLock<AsyncClient>>);
+
+impl Acker {
+    /// Acknowledges `message` to the broker.
+    pub fn ack(&self, message: &Publish) -> Result<(), rumqttc::ClientError> {
+        let client = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        client.try_ack(message)
+    }
+}
+
 /// The running ingest session.
 #[derive(Debug)]
 pub struct MqttSource {
-    /// The client the pipeline acknowledges through.
-    pub acker: AsyncClient,
+    /// Where the pipeline acknowledges.
+    pub acker: Acker,
     /// True while connected with every subscription acknowledged. Messages
     /// published before the first subscription have no subscriber and are
     /// not delivered by any broker, so start-up waits on this.
@@ -53,11 +68,42 @@ pub struct MqttSource {
     pub task: JoinHandle<()>,
 }
 
-/// Starts the ingest session.
+/// What one run of the source needs; shared by its restarts.
+#[derive(Debug)]
+struct Shared {
+    broker: BrokerUrl,
+    config: IngestConfig,
+    /// The pipeline's channel. Taken (dropped) at shutdown, so the channel
+    /// closes once the running session drops its clone too.
+    tx: Mutex<Option<mpsc::Sender<Publish>>>,
+    acker: Arc<RwLock<AsyncClient>>,
+    subscribed: watch::Sender<bool>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    drained: CancellationToken,
+}
+
+fn client(broker: &BrokerUrl, config: &IngestConfig) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut options = MqttOptions::new(config.client_id.clone(), broker.host.clone(), broker.port);
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(15))
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET);
+    AsyncClient::new(options, REQUEST_CAPACITY)
+}
+
+/// Starts the ingest session under the supervisor.
 ///
 /// On `shutdown` the source stops forwarding messages and closes the
 /// channel, so the pipeline drains what it holds; it keeps the connection
 /// until `drained` so the pipeline's last acknowledgements reach the broker.
+/// Connection failures are retried inside a run with backoff (the
+/// session, and with it the packet ids awaiting acknowledgement, survives
+/// them); a run that panics is restarted by the supervisor with a new
+/// client, which resumes the persistent session: the broker redelivers
+/// what was not acknowledged, and exactly-once admission drops what was
+/// already stored.
 pub fn spawn(
     broker: &BrokerUrl,
     config: &IngestConfig,
@@ -66,89 +112,120 @@ pub fn spawn(
     shutdown: CancellationToken,
     drained: CancellationToken,
 ) -> MqttSource {
-    let mut options = MqttOptions::new(config.client_id.clone(), broker.host.clone(), broker.port);
-    options
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(15))
-        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET);
-    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-    let filters = filters(config);
-    let subscriber = client.clone();
+    let (first, eventloop) = client(broker, config);
     let (subscribed_tx, subscribed) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let mut failures = 0u32;
-        let mut pending_subacks = 0usize;
-        let mut tx = Some(tx);
-        loop {
-            let event = tokio::select! {
-                e = eventloop.poll() => e,
-                () = shutdown.cancelled(), if tx.is_some() => {
-                    // Close the channel: the pipeline drains and acknowledges.
-                    tx = None;
-                    continue;
-                }
-                () = drained.cancelled() => break,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    // After shutdown nothing is forwarded or acknowledged;
-                    // the broker keeps it for the next start.
-                    let Some(sender) = &tx else { continue };
-                    tokio::select! {
-                        r = sender.send(p) => match r {
-                            Ok(()) => stats::add(&stats.messages_received, 1),
-                            Err(_) => break,
-                        },
-                        // Not handed over: unacknowledged, redelivered later.
-                        () = shutdown.cancelled() => tx = None,
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    pending_subacks = pending_subacks.saturating_sub(1);
-                    if pending_subacks == 0 {
-                        subscribed_tx.send_replace(true);
-                    }
-                }
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    failures = 0;
-                    pending_subacks = filters.len();
-                    info!(session_present = ack.session_present, "ingest connected");
-                    // Subscribing again is harmless with a present session
-                    // and needed without one (first start, broker restart).
-                    for f in &filters {
-                        if let Err(e) = subscriber.try_subscribe(f, QoS::AtLeastOnce) {
-                            warn!(filter = %f, error = %e, "subscribe failed");
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    subscribed_tx.send_replace(false);
-                    failures = failures.saturating_add(1);
-                    let delay = Duration::from_millis(100 << failures.min(6));
-                    warn!(error = %e, retry_in = ?delay, "ingest connection lost");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = drained.cancelled() => break,
-                    }
-                }
-            }
-        }
-        // Send what is queued (acknowledgements), then disconnect cleanly.
-        // Packets are flushed after rumqttc reports them, so keep polling
-        // until the broker closes the connection, not just until the
-        // DISCONNECT is reported, or the last acknowledgements are lost.
-        if subscriber.try_disconnect().is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while eventloop.poll().await.is_ok() {}
-            })
-            .await;
-        }
+    let shared = Arc::new(Shared {
+        broker: broker.clone(),
+        config: config.clone(),
+        tx: Mutex::new(Some(tx)),
+        acker: Arc::new(RwLock::new(first.clone())),
+        subscribed: subscribed_tx,
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+        drained,
     });
+    let acker = Acker(shared.acker.clone());
+    let mut first = Some((first, eventloop));
+    let task = supervise(
+        "ingest",
+        RestartPolicy::default(),
+        stats,
+        shutdown,
+        move || {
+            let (client, eventloop) = first.take().unwrap_or_else(|| {
+                let (c, e) = client(&shared.broker, &shared.config);
+                *shared.acker.write().unwrap_or_else(|e| e.into_inner()) = c.clone();
+                (c, e)
+            });
+            run(shared.clone(), client, eventloop)
+        },
+    );
     MqttSource {
-        acker: client,
+        acker,
         subscribed,
         task,
     }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    subscriber: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+) -> Result<(), std::convert::Infallible> {
+    let filters = filters(&shared.config);
+    let stats = &shared.stats;
+    let mut failures = 0u32;
+    let mut pending_subacks = 0usize;
+    let mut tx = shared.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let close = |tx: &mut Option<mpsc::Sender<Publish>>| {
+        // Close the channel: the pipeline drains and acknowledges.
+        *tx = None;
+        shared.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    };
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            () = shared.shutdown.cancelled(), if tx.is_some() => {
+                close(&mut tx);
+                continue;
+            }
+            () = shared.drained.cancelled() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // After shutdown nothing is forwarded or acknowledged;
+                // the broker keeps it for the next start.
+                let Some(sender) = &tx else { continue };
+                tokio::select! {
+                    r = sender.send(p) => match r {
+                        Ok(()) => stats::add(&stats.messages_received, 1),
+                        Err(_) => break,
+                    },
+                    // Not handed over: unacknowledged, redelivered later.
+                    () = shared.shutdown.cancelled() => close(&mut tx),
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                pending_subacks = pending_subacks.saturating_sub(1);
+                if pending_subacks == 0 {
+                    shared.subscribed.send_replace(true);
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                pending_subacks = filters.len();
+                info!(session_present = ack.session_present, "ingest connected");
+                // Subscribing again is harmless with a present session
+                // and needed without one (first start, broker restart).
+                for f in &filters {
+                    if let Err(e) = subscriber.try_subscribe(f, QoS::AtLeastOnce) {
+                        warn!(filter = %f, error = %e, "subscribe failed");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.subscribed.send_replace(false);
+                stats::add(&stats.ingest_disconnects, 1);
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
+                warn!(error = %e, retry_in = ?delay, "ingest connection lost");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shared.drained.cancelled() => break,
+                }
+            }
+        }
+    }
+    // Send what is queued (acknowledgements), then disconnect cleanly.
+    // Packets are flushed after rumqttc reports them, so keep polling
+    // until the broker closes the connection, not just until the
+    // DISCONNECT is reported, or the last acknowledgements are lost.
+    if subscriber.try_disconnect().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while eventloop.poll().await.is_ok() {}
+        })
+        .await;
+    }
+    Ok(())
 }
