@@ -18,7 +18,7 @@ use crate::sinks::backoff;
 use crate::stats::Stats;
 
 /// The gateway's supervised tasks, always listed in `/metrics`.
-pub const TASKS: [&str; 3] = ["ingest", "pipeline", "upstream"];
+pub const TASKS: [&str; 4] = ["ingest", "pipeline", "local", "upstream"];
 
 /// How restarts are spaced.
 #[derive(Debug, Clone, Copy)]
