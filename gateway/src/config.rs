@@ -13,6 +13,7 @@ use eddy_analytics::{Aggregate, Condition, EngineConfig, ThresholdRule};
 use eddy_proto::{MAX_DEVICE_ID_LEN, topic::DEFAULT_PREFIX};
 use serde::Deserialize;
 
+use crate::sources::serial::SerialConfig;
 use crate::tls::TlsFiles;
 
 /// Largest config file accepted.
@@ -56,6 +57,8 @@ pub struct Config {
     /// Where aggregates and alerts are forwarded; none by default.
     pub upstream: Option<UpstreamConfig>,
     pub http: HttpConfig,
+    /// Serial ports with Eddy devices on them (`[[serial]]`).
+    pub serial: Vec<SerialConfig>,
 }
 
 /// The gateway's HTTP port: `/metrics` (Prometheus) and `/healthz`.
@@ -94,6 +97,7 @@ impl Default for Config {
             }],
             upstream: None,
             http: HttpConfig::default(),
+            serial: Vec::new(),
         }
     }
 }
@@ -505,6 +509,19 @@ impl Config {
                     field("name"),
                     format!("`{}` is used twice", r.name),
                 ));
+            }
+        }
+        let mut ports = std::collections::HashSet::new();
+        for (i, port) in self.serial.iter().enumerate() {
+            let field = |f: &str| format!("serial[{i}].{f}");
+            if port.path.as_os_str().is_empty() {
+                return Err(invalid(field("path"), "must not be empty"));
+            }
+            if !ports.insert(&port.path) {
+                return Err(invalid(field("path"), "is configured twice"));
+            }
+            if port.baud == 0 {
+                return Err(invalid(field("baud"), "must be at least 1"));
             }
         }
         if let Some(up) = &self.upstream {

@@ -17,7 +17,7 @@ use crate::http::{self, HttpError};
 use crate::pipeline::{Inbox, PipelineError, PipelineParts};
 use crate::sinks::local::LocalPublisher;
 use crate::sinks::upstream;
-use crate::sources::mqtt;
+use crate::sources::{mqtt, serial};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{RestartPolicy, supervise};
@@ -185,6 +185,15 @@ impl Gateway {
             },
         );
         let mut helpers = vec![source.task, local_task];
+        for port in &config.serial {
+            helpers.push(serial::spawn(
+                port.clone(),
+                &broker,
+                &config.ingest.topic_prefix,
+                stats.clone(),
+                shutdown.clone(),
+            ));
+        }
         let http = match config.http.enabled {
             true => {
                 let (addr, task) = http::serve(

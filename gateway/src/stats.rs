@@ -119,6 +119,20 @@ counters! {
     upstream_sent,
     /// Upstream publishes acknowledged (PUBACK) and committed as the sink offset.
     upstream_acked,
+    /// Serial ports opened (first open and every reopen).
+    serial_opens,
+    /// Serial ports that failed or vanished while open.
+    serial_port_errors,
+    /// Frames from serial ports forwarded to ingest.
+    serial_frames,
+    /// Serial byte runs that were not a valid frame (COBS, CRC, contents, size).
+    serial_bad_frames,
+    /// Serial frames not forwarded because the bridge's queue was full; devices resend.
+    serial_uplink_dropped,
+    /// Acks and commands written to serial ports.
+    serial_downlink,
+    /// Acks and commands not written (port away, undecodable).
+    serial_downlink_dropped,
     /// Ingest connection attempts that failed or connections that dropped.
     ingest_disconnects,
     /// Upstream connection attempts that failed or connections that dropped.

@@ -76,6 +76,15 @@ fn bad_configs_name_the_field_and_the_reason() {
             "unknown field `ca`",
         ),
         ("[http]\nlisten = \"localhost\"", "listen"),
+        ("[[serial]]\npath = \"\"", "serial[0].path"),
+        (
+            "[[serial]]\npath = \"/dev/ttyUSB0\"\nbaud = 0",
+            "serial[0].baud",
+        ),
+        (
+            "[[serial]]\npath = \"/dev/ttyUSB0\"\n[[serial]]\npath = \"/dev/ttyUSB0\"",
+            "serial[1].path",
+        ),
         ("[ingest]\ntopic_prefix = \"eddy/#\"", "wildcards"),
         (
             "[[ingest.topics]]\nfilter = \"a/b\"\nformat = \"json\"\ndevice_level = 1",

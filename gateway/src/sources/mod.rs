@@ -1,3 +1,4 @@
 //! Sources: where messages enter the gateway.
 
 pub mod mqtt;
+pub mod serial;
