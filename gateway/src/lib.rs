@@ -13,6 +13,7 @@ pub mod demo;
 mod gateway;
 pub mod http;
 pub mod pipeline;
+pub mod qemu;
 pub mod sequencer;
 pub mod sinks;
 pub mod sources;

@@ -1,7 +1,7 @@
 //! `eddy`: the gateway daemon and CLI.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -48,6 +48,23 @@ enum Command {
     },
     /// Validate a config file and exit (non-zero on error).
     Check { config: PathBuf },
+    /// Put firmware on a device. `--qemu`: boot it in QEMU (lm3s6965evb)
+    /// with its UART on a pty and run the gateway attached to that port.
+    /// Otherwise: write `--elf` to a board through probe-rs.
+    Flash {
+        /// Emulate instead of flashing hardware.
+        #[arg(long)]
+        qemu: bool,
+        /// Firmware ELF; with --qemu, built from firmware/qemu when absent.
+        #[arg(long)]
+        elf: Option<PathBuf>,
+        /// probe-rs chip name for hardware (e.g. STM32F411CEUx, nRF52840_xxAA).
+        #[arg(long)]
+        chip: Option<String>,
+        /// Gateway config for --qemu (its [[serial]] ports are replaced).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn init_logging(default: &str) {
@@ -85,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
             broker,
             data_dir,
         } => {
-            init_logging("info,rmqtt=warn,rmqtt_net=warn,rmqtt_acl=warn,rmqtt_retainer=warn");
+            init_logging("info,rmqtt=error,rmqtt_net=warn,rmqtt_acl=warn,rmqtt_retainer=warn");
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
@@ -137,6 +154,72 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report.summary());
             let lost = report.frames_lost();
             anyhow::ensure!(lost == 0, "{lost} frames sent by devices were not stored");
+            Ok(())
+        }
+        Command::Flash {
+            qemu: true,
+            elf,
+            config,
+            ..
+        } => {
+            init_logging("info,rmqtt=error,rmqtt_net=warn,rmqtt_acl=warn,rmqtt_retainer=warn");
+            let elf = match elf {
+                Some(e) => e,
+                None => eddy_gateway::qemu::build_firmware(Path::new(".")).context(
+                    "building the QEMU firmware (run from the repository root, or pass --elf)",
+                )?,
+            };
+            let mut board = eddy_gateway::qemu::QemuBoard::start(&elf)?;
+            println!(
+                "QEMU lm3s6965evb running {}; UART0 on {}",
+                elf.display(),
+                board.pty().display()
+            );
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            config.serial = vec![eddy_gateway::sources::serial::SerialConfig {
+                path: board.pty().to_path_buf(),
+                baud: 115_200,
+            }];
+            config.validate()?;
+            let gateway = Gateway::start(config).await?;
+            let stats = gateway.stats().clone();
+            let opened = tokio::time::timeout(Duration::from_secs(10), async {
+                while stats.snapshot().serial_opens == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            anyhow::ensure!(
+                opened.is_ok(),
+                "the gateway did not open {}",
+                board.pty().display()
+            );
+            board.resume()?;
+            println!("firmware running; Ctrl-C stops QEMU and the gateway");
+            let token = gateway.shutdown_token();
+            tokio::spawn(async move {
+                stop_signal().await;
+                token.cancel();
+            });
+            let result = gateway.wait().await;
+            board.stop();
+            Ok(result?)
+        }
+        Command::Flash { elf, chip, .. } => {
+            let elf = elf.context("--elf FILE is required to flash hardware")?;
+            let chip = chip.context("--chip NAME is required (see `probe-rs chip list`)")?;
+            // probe-rs is the standard tool for debug probes (ST-Link,
+            // J-Link, CMSIS-DAP); Eddy does not reinvent it.
+            let status = std::process::Command::new("probe-rs")
+                .args(["download", "--chip", &chip])
+                .arg(&elf)
+                .status()
+                .context("running probe-rs (install: cargo install probe-rs-tools)")?;
+            anyhow::ensure!(status.success(), "probe-rs failed: {status}");
+            println!("flashed {} to {chip}", elf.display());
             Ok(())
         }
         Command::Check { config } => {

@@ -7,12 +7,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{test_config, wait_until};
-use eddy_gateway::Gateway;
-use eddy_gateway::sources::serial::SerialConfig;
+use common::{Commander, gateway_on_serial, wait_until};
 use eddy_proto::link::{FrameDecoder, MAX_WIRE_LEN, encode_framed};
-use eddy_proto::{Ack, Command, CommandFrame, Frame, Hello, MAX_FRAME_LEN, Reading, Telemetry};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use eddy_proto::{Ack, Command, Frame, Hello, Reading, Telemetry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::{SerialPort, SerialStream};
 
@@ -101,18 +98,8 @@ async fn frames_over_a_serial_port_are_stored_once_acked_and_commands_go_back() 
     let dir = tempfile::tempdir().expect("temp dir");
     let link: PathBuf = dir.path().join("ttyEDDY0");
     let mut wire = Wire::plug(&link);
-    let mut config = test_config(dir.path().join("data"), None);
-    config.serial = vec![SerialConfig {
-        path: link.clone(),
-        baud: 115_200,
-    }];
-    let gateway = Gateway::start(config).await.expect("gateway starts");
+    let gateway = gateway_on_serial(dir.path().join("data"), link.clone()).await;
     let stats = gateway.stats().clone();
-    assert!(
-        wait_until(Duration::from_secs(10), || stats.snapshot().serial_opens
-            >= 1)
-        .await
-    );
 
     wire.send(&Frame::Hello(Hello {
         device: DEVICE.try_into().expect("fits"),
@@ -148,28 +135,9 @@ async fn frames_over_a_serial_port_are_stored_once_acked_and_commands_go_back() 
     );
 
     // A command published for the device reaches it on the wire.
-    let broker = gateway.broker().clone();
-    let (client, mut eventloop) =
-        AsyncClient::new(MqttOptions::new("serial-cmd", broker.host, broker.port), 16);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    let command = Frame::Command(CommandFrame {
-        device: DEVICE.try_into().expect("fits"),
-        id: 5,
-        command: Command::SetInterval { ms: 250 },
-    });
-    let mut buf = [0u8; MAX_FRAME_LEN];
-    let payload = eddy_proto::encode(&command, &mut buf)
-        .expect("encodes")
-        .to_vec();
-    client
-        .publish(
-            format!("eddy/v1/{DEVICE}/cmd"),
-            QoS::AtLeastOnce,
-            false,
-            payload,
-        )
-        .await
-        .expect("publish");
+    let command = Commander::connect(&gateway, "serial-cmd")
+        .send(DEVICE, Command::SetInterval { ms: 250 })
+        .await;
     let mut got_command = false;
     for _ in 0..20 {
         if wire

@@ -461,3 +461,60 @@ pub fn metric(body: &str, name: &str) -> Option<u64> {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// A gateway bridging the serial port at `path`, started once the port
+/// is open.
+pub async fn gateway_on_serial(data_dir: PathBuf, path: PathBuf) -> Gateway {
+    let mut config = test_config(data_dir, None);
+    config.serial = vec![eddy_gateway::sources::serial::SerialConfig {
+        path,
+        baud: 115_200,
+    }];
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    let stats = gateway.stats().clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || stats.snapshot().serial_opens
+            >= 1)
+        .await,
+        "the serial port was not opened"
+    );
+    gateway
+}
+
+/// A client on the gateway's broker that publishes commands to devices.
+pub struct Commander {
+    client: AsyncClient,
+}
+
+impl Commander {
+    pub fn connect(gateway: &Gateway, client_id: &str) -> Self {
+        let broker = gateway.broker().clone();
+        let (client, mut eventloop) =
+            AsyncClient::new(MqttOptions::new(client_id, broker.host, broker.port), 16);
+        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        Self { client }
+    }
+
+    /// Publishes `command` (id 1) on `device`'s command topic; returns the frame.
+    pub async fn send(&self, device: &str, command: eddy_proto::Command) -> eddy_proto::Frame {
+        let frame = eddy_proto::Frame::Command(eddy_proto::CommandFrame {
+            device: device.try_into().expect("fits"),
+            id: 1,
+            command,
+        });
+        let mut buf = [0u8; eddy_proto::MAX_FRAME_LEN];
+        let payload = eddy_proto::encode(&frame, &mut buf)
+            .expect("encodes")
+            .to_vec();
+        self.client
+            .publish(
+                format!("eddy/v1/{device}/cmd"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .expect("publish");
+        frame
+    }
+}
