@@ -40,6 +40,20 @@ async fn firmware_in_qemu_reports_alerts_fire_and_commands_take_effect() {
         stats.snapshot()
     );
     assert!(stats.snapshot().samples_committed > 50);
+    // Every sensor the board reads through the embedded-hal drivers.
+    let mut metrics = std::collections::BTreeMap::new();
+    gateway
+        .store()
+        .for_each_sample(|_, s| {
+            assert_eq!(s.device, DEVICE);
+            metrics.insert(s.metric, s.value);
+        })
+        .expect("reads");
+    assert_eq!(
+        metrics.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["adc0", "board_temp", "humidity", "outputs", "temperature"]
+    );
+    assert!((metrics["humidity"] - 45.0).abs() < 0.1, "{metrics:?}");
 
     // Switch output pin 1 on: the firmware reports outputs = 2 from then on.
     let commander = Commander::connect(&gateway, "qemu-cmd");

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eddy_firmware::{Backlog, Node, Outputs, Readings, Sensor, SensorError};
+use eddy_firmware::{Backlog, Link, Node, Outputs, Readings, Sensor, SensorError};
 use eddy_proto::{Frame, MAX_FRAME_LEN, Reading, Telemetry, topic};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
@@ -114,6 +114,34 @@ fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The firmware core's [`Link`] on an MQTT client: frames go to the
+/// device's telemetry topic with QoS 1, without waiting.
+#[derive(Debug)]
+pub struct MqttLink<'a> {
+    pub client: &'a AsyncClient,
+    pub topic: &'a str,
+}
+
+/// Why [`MqttLink::send`] did not hand a frame over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttLinkError {
+    Encode(eddy_proto::EncodeError),
+    /// The client's request queue is full.
+    Busy,
+}
+
+impl Link for MqttLink<'_> {
+    type Error = MqttLinkError;
+
+    fn send(&mut self, frame: &Frame) -> Result<(), Self::Error> {
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let bytes = eddy_proto::encode(frame, &mut buf).map_err(MqttLinkError::Encode)?;
+        self.client
+            .try_publish(self.topic, QoS::AtLeastOnce, false, bytes.to_vec())
+            .map_err(|_| MqttLinkError::Busy)
+    }
 }
 
 /// The topics of one device.
@@ -277,14 +305,13 @@ impl SimDevice {
     }
 
     fn publish(client: &AsyncClient, topic: &str, telemetry: &Telemetry) -> bool {
-        let mut buf = [0u8; MAX_FRAME_LEN];
-        match eddy_proto::encode(&Frame::Telemetry(telemetry.clone()), &mut buf) {
+        let mut link = MqttLink { client, topic };
+        match link.send(&Frame::Telemetry(telemetry.clone())) {
+            Ok(()) => true,
             // A full request queue leaves the frame in the backlog; it goes
             // out with the next retransmission.
-            Ok(bytes) => client
-                .try_publish(topic, QoS::AtLeastOnce, false, bytes.to_vec())
-                .is_ok(),
-            Err(e) => {
+            Err(MqttLinkError::Busy) => false,
+            Err(MqttLinkError::Encode(e)) => {
                 warn!(device = %telemetry.device, error = %e, "frame not encodable");
                 false
             }

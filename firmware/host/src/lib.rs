@@ -8,7 +8,7 @@ mod device;
 mod fleet;
 pub mod sim;
 
-pub use device::{DeviceReport, SimDevice, SimDeviceConfig};
+pub use device::{DeviceReport, MqttLink, MqttLinkError, SimDevice, SimDeviceConfig};
 pub use fleet::{FleetConfig, FleetReport, run_fleet};
 
 /// Why a simulated device could not run.

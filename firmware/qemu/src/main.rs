@@ -16,12 +16,12 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use cortex_m::peripheral::SCB;
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::{entry, exception};
-use eddy_firmware::{Backlog, Node, Sensor};
+use eddy_firmware::drivers::{AdcSensor, Every, Lm75Sensor, PinOutputs, Sht4xSensor};
+use eddy_firmware::{Backlog, Link, Node, Sensor, SerialLink};
 use eddy_proto::Frame;
-use eddy_proto::link::{FrameDecoder, MAX_WIRE_LEN, encode_framed};
 use panic_semihosting as _;
 
-use sensors::{Adc, Pins, Thermometer};
+use sensors::{SimAdc, SimBus, SimPin, TickDelay};
 use uart::Uart0;
 
 /// The device id; set `EDDY_DEVICE_ID` when building to change it.
@@ -32,33 +32,32 @@ const DEVICE: &str = match option_env!("EDDY_DEVICE_ID") {
 const BOARD: &str = "lm3s6965";
 const FIRMWARE: &str = env!("CARGO_PKG_VERSION");
 const INTERVAL_MS: u32 = 100;
-/// Frames kept for retransmission (about 13 KiB of RAM).
+/// The LM75 board temperature changes slowly: once a second.
+const BOARD_TEMP_INTERVAL_MS: u32 = 1_000;
+/// Frames kept for retransmission (about 13 KiB of stack).
 const BACKLOG: usize = 16;
 const RESEND_AFTER_MS: u64 = 1_000;
 /// SysTick runs from the 12 MHz core clock QEMU gives this board.
 const CORE_HZ: u32 = 12_000_000;
 
 static MILLIS: AtomicU32 = AtomicU32::new(0);
+static MILLIS_HIGH: AtomicU32 = AtomicU32::new(0);
 
 #[exception]
 fn SysTick() {
-    MILLIS.fetch_add(1, Ordering::Relaxed);
+    if MILLIS.fetch_add(1, Ordering::Relaxed) == u32::MAX {
+        MILLIS_HIGH.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-/// Milliseconds since boot, widened to 64 bits across the u32 wrap.
-struct Clock {
-    last: u32,
-    high: u64,
-}
-
-impl Clock {
-    fn now(&mut self) -> u64 {
-        let ms = MILLIS.load(Ordering::Relaxed);
-        if ms < self.last {
-            self.high += 1 << 32;
+/// Milliseconds since boot.
+pub fn millis() -> u64 {
+    loop {
+        let high = MILLIS_HIGH.load(Ordering::Relaxed);
+        let low = MILLIS.load(Ordering::Relaxed);
+        if high == MILLIS_HIGH.load(Ordering::Relaxed) {
+            return (u64::from(high) << 32) | u64::from(low);
         }
-        self.last = ms;
-        self.high | u64::from(ms)
     }
 }
 
@@ -77,13 +76,6 @@ fn boot_number() -> u32 {
     (secs as u32).wrapping_mul(100).wrapping_add(centis as u32)
 }
 
-fn send(uart: &mut Uart0, frame: &Frame) {
-    let mut out = [0u8; MAX_WIRE_LEN];
-    if let Ok(bytes) = encode_framed(frame, &mut out) {
-        uart.write_all(bytes);
-    }
-}
-
 #[entry]
 fn main() -> ! {
     let Some(mut core) = cortex_m::Peripherals::take() else {
@@ -95,48 +87,49 @@ fn main() -> ! {
     core.SYST.enable_interrupt();
     core.SYST.enable_counter();
 
-    let mut uart = Uart0::init();
+    let mut link = SerialLink::new(Uart0::init());
     let boot = boot_number();
     let Ok(mut node) = Node::new(DEVICE, boot, INTERVAL_MS) else {
         panic!("invalid device id {DEVICE}");
     };
     let mut backlog: Backlog<BACKLOG> = Backlog::new(boot);
-    let mut decoder = FrameDecoder::new();
-    let pins = Pins::default();
-    let mut clock = Clock { last: 0, high: 0 };
+    let mut air = Sht4xSensor::new(SimBus::default(), TickDelay);
+    let mut board_temp = Every::new(
+        Lm75Sensor::new(SimBus::default(), 0x48, "board_temp"),
+        BOARD_TEMP_INTERVAL_MS,
+    );
+    let mut adc = AdcSensor::new(SimAdc, "adc0", 4095, 3.3);
+    let mut outputs = PinOutputs::new([SimPin, SimPin, SimPin, SimPin]);
 
-    send(&mut uart, &node.hello(BOARD, FIRMWARE));
+    // A frame that cannot be sent stays in the backlog and goes out with
+    // the next retransmission, so send results are not needed here.
+    let _ = link.send(&node.hello(BOARD, FIRMWARE));
     loop {
-        let now = clock.now();
-        while let Some(byte) = uart.read_byte() {
-            match decoder.push(byte) {
-                Some(Ok(Frame::Ack(ack))) if ack.device == DEVICE => {
-                    backlog.ack(&ack, now);
-                }
-                Some(Ok(frame)) => {
-                    // Refused commands (wrong device, bad interval) change nothing.
-                    let _ = node.handle(&frame, &mut &pins);
-                }
-                // Damaged bytes are skipped; the gateway resends what matters.
-                Some(Err(_)) | None => {}
+        let now = millis();
+        let _ = link.receive(|frame| match frame {
+            Ok(Frame::Ack(ack)) if ack.device == DEVICE => {
+                backlog.ack(&ack, now);
             }
-        }
+            // Refused commands (wrong device, bad interval) change nothing.
+            Ok(frame) => {
+                let _ = node.handle(&frame, &mut outputs);
+            }
+            // Damaged bytes are skipped; what matters is sent again.
+            Err(_) => {}
+        });
         if node.reboot_requested() {
             SCB::sys_reset();
         }
-        let mut thermometer = Thermometer;
-        let mut adc = Adc;
-        let mut outputs = &pins;
-        let mut sensors: [&mut dyn Sensor; 3] = [&mut thermometer, &mut adc, &mut outputs];
+        let mut sensors: [&mut dyn Sensor; 4] = [&mut air, &mut board_temp, &mut adc, &mut outputs];
         if let Some(mut telemetry) = node.poll(now, 0, &mut sensors) {
             backlog.push(&mut telemetry, now);
-            send(&mut uart, &Frame::Telemetry(telemetry));
+            let _ = link.send(&Frame::Telemetry(telemetry));
         }
         if backlog.timed_out(now, RESEND_AFTER_MS) {
             // Say hello again too: the gateway side may have restarted.
-            send(&mut uart, &node.hello(BOARD, FIRMWARE));
+            let _ = link.send(&node.hello(BOARD, FIRMWARE));
             for telemetry in backlog.resend(now) {
-                send(&mut uart, &Frame::Telemetry(telemetry.clone()));
+                let _ = link.send(&Frame::Telemetry(telemetry.clone()));
             }
         }
         cortex_m::asm::wfi();

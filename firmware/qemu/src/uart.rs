@@ -3,7 +3,10 @@
 //! Polled, no interrupts: the main loop drains the 16-byte receive FIFO
 //! every pass, and transmit waits while the FIFO is full.
 
+use core::convert::Infallible;
 use core::ptr::{read_volatile, write_volatile};
+
+use embedded_io::{ErrorType, Read, ReadReady, Write};
 
 const BASE: usize = 0x4000_C000;
 const DR: usize = 0x00;
@@ -32,17 +35,15 @@ impl Uart0 {
         Self(())
     }
 
-    pub fn write_all(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            // SAFETY: see `init`.
-            unsafe {
-                while read(FR) & FR_TXFF != 0 {}
-                write(DR, u32::from(b));
-            }
+    fn write_byte(&mut self, b: u8) {
+        // SAFETY: see `init`.
+        unsafe {
+            while read(FR) & FR_TXFF != 0 {}
+            write(DR, u32::from(b));
         }
     }
 
-    pub fn read_byte(&mut self) -> Option<u8> {
+    fn read_byte(&mut self) -> Option<u8> {
         // SAFETY: see `init`.
         unsafe {
             if read(FR) & FR_RXFE != 0 {
@@ -51,6 +52,48 @@ impl Uart0 {
                 Some((read(DR) & 0xFF) as u8)
             }
         }
+    }
+}
+
+impl ErrorType for Uart0 {
+    type Error = Infallible;
+}
+
+impl Write for Uart0 {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        for &b in buf {
+            self.write_byte(b);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+impl ReadReady for Uart0 {
+    fn read_ready(&mut self) -> Result<bool, Self::Error> {
+        // SAFETY: see `init`.
+        Ok(unsafe { read(FR) } & FR_RXFE == 0)
+    }
+}
+
+impl Read for Uart0 {
+    /// Reads what the FIFO holds, at least one byte (waiting for it).
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.read_byte() {
+                Some(b) => {
+                    buf[n] = b;
+                    n += 1;
+                }
+                None if n > 0 || buf.is_empty() => break,
+                None => {}
+            }
+        }
+        Ok(n)
     }
 }
 
