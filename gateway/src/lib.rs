@@ -12,6 +12,7 @@ pub mod decode;
 pub mod demo;
 mod gateway;
 pub mod http;
+pub mod ota_tools;
 pub mod pipeline;
 pub mod qemu;
 pub mod sequencer;

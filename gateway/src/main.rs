@@ -48,6 +48,11 @@ enum Command {
     },
     /// Validate a config file and exit (non-zero on error).
     Check { config: PathBuf },
+    /// Signed firmware images: keys, signing, inspection.
+    Ota {
+        #[command(subcommand)]
+        command: OtaCommand,
+    },
     /// Put firmware on a device. `--qemu`: boot it in QEMU (lm3s6965evb)
     /// with its UART on a pty and run the gateway attached to that port.
     /// Otherwise: write `--elf` to a board through probe-rs.
@@ -64,6 +69,34 @@ enum Command {
         /// Gateway config for --qemu (its [[serial]] ports are replaced).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OtaCommand {
+    /// Create an ed25519 key pair (eddy-ota.key, eddy-ota.pub) in DIR.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a firmware binary into an Eddy image.
+    Sign {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        board: String,
+        /// Semantic version X.Y.Z; devices refuse anything not newer.
+        #[arg(long)]
+        version: String,
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Print an image's header; verify it completely with --pubkey.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
     },
 }
 
@@ -154,6 +187,39 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report.summary());
             let lost = report.frames_lost();
             anyhow::ensure!(lost == 0, "{lost} frames sent by devices were not stored");
+            Ok(())
+        }
+        Command::Ota { command } => {
+            use eddy_gateway::ota_tools;
+            match command {
+                OtaCommand::Keygen { out } => {
+                    let (secret, public) = ota_tools::keygen(&out)?;
+                    println!(
+                        "secret key {} (keep it off devices and gateways)\npublic key {}",
+                        secret.display(),
+                        public.display()
+                    );
+                }
+                OtaCommand::Sign {
+                    key,
+                    board,
+                    version,
+                    input,
+                    output,
+                } => {
+                    let h = ota_tools::sign(&key, &board, &version, &input, &output)?;
+                    println!(
+                        "{}: board {}, version {}, {} payload bytes, signed",
+                        output.display(),
+                        h.board,
+                        h.version,
+                        h.payload_len
+                    );
+                }
+                OtaCommand::Inspect { file, pubkey } => {
+                    print!("{}", ota_tools::inspect(&file, pubkey.as_deref())?);
+                }
+            }
             Ok(())
         }
         Command::Flash {

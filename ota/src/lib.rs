@@ -6,12 +6,23 @@
 //! board, a truncated or corrupted transfer, or (with the version) a
 //! downgrade before it writes a single byte to flash.
 //!
+//! A signed image is `header || signature || payload`. The ed25519
+//! signature covers the header, and the header holds the payload's
+//! SHA-256, so together they cover every byte: a device checks the
+//! signature on the offer, before it erases anything, and the hash once
+//! the payload is in flash.
+//!
 //! `no_std` and allocation free: the firmware links the same code.
+//! [`slots`] is the device side: A/B slots with trial boot and rollback.
 
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod slots;
+
 use core::fmt;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 use sha2::{Digest, Sha256};
 
@@ -73,6 +84,85 @@ pub enum ImageError {
     TooLarge(usize),
     #[error("payload SHA-256 does not match the header")]
     HashMismatch,
+    #[error("signature does not verify with the device's public key")]
+    BadSignature,
+    #[error("image is for another board")]
+    WrongBoard,
+    #[error("version {offered} is not newer than {installed} (no downgrades)")]
+    NotNewer {
+        offered: Version,
+        installed: Version,
+    },
+}
+
+/// Length of an ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// Length of an ed25519 public or secret key.
+pub const KEY_LEN: usize = 32;
+/// Header plus signature: what an update offer carries.
+pub const OFFER_LEN: usize = HEADER_LEN + SIGNATURE_LEN;
+
+/// Signs an encoded header with a secret key (the release machine's side).
+pub fn sign_header(secret: &[u8; KEY_LEN], header: &[u8; HEADER_LEN]) -> [u8; SIGNATURE_LEN] {
+    SigningKey::from_bytes(secret).sign(header).to_bytes()
+}
+
+/// The public key of a secret key.
+pub fn public_key(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    SigningKey::from_bytes(secret).verifying_key().to_bytes()
+}
+
+/// Checks an offer: header and signature, as the device receives them
+/// before any byte of payload. Returns the parsed header.
+pub fn verify_offer(offer: &[u8], public_key: &[u8; KEY_LEN]) -> Result<ImageHeader, ImageError> {
+    let header_bytes: &[u8; HEADER_LEN] = offer
+        .get(..HEADER_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(ImageError::Truncated)?;
+    let signature: &[u8; SIGNATURE_LEN] = offer
+        .get(HEADER_LEN..OFFER_LEN)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(ImageError::Truncated)?;
+    let header = ImageHeader::parse(header_bytes)?;
+    let key = VerifyingKey::from_bytes(public_key).map_err(|_| ImageError::BadSignature)?;
+    key.verify(header_bytes, &Signature::from_bytes(signature))
+        .map_err(|_| ImageError::BadSignature)?;
+    Ok(header)
+}
+
+/// A complete signed image in memory (host tools, tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedImage<'a> {
+    pub header: ImageHeader,
+    /// Header and signature, as sent in an update offer.
+    pub offer: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+impl<'a> SignedImage<'a> {
+    /// Splits and fully verifies an image: signature, length and hash.
+    pub fn verify(bytes: &'a [u8], public_key: &[u8; KEY_LEN]) -> Result<Self, ImageError> {
+        let header = verify_offer(bytes, public_key)?;
+        let payload = bytes.get(OFFER_LEN..).ok_or(ImageError::Truncated)?;
+        header.verify_payload(payload)?;
+        Ok(Self {
+            header,
+            offer: &bytes[..OFFER_LEN],
+            payload,
+        })
+    }
+
+    /// Splits an image without checking the signature (to inspect one).
+    pub fn parse_unverified(bytes: &'a [u8]) -> Result<Self, ImageError> {
+        let header = ImageHeader::parse(bytes)?;
+        let offer = bytes.get(..OFFER_LEN).ok_or(ImageError::Truncated)?;
+        let payload = bytes.get(OFFER_LEN..).ok_or(ImageError::Truncated)?;
+        Ok(Self {
+            header,
+            offer,
+            payload,
+        })
+    }
 }
 
 /// The image header.
