@@ -106,6 +106,9 @@ fn decode_frame(device: &str, payload: &[u8], now_ms: i64) -> Result<Decoded, De
         Frame::Hello(_) => return Err(DecodeError::NotTelemetry("hello")),
         Frame::Ack(_) => return Err(DecodeError::NotTelemetry("ack")),
         Frame::Command(_) => return Err(DecodeError::NotTelemetry("command")),
+        Frame::OtaOffer(_) | Frame::OtaChunk(_) | Frame::OtaStatus(_) => {
+            return Err(DecodeError::NotTelemetry("OTA frame"));
+        }
     };
     if telemetry.device != device {
         return Err(DecodeError::DeviceMismatch {

@@ -18,6 +18,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod slots;
 
 use core::fmt;

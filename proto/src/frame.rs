@@ -37,6 +37,80 @@ pub enum Frame {
     Ack(Ack),
     /// Gateway to device: do something.
     Command(CommandFrame),
+    /// Gateway to device: a signed firmware image is available.
+    OtaOffer(OtaOffer),
+    /// Gateway to device: a piece of that image's payload.
+    OtaChunk(OtaChunk),
+    /// Device to gateway: where an update stands.
+    OtaStatus(OtaStatus),
+}
+
+/// Longest update offer: an image header and its signature.
+pub const MAX_OTA_OFFER: usize = 160;
+/// Largest payload chunk in one frame.
+pub const MAX_OTA_CHUNK: usize = 512;
+
+/// An update offer: `offer` is the image's header and signature, which
+/// the device checks before it erases anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OtaOffer {
+    pub device: DeviceId,
+    /// Identifies the transfer; a repeated offer of the same campaign
+    /// resumes it.
+    pub campaign: u32,
+    pub offer: Vec<u8, MAX_OTA_OFFER>,
+}
+
+/// Payload bytes at `offset`, with a CRC-32C of `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OtaChunk {
+    pub device: DeviceId,
+    pub campaign: u32,
+    pub offset: u32,
+    pub data: Vec<u8, MAX_OTA_CHUNK>,
+    pub crc: u32,
+}
+
+/// A device's report on an update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OtaStatus {
+    pub device: DeviceId,
+    pub campaign: u32,
+    pub state: OtaState,
+}
+
+/// Where an update stands on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtaState {
+    /// Send payload from `next` on (after an offer, a chunk, a damaged or
+    /// out-of-order chunk, or a reconnect: always the resume point).
+    Next { next: u32 },
+    /// The offer or the image was refused; nothing changed on the device.
+    Rejected { reason: OtaReject },
+    /// The whole payload is in flash and matches the signed hash; the
+    /// device restarts into it on trial.
+    Verified,
+    /// The device runs `version` and confirmed it healthy.
+    Confirmed { version: [u16; 3] },
+    /// The new image failed on trial; the device is back on `version`.
+    RolledBack { version: [u16; 3] },
+}
+
+/// Why a device refused an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtaReject {
+    BadSignature,
+    WrongBoard,
+    NotNewer,
+    TooLarge,
+    HashMismatch,
+    Malformed,
+    Flash,
+}
+
+/// CRC-32C of a chunk's data, as carried in [`OtaChunk::crc`].
+pub fn chunk_crc(data: &[u8]) -> u32 {
+    crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(data)
 }
 
 /// Sent by a device after boot or reconnect.
@@ -177,6 +251,9 @@ impl Frame {
             }
             Frame::Ack(a) => name("device", &a.device, MAX_DEVICE_ID_LEN),
             Frame::Command(c) => name("device", &c.device, MAX_DEVICE_ID_LEN),
+            Frame::OtaOffer(o) => name("device", &o.device, MAX_DEVICE_ID_LEN),
+            Frame::OtaChunk(c) => name("device", &c.device, MAX_DEVICE_ID_LEN),
+            Frame::OtaStatus(s) => name("device", &s.device, MAX_DEVICE_ID_LEN),
         }
     }
 
@@ -187,6 +264,9 @@ impl Frame {
             Frame::Telemetry(t) => &t.device,
             Frame::Ack(a) => &a.device,
             Frame::Command(c) => &c.device,
+            Frame::OtaOffer(o) => &o.device,
+            Frame::OtaChunk(c) => &c.device,
+            Frame::OtaStatus(s) => &s.device,
         }
     }
 }

@@ -21,8 +21,9 @@ pub mod topic;
 pub use codec::{DecodeError, EncodeError, decode, encode};
 pub use frame::{
     Ack, BoardName, Command, CommandFrame, DeviceId, FirmwareVersion, Frame, Hello, InvalidName,
-    MAX_BOARD_LEN, MAX_DEVICE_ID_LEN, MAX_METRIC_LEN, MAX_READINGS, MAX_VERSION_LEN, MetricName,
-    Reading, Telemetry, Validity, valid_name,
+    MAX_BOARD_LEN, MAX_DEVICE_ID_LEN, MAX_METRIC_LEN, MAX_OTA_CHUNK, MAX_OTA_OFFER, MAX_READINGS,
+    MAX_VERSION_LEN, MetricName, OtaChunk, OtaOffer, OtaReject, OtaState, OtaStatus, Reading,
+    Telemetry, Validity, chunk_crc, valid_name,
 };
 
 /// Version byte that starts every encoded frame. A decoder rejects any

@@ -2,8 +2,9 @@
 
 use eddy_proto::link::{FrameDecoder, LinkError, MAX_WIRE_LEN, encode_framed};
 use eddy_proto::{
-    Ack, Command, CommandFrame, DecodeError, Frame, Hello, MAX_FRAME_LEN, MAX_READINGS, Reading,
-    Telemetry, WIRE_VERSION, decode, encode,
+    Ack, Command, CommandFrame, DecodeError, Frame, Hello, MAX_FRAME_LEN, MAX_OTA_CHUNK,
+    MAX_OTA_OFFER, MAX_READINGS, OtaChunk, OtaOffer, OtaReject, OtaState, OtaStatus, Reading,
+    Telemetry, WIRE_VERSION, chunk_crc, decode, encode,
 };
 use proptest::prelude::*;
 
@@ -31,6 +32,51 @@ fn command() -> impl Strategy<Value = Command> {
         any::<u32>().prop_map(|ms| Command::SetInterval { ms }),
         (any::<u8>(), any::<bool>()).prop_map(|(pin, on)| Command::SetOutput { pin, on }),
         Just(Command::Reboot),
+    ]
+}
+
+fn ota_state() -> impl Strategy<Value = OtaState> {
+    let version = any::<[u16; 3]>();
+    prop_oneof![
+        any::<u32>().prop_map(|next| OtaState::Next { next }),
+        Just(OtaState::Rejected {
+            reason: OtaReject::NotNewer
+        }),
+        Just(OtaState::Verified),
+        version.prop_map(|version| OtaState::Confirmed { version }),
+        any::<[u16; 3]>().prop_map(|version| OtaState::RolledBack { version }),
+    ]
+}
+
+fn bytes<const N: usize>() -> impl Strategy<Value = heapless::Vec<u8, N>> {
+    proptest::collection::vec(any::<u8>(), 0..=N).prop_map(|v| v.into_iter().collect())
+}
+
+fn ota_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (name(32), any::<u32>(), bytes::<MAX_OTA_OFFER>()).prop_map(|(d, campaign, offer)| {
+            Frame::OtaOffer(OtaOffer {
+                device: hstr(&d),
+                campaign,
+                offer,
+            })
+        }),
+        (name(32), any::<(u32, u32)>(), bytes::<MAX_OTA_CHUNK>()).prop_map(
+            |(d, (campaign, offset), data)| Frame::OtaChunk(OtaChunk {
+                device: hstr(&d),
+                campaign,
+                offset,
+                crc: chunk_crc(&data),
+                data,
+            })
+        ),
+        (name(32), any::<u32>(), ota_state()).prop_map(|(d, campaign, state)| {
+            Frame::OtaStatus(OtaStatus {
+                device: hstr(&d),
+                campaign,
+                state,
+            })
+        }),
     ]
 }
 
@@ -69,6 +115,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 command
             }
         )),
+        ota_frame(),
     ]
 }
 
