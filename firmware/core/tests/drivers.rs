@@ -9,29 +9,14 @@ use embedded_hal::i2c::ErrorKind;
 use embedded_hal_mock::eh1::delay::NoopDelay;
 use embedded_hal_mock::eh1::digital::{Mock as PinMock, State, Transaction as PinTx};
 use embedded_hal_mock::eh1::i2c::{Mock as I2cMock, Transaction as I2cTx};
-
-/// Sensirion's CRC-8 (polynomial 0x31, init 0xFF) over one word.
-fn crc8(data: [u8; 2]) -> u8 {
-    let mut crc = 0xFFu8;
-    for byte in data {
-        crc ^= byte;
-        for _ in 0..8 {
-            crc = if crc & 0x80 != 0 {
-                (crc << 1) ^ 0x31
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
+use sensirion_i2c::crc8::calculate;
 
 /// The six bytes an SHT4x answers for `celsius` and `percent`.
 fn sht4x_response(celsius: f64, percent: f64) -> Vec<u8> {
     let t = (((celsius + 45.0) / 175.0) * 65535.0).round() as u16;
     let rh = (((percent + 6.0) / 125.0) * 65535.0).round() as u16;
     let (t, rh) = (t.to_be_bytes(), rh.to_be_bytes());
-    vec![t[0], t[1], crc8(t), rh[0], rh[1], crc8(rh)]
+    vec![t[0], t[1], calculate(&t), rh[0], rh[1], calculate(&rh)]
 }
 
 fn values(readings: &Readings) -> Vec<(String, f64)> {
