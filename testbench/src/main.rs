@@ -1,11 +1,13 @@
 //! `eddy-testbench`: simulated sensor fleets against a running gateway.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use eddy_firmware_host::{FleetConfig, run_fleet};
+use eddy_firmware_host::replay::Series;
+use eddy_firmware_host::{FleetConfig, ReplaySource, run_fleet};
 use eddy_gateway::config::BrokerUrl;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -42,6 +44,13 @@ enum Command {
         /// Device id prefix (`{prefix}-0000`, ...).
         #[arg(long, default_value = "sim")]
         id_prefix: String,
+        /// Play this recorded series (CSV `timestamp,value`, e.g.
+        /// testbench/data/*.csv) as every device's temperature.
+        #[arg(long)]
+        replay: Option<std::path::PathBuf>,
+        /// Replay speed: series time per real time (300: 5 min per second).
+        #[arg(long, default_value_t = 1.0)]
+        speedup: f64,
     },
 }
 
@@ -61,7 +70,27 @@ async fn main() -> anyhow::Result<()> {
             broker,
             hot_every,
             id_prefix,
+            replay,
+            speedup,
         } => {
+            anyhow::ensure!(speedup > 0.0, "--speedup must be positive");
+            let replay = match replay {
+                Some(path) => {
+                    let series = Series::load(&path)?;
+                    if series.skipped > 0 {
+                        eprintln!(
+                            "{}: {} rows out of time order skipped",
+                            path.display(),
+                            series.skipped
+                        );
+                    }
+                    Some(ReplaySource {
+                        series: Arc::new(series),
+                        speedup,
+                    })
+                }
+                None => None,
+            };
             anyhow::ensure!(rate > 0.0 && rate <= 100.0, "--rate must be in (0, 100]");
             let url = BrokerUrl::parse(&broker).map_err(anyhow::Error::msg)?;
             let stop = CancellationToken::new();
@@ -80,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
                     port: url.port,
                     hot_every: (hot_every > 0).then_some(hot_every),
                     id_prefix,
+                    replay,
                     ..FleetConfig::default()
                 },
                 stop,

@@ -5,14 +5,21 @@ use std::time::Duration;
 
 use eddy_gateway::Gateway;
 use eddy_gateway::demo::demo_config;
+use tempfile::TempDir;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulate_command_publishes_to_a_gateway_and_nothing_is_lost() {
+/// A demo-configured gateway and the broker URL devices use.
+async fn gateway() -> (TempDir, Gateway, String) {
     let data = tempfile::tempdir().expect("temp dir");
     let gateway = Gateway::start(demo_config(data.path().to_path_buf()))
         .await
         .expect("gateway starts");
     let broker = format!("mqtt://{}:{}", gateway.broker().host, gateway.broker().port);
+    (data, gateway, broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_command_publishes_to_a_gateway_and_nothing_is_lost() {
+    let (_data, gateway, broker) = gateway().await;
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
             .args([
@@ -62,4 +69,68 @@ fn a_bad_broker_url_is_a_clear_error() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt://"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_series_is_replayed_as_the_devices_temperature() {
+    let (_data, gateway, broker) = gateway().await;
+    let csv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/machine_temperature_system_failure.csv");
+    let series = eddy_firmware_host::replay::Series::load(&csv).expect("the shipped series loads");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
+            .args([
+                "simulate",
+                "--devices",
+                "2",
+                "--rate",
+                "10",
+                "--duration",
+                "2",
+            ])
+            .args([
+                "--hot-every",
+                "0",
+                "--broker",
+                &broker,
+                "--speedup",
+                "3000",
+                "--replay",
+            ])
+            .arg(&csv)
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every stored temperature is a value of the series, and at 3000x
+    // (one row per 100 ms sample) the devices walked through many rows.
+    let mut temps = Vec::new();
+    gateway
+        .store()
+        .for_each_sample(|_, s| {
+            if s.metric == "temperature" {
+                temps.push(s.value);
+            }
+        })
+        .expect("reads");
+    assert!(temps.len() >= 20, "{} temperatures", temps.len());
+    for t in &temps {
+        assert!(
+            series.points.iter().any(|(_, v)| v == t),
+            "{t} is not in the series"
+        );
+    }
+    let distinct: std::collections::BTreeSet<u64> = temps.iter().map(|t| t.to_bits()).collect();
+    assert!(
+        distinct.len() >= 10,
+        "only {} distinct values",
+        distinct.len()
+    );
+    gateway.shutdown().await.expect("clean shutdown");
 }

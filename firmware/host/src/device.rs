@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::SimError;
-use crate::sim::Waveform;
+use crate::sim::SimSensor;
 
 /// How one simulated device behaves and where it connects.
 #[derive(Debug, Clone)]
@@ -105,7 +105,7 @@ pub struct SimDevice {
     config: SimDeviceConfig,
     node: Node,
     backlog: Box<Backlog<SIM_BACKLOG>>,
-    sensors: Vec<Waveform>,
+    sensors: Vec<SimSensor>,
     outputs: SimOutputs,
     report: DeviceReport,
 }
@@ -166,7 +166,7 @@ impl Topics {
 }
 
 impl SimDevice {
-    pub fn new(config: SimDeviceConfig, sensors: Vec<Waveform>) -> Result<Self, SimError> {
+    pub fn new(config: SimDeviceConfig, sensors: Vec<SimSensor>) -> Result<Self, SimError> {
         // A fresh random boot number, as a board without flash would pick.
         let boot = rand::random::<u32>();
         let node =
@@ -349,7 +349,7 @@ impl SimDevice {
         let mut sensors: Vec<&mut dyn Sensor> = self
             .sensors
             .iter_mut()
-            .map(|s| s as &mut dyn Sensor)
+            .map(|s| s.as_mut() as &mut dyn Sensor)
             .collect();
         sensors.push(&mut self.outputs);
         self.node.poll(now_ms, wall_ms(), &mut sensors)

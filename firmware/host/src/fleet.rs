@@ -1,12 +1,14 @@
 //! A fleet of simulated devices.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use eddy_proto::topic::DEFAULT_PREFIX;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::sim::{Excursion, Waveform};
+use crate::replay::{Replay, Series};
+use crate::sim::{Excursion, SimSensor, Waveform};
 use crate::{DeviceReport, SimDevice, SimDeviceConfig, SimError};
 
 /// A fleet: `devices` devices named `{id_prefix}-{i:04}`, each sampling
@@ -27,6 +29,16 @@ pub struct FleetConfig {
     /// How long devices wait at the end for the gateway to acknowledge
     /// everything they sent.
     pub drain_timeout: Duration,
+    /// Replace the simulated temperature with a recorded series.
+    pub replay: Option<ReplaySource>,
+}
+
+/// A recorded series every device plays as its `temperature`.
+#[derive(Debug, Clone)]
+pub struct ReplaySource {
+    pub series: Arc<Series>,
+    /// Series milliseconds per board millisecond.
+    pub speedup: f64,
 }
 
 impl Default for FleetConfig {
@@ -42,6 +54,7 @@ impl Default for FleetConfig {
             hot_every: Some(5),
             seed: 1,
             drain_timeout: Duration::from_secs(15),
+            replay: None,
         }
     }
 }
@@ -56,7 +69,7 @@ impl FleetConfig {
             .is_some_and(|n| n > 0 && index.is_multiple_of(n))
     }
 
-    fn sensors(&self, index: usize) -> Result<Vec<Waveform>, SimError> {
+    fn sensors(&self, index: usize) -> Result<Vec<SimSensor>, SimError> {
         let seed = self.seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
         let setup = |metric: &str| SimError::Setup {
             device: self.device_id(index),
@@ -80,7 +93,18 @@ impl FleetConfig {
         humidity.amplitude = 10.0;
         humidity.noise = 1.0;
         humidity.period_ms = 90_000;
-        Ok(vec![temperature, humidity])
+        let temperature: SimSensor = match &self.replay {
+            Some(r) => Box::new(
+                Replay::new("temperature", r.series.clone(), r.speedup).map_err(|e| {
+                    SimError::Setup {
+                        device: self.device_id(index),
+                        reason: e.to_string(),
+                    }
+                })?,
+            ),
+            None => Box::new(temperature),
+        };
+        Ok(vec![temperature, Box::new(humidity)])
     }
 }
 

@@ -5,11 +5,13 @@
 //! Used by `eddy demo` and by the testbench.
 
 mod device;
+pub mod faults;
 mod fleet;
+pub mod replay;
 pub mod sim;
 
 pub use device::{DeviceReport, MqttLink, MqttLinkError, SimDevice, SimDeviceConfig};
-pub use fleet::{FleetConfig, FleetReport, run_fleet};
+pub use fleet::{FleetConfig, FleetReport, ReplaySource, run_fleet};
 
 /// Why a simulated device could not run.
 #[derive(Debug, thiserror::Error)]

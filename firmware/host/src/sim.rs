@@ -7,6 +7,15 @@ use eddy_proto::{MetricName, Reading};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+/// A sensor a simulated device can own: any `Sensor` that is `Send` and
+/// `Debug` (waveforms, replayed series, either with faults).
+pub trait HostSensor: Sensor + Send + std::fmt::Debug {}
+
+impl<T: Sensor + Send + std::fmt::Debug> HostSensor for T {}
+
+/// A simulated device's sensor.
+pub type SimSensor = Box<dyn HostSensor>;
+
 /// A temporary offset added to a signal: `offset` during
 /// `[first_ms + k * every_ms, first_ms + k * every_ms + duration_ms)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
