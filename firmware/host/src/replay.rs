@@ -53,7 +53,8 @@ fn parse_timestamp(s: &str) -> Option<i64> {
         t.next()?.parse::<i64>().ok()?,
     );
     let sec: f64 = t.next()?.parse().ok()?;
-    let valid = (1..=12).contains(&mo)
+    let valid = (0..=9999).contains(&y)
+        && (1..=12).contains(&mo)
         && (1..=31).contains(&day)
         && (0..24).contains(&h)
         && (0..60).contains(&mi)
