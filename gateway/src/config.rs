@@ -59,6 +59,47 @@ pub struct Config {
     pub http: HttpConfig,
     /// Serial ports with Eddy devices on them (`[[serial]]`).
     pub serial: Vec<SerialConfig>,
+    pub ota: OtaConfig,
+}
+
+/// Firmware update campaigns (`eddy ota deploy`): how images travel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtaConfig {
+    /// Public key file (`eddy ota keygen` writes `eddy-ota.pub`). When
+    /// set, an image whose signature does not verify is refused before
+    /// any device sees it; devices check it anyway.
+    pub public_key: Option<PathBuf>,
+    /// Chunks (512 bytes each) in flight per device.
+    pub window: u32,
+    /// Silence after which a device is offered the image again (it
+    /// answers with its resume point).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Offers in a row without an answer before a device has failed.
+    pub max_retries: u32,
+    /// How long a device may take from verifying an image to reporting it
+    /// confirmed (or rolled back) before it has failed.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// Devices updated at the same time.
+    pub max_parallel: usize,
+    /// Largest image accepted by the HTTP API.
+    pub max_image_bytes: usize,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        Self {
+            public_key: None,
+            window: 8,
+            retry_after: Duration::from_secs(2),
+            max_retries: 5,
+            confirm_timeout: Duration::from_secs(60),
+            max_parallel: 32,
+            max_image_bytes: 4 << 20,
+        }
+    }
 }
 
 /// The gateway's HTTP port: `/metrics` (Prometheus) and `/healthz`.
@@ -98,6 +139,7 @@ impl Default for Config {
             upstream: None,
             http: HttpConfig::default(),
             serial: Vec::new(),
+            ota: OtaConfig::default(),
         }
     }
 }
@@ -432,6 +474,25 @@ impl Config {
         }
         if self.store.max_samples == 0 {
             return Err(invalid("store.max_samples", "must be at least 1"));
+        }
+        let ota = &self.ota;
+        if !(1..=64).contains(&ota.window) {
+            return Err(invalid("ota.window", "must be in 1..=64"));
+        }
+        if ota.retry_after < Duration::from_millis(10) {
+            return Err(invalid("ota.retry_after", "must be at least 10ms"));
+        }
+        if ota.max_retries == 0 {
+            return Err(invalid("ota.max_retries", "must be at least 1"));
+        }
+        if !(1..=10_000).contains(&ota.max_parallel) {
+            return Err(invalid("ota.max_parallel", "must be in 1..=10000"));
+        }
+        if ota.max_image_bytes < eddy_ota::OFFER_LEN {
+            return Err(invalid(
+                "ota.max_image_bytes",
+                "smaller than an image header",
+            ));
         }
         if self.store.max_bytes < 4096 {
             return Err(invalid("store.max_bytes", "must be at least 4096"));

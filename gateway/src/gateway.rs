@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::campaign;
 use crate::config::{BrokerUrl, Config, ConfigError};
 use crate::http::{self, HttpError};
 use crate::pipeline::{Inbox, PipelineError, PipelineParts};
@@ -53,6 +54,8 @@ pub enum GatewayError {
     Http(#[from] HttpError),
     #[error("upstream TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("ota.public_key: {0}")]
+    OtaKey(#[from] crate::ota_tools::OtaToolError),
 }
 
 /// A running gateway.
@@ -184,7 +187,26 @@ impl Gateway {
                 async move { pipeline?.run(inbox).await }
             },
         );
-        let mut helpers = vec![source.task, local_task];
+        let public_key = match &config.ota.public_key {
+            Some(path) => Some(crate::ota_tools::read_key(path)?),
+            None => None,
+        };
+        let (control, ota_task) = campaign::runner::spawn(
+            &broker,
+            &format!("{}-ota", config.ingest.client_id),
+            &config.ingest.topic_prefix,
+            config.ota.clone(),
+            store.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        );
+        let api = campaign::api::router(campaign::api::ApiState {
+            store: store.clone(),
+            control,
+            public_key,
+            max_image_bytes: config.ota.max_image_bytes,
+        });
+        let mut helpers = vec![source.task, local_task, ota_task];
         for port in &config.serial {
             helpers.push(serial::spawn(
                 port.clone(),
@@ -200,6 +222,7 @@ impl Gateway {
                     config.http.listen,
                     stats.clone(),
                     store.clone(),
+                    api,
                     shutdown.clone(),
                 )
                 .await?;

@@ -38,6 +38,7 @@ pub async fn serve(
     listen: SocketAddr,
     stats: Arc<Stats>,
     store: Store,
+    api: Router,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), HttpError> {
     let err = |source| HttpError { listen, source };
@@ -46,7 +47,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(AppState { stats, store });
+        .with_state(AppState { stats, store })
+        .merge(api);
     info!(%addr, "http listening");
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)

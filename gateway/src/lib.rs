@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+pub mod campaign;
 pub mod config;
 pub mod decode;
 pub mod demo;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use eddy_gateway::Gateway;
+use eddy_gateway::campaign::client::Client;
+use eddy_gateway::campaign::{Status, display};
 use eddy_gateway::config::Config;
 use eddy_gateway::demo::{self, DemoOptions};
 use tracing_subscriber::EnvFilter;
@@ -98,7 +100,47 @@ enum OtaCommand {
         #[arg(long)]
         pubkey: Option<PathBuf>,
     },
+    /// Update devices through a running gateway: canary group first, then
+    /// stage by stage, halting when too many fail. Follows the campaign
+    /// until it ends (exit 1 when it halts) unless --detach.
+    Deploy {
+        /// A signed image (`eddy ota sign`).
+        #[arg(long)]
+        image: PathBuf,
+        /// Device ids and patterns, comma separated: `dev-1,line-3-*`, `all`.
+        #[arg(long)]
+        devices: String,
+        /// Share of the devices updated first.
+        #[arg(long, default_value = "5%")]
+        canary: String,
+        /// Cumulative shares after the canary group; the last is 100%.
+        #[arg(long, default_value = "100%")]
+        stages: String,
+        /// Halt when more than this share of the devices started failed.
+        #[arg(long, default_value = "10%")]
+        max_failures: String,
+        /// Return once the campaign is created.
+        #[arg(long)]
+        detach: bool,
+        #[arg(long, default_value = DEFAULT_GATEWAY)]
+        gateway: String,
+    },
+    /// Campaigns of a running gateway; with an id, every device's state.
+    Status {
+        campaign: Option<u32>,
+        #[arg(long, default_value = DEFAULT_GATEWAY)]
+        gateway: String,
+    },
+    /// Stop a campaign from starting further devices.
+    Halt {
+        campaign: u32,
+        #[arg(long, default_value = DEFAULT_GATEWAY)]
+        gateway: String,
+    },
 }
+
+/// The gateway's HTTP API, as `[http] listen` has it by default.
+const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -218,6 +260,53 @@ async fn main() -> anyhow::Result<()> {
                 }
                 OtaCommand::Inspect { file, pubkey } => {
                     print!("{}", ota_tools::inspect(&file, pubkey.as_deref())?);
+                }
+                OtaCommand::Deploy {
+                    image,
+                    devices,
+                    canary,
+                    stages,
+                    max_failures,
+                    detach,
+                    gateway,
+                } => {
+                    let client = Client::new(&gateway)?;
+                    let bytes = std::fs::read(&image)
+                        .with_context(|| format!("reading {}", image.display()))?;
+                    let d = client
+                        .deploy(bytes, &devices, &canary, &stages, &max_failures)
+                        .await?;
+                    let c = &d.campaign;
+                    println!(
+                        "campaign {}: {} {} to {} devices in {} stages (canary {})",
+                        c.id,
+                        c.board,
+                        c.version,
+                        c.devices.len(),
+                        c.boundaries.len(),
+                        c.boundaries.first().copied().unwrap_or(0)
+                    );
+                    if !detach {
+                        let end =
+                            display::follow(&client, c.id, Duration::from_millis(500)).await?;
+                        print!("{}", display::campaign_table(&end));
+                        if let Status::Halted { reason } = &end.campaign.status {
+                            anyhow::bail!("campaign {} halted: {reason}", c.id);
+                        }
+                    }
+                }
+                OtaCommand::Status { campaign, gateway } => {
+                    let client = Client::new(&gateway)?;
+                    match campaign {
+                        Some(id) => {
+                            print!("{}", display::campaign_table(&client.campaign(id).await?))
+                        }
+                        None => print!("{}", display::campaigns_table(&client.campaigns().await?)),
+                    }
+                }
+                OtaCommand::Halt { campaign, gateway } => {
+                    let d = Client::new(&gateway)?.halt(campaign).await?;
+                    print!("{}", display::campaign_table(&d));
                 }
             }
             Ok(())

@@ -119,6 +119,16 @@ counters! {
     upstream_sent,
     /// Upstream publishes acknowledged (PUBACK) and committed as the sink offset.
     upstream_acked,
+    /// OTA offers and chunks sent to devices.
+    ota_frames_sent,
+    /// Bytes of those frames (encoded).
+    ota_bytes_sent,
+    /// OTA chunks sent again (damaged, lost, or after a silence).
+    ota_chunks_resent,
+    /// OTA reports (`OtaStatus`) received from devices.
+    ota_reports,
+    /// Messages on OTA report topics that were not a report of that device.
+    ota_bad_reports,
     /// Serial ports opened (first open and every reopen).
     serial_opens,
     /// Serial ports that failed or vanished while open.

@@ -20,6 +20,12 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const SINK_OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("sink_offsets");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+/// OTA campaigns by id (JSON records, see `campaign`).
+const CAMPAIGNS: TableDefinition<u32, &[u8]> = TableDefinition::new("ota_campaigns");
+/// The signed image of each campaign.
+const CAMPAIGN_IMAGES: TableDefinition<u32, &[u8]> = TableDefinition::new("ota_images");
+/// Next campaign id (ids start at 1; devices read 0 as "no campaign").
+const CAMPAIGN_NEXT: &str = "ota_campaign_next";
 
 /// Counter of outbox records dropped because the outbox was full.
 pub const OUTBOX_DROPPED: &str = "outbox_dropped";
@@ -351,6 +357,8 @@ impl Store {
             txn.open_table(SINK_OFFSETS)?;
             txn.open_table(COUNTERS)?;
             txn.open_table(DEVICES)?;
+            txn.open_table(CAMPAIGNS)?;
+            txn.open_table(CAMPAIGN_IMAGES)?;
             Ok(())
         })?;
         Ok(store)
@@ -505,6 +513,70 @@ impl Store {
             outbox.retain_in(..lowest, |_, _| false)?;
             Ok(())
         })
+    }
+
+    /// Stores a new campaign and its image in one transaction: `record`
+    /// makes the record from the id it gets.
+    pub fn create_campaign(
+        &self,
+        image: &[u8],
+        record: impl FnOnce(u32) -> Vec<u8>,
+    ) -> Result<u32, StoreError> {
+        self.write(|txn| {
+            let mut counters = txn.open_table(COUNTERS)?;
+            let id = counters.get(CAMPAIGN_NEXT)?.map_or(1, |v| v.value()).max(1);
+            counters.insert(CAMPAIGN_NEXT, id + 1)?;
+            let id = u32::try_from(id)
+                .map_err(|_| redb::Error::Corrupted("campaign ids exhausted".into()))?;
+            txn.open_table(CAMPAIGN_IMAGES)?.insert(id, image)?;
+            txn.open_table(CAMPAIGNS)?
+                .insert(id, record(id).as_slice())?;
+            Ok(id)
+        })
+    }
+
+    /// Replaces the records of existing campaigns, in one transaction.
+    pub fn save_campaigns<'a>(
+        &self,
+        records: impl IntoIterator<Item = (u32, &'a [u8])>,
+    ) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(CAMPAIGNS)?;
+            for (id, record) in records {
+                table.insert(id, record)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every campaign record, oldest first.
+    pub fn campaign_records(&self) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for entry in txn.open_table(CAMPAIGNS)?.iter()? {
+                let (k, v) = entry?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// One campaign's record.
+    pub fn campaign_record(&self, id: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.campaign_table(CAMPAIGNS, id)
+    }
+
+    /// One campaign's signed image.
+    pub fn campaign_image(&self, id: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.campaign_table(CAMPAIGN_IMAGES, id)
+    }
+
+    fn campaign_table(
+        &self,
+        table: TableDefinition<u32, &[u8]>,
+        id: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|txn| Ok(txn.open_table(table)?.get(id)?.map(|v| v.value().to_vec())))
     }
 
     /// The admission state of every device (see `sequencer`).

@@ -18,7 +18,7 @@ use crate::sinks::backoff;
 use crate::stats::Stats;
 
 /// The gateway's supervised tasks, always listed in `/metrics`.
-pub const TASKS: [&str; 5] = ["ingest", "pipeline", "local", "upstream", "serial"];
+pub const TASKS: [&str; 6] = ["ingest", "pipeline", "local", "upstream", "serial", "ota"];
 
 /// How restarts are spaced.
 #[derive(Debug, Clone, Copy)]

@@ -3,65 +3,14 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Mosquitto, assert_exactly_once, free_port, test_config};
+use common::{GatewayProcess, Mosquitto, assert_exactly_once, free_port, test_config};
 use eddy_firmware_host::{FleetConfig, run_fleet};
 use eddy_gateway::Gateway;
 use eddy_gateway::store::Store;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
-
-/// The `eddy` binary, killed if the test fails early.
-struct GatewayProcess(Option<Child>);
-
-impl GatewayProcess {
-    fn start(config: &Path, port: u16) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("eddy starts");
-        // The public listener opens once ingest subscribed.
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let end = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < end, "gateway did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(Some(child))
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let status = child.wait().expect("wait");
-            assert!(status.success(), "graceful stop failed: {status}");
-        }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_ten_times_under_load_every_frame_is_stored_exactly_once() {

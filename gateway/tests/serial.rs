@@ -4,79 +4,31 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Commander, gateway_on_serial, wait_until};
-use eddy_proto::link::{FrameDecoder, MAX_WIRE_LEN, encode_framed};
+use common::{Commander, Wire, gateway_on_serial, wait_until};
+use eddy_proto::link::{MAX_WIRE_LEN, encode_framed};
 use eddy_proto::{Ack, Command, Frame, Hello, Reading, Telemetry};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::{SerialPort, SerialStream};
+use tokio::io::AsyncWriteExt;
 
 const DEVICE: &str = "uart-1";
 const BOOT: u32 = 77;
 
-/// The device end of a pty pair whose other end is reachable at `link`.
-struct Wire {
-    master: SerialStream,
-    decoder: FrameDecoder,
+/// Waits for an ack of `seq` (later acks count: they are cumulative).
+async fn wait_ack(wire: &mut Wire, seq: u32) -> Vec<Frame> {
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        seen.extend(wire.receive(Duration::from_millis(250)).await);
+        if seen
+            .iter()
+            .any(|f| matches!(f, Frame::Ack(Ack { boot: BOOT, seq: s, .. }) if *s >= seq))
+        {
+            return seen;
+        }
+    }
+    panic!("no ack of {seq}; received {seen:?}");
 }
-
-impl Wire {
-    fn plug(link: &Path) -> Self {
-        let (master, slave) = SerialStream::pair().expect("pty pair");
-        let name = slave.name().expect("slave has a path");
-        let _ = std::fs::remove_file(link);
-        std::os::unix::fs::symlink(&name, link).expect("symlink");
-        // The gateway opens the slave by path; this handle is not needed,
-        // but keeping it open keeps the pty alive until the bridge opens it.
-        std::mem::forget(slave);
-        Self {
-            master,
-            decoder: FrameDecoder::new(),
-        }
-    }
-
-    async fn send(&mut self, frame: &Frame) {
-        let mut out = [0u8; MAX_WIRE_LEN];
-        let bytes = encode_framed(frame, &mut out).expect("encodes");
-        self.master.write_all(bytes).await.expect("write");
-    }
-
-    /// Frames received within `timeout`.
-    async fn receive(&mut self, timeout: Duration) -> Vec<Frame> {
-        let mut frames = Vec::new();
-        let mut buf = [0u8; 512];
-        let end = tokio::time::Instant::now() + timeout;
-        while let Ok(Ok(n)) = tokio::time::timeout_at(end, self.master.read(&mut buf)).await {
-            if n == 0 {
-                break;
-            }
-            self.decoder.feed(&buf[..n], |r| {
-                if let Ok(f) = r {
-                    frames.push(f);
-                }
-            });
-        }
-        frames
-    }
-
-    /// Waits for an ack of `seq` (later acks count: they are cumulative).
-    async fn wait_ack(&mut self, seq: u32) -> Vec<Frame> {
-        let mut seen = Vec::new();
-        for _ in 0..40 {
-            seen.extend(self.receive(Duration::from_millis(250)).await);
-            if seen
-                .iter()
-                .any(|f| matches!(f, Frame::Ack(Ack { boot: BOOT, seq: s, .. }) if *s >= seq))
-            {
-                return seen;
-            }
-        }
-        panic!("no ack of {seq}; received {seen:?}");
-    }
-}
-
 fn telemetry(seq: u32) -> Frame {
     Frame::Telemetry(Telemetry {
         device: DEVICE.try_into().expect("fits"),
@@ -127,7 +79,7 @@ async fn frames_over_a_serial_port_are_stored_once_acked_and_commands_go_back() 
     for seq in 1..10 {
         wire.send(&telemetry(seq)).await;
     }
-    wire.wait_ack(9).await;
+    wait_ack(&mut wire, 9).await;
     assert!(
         stats.snapshot().serial_bad_frames >= 2,
         "{:?}",
@@ -173,7 +125,7 @@ async fn frames_over_a_serial_port_are_stored_once_acked_and_commands_go_back() 
     for seq in 5..15 {
         wire.send(&telemetry(seq)).await;
     }
-    wire.wait_ack(14).await;
+    wait_ack(&mut wire, 14).await;
 
     let store = gateway.store().clone();
     let mut seqs = Vec::new();

@@ -10,7 +10,7 @@
 use eddy_proto::{DeviceId, Frame, OtaChunk, OtaOffer, OtaReject, OtaState, OtaStatus, chunk_crc};
 use embedded_storage::nor_flash::NorFlash;
 
-use crate::slots::{SlotError, Slots, Update};
+use crate::slots::{BootOutcome, SlotError, Slots, Update};
 use crate::{ImageError, KEY_LEN, Version};
 
 /// What the board must do after an answer.
@@ -109,7 +109,8 @@ impl<F: NorFlash> Agent<F> {
             .slots
             .begin_update(&o.offer, &self.public_key, self.board)
         {
-            Ok(update) => {
+            Ok(mut update) => {
+                update.campaign = o.campaign;
                 self.update = Some((o.campaign, update));
                 (
                     self.status(o.campaign, OtaState::Next { next: 0 }),
@@ -173,13 +174,31 @@ impl<F: NorFlash> Agent<F> {
     }
 
     /// Called by a trial image once its health checks passed: confirms it
-    /// and returns the report for the gateway. `None` when there was no
-    /// trial to confirm.
-    pub fn confirm(&mut self, campaign: u32) -> Result<Option<Frame>, SlotError> {
+    /// and returns the report for the gateway, against the campaign that
+    /// delivered the image. `None` when there was no trial to confirm.
+    pub fn confirm(&mut self) -> Result<Option<Frame>, SlotError> {
+        let campaign = self.slots.state().campaign;
         if !self.slots.confirm()? {
             return Ok(None);
         }
         let version = version_words(self.slots.installed_version());
         Ok(Some(self.status(campaign, OtaState::Confirmed { version })))
+    }
+
+    /// After [`Slots::boot`]: the report a device owes the gateway when
+    /// its trial image failed and it is back on the confirmed image.
+    pub fn boot_report(&mut self) -> Option<Frame> {
+        match self.slots.outcome() {
+            BootOutcome::RolledBack { campaign } => {
+                let version = version_words(self.slots.installed_version());
+                Some(self.status(campaign, OtaState::RolledBack { version }))
+            }
+            BootOutcome::Confirmed | BootOutcome::Trial { .. } => None,
+        }
+    }
+
+    /// The version the device runs once confirmed (what it reports).
+    pub fn installed_version(&mut self) -> Version {
+        self.slots.installed_version()
     }
 }

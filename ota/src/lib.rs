@@ -19,6 +19,8 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+#[cfg(feature = "ram-flash")]
+pub mod ram;
 pub mod slots;
 
 use core::fmt;

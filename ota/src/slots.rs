@@ -50,6 +50,10 @@ pub struct BootState {
     pub trial_booted: bool,
     /// The lowest version the device accepts (anti-rollback).
     pub min_version: Version,
+    /// The campaign that delivered the trial image (0: none), so the
+    /// image's confirmation or rollback can be reported against it after
+    /// the restart.
+    pub campaign: u32,
 }
 
 impl BootState {
@@ -63,6 +67,7 @@ impl BootState {
             minor: 0,
             patch: 0,
         },
+        campaign: 0,
     };
 
     fn encode(&self) -> [u8; STATE_LEN] {
@@ -74,14 +79,15 @@ impl BootState {
         out[8..10].copy_from_slice(&self.min_version.major.to_le_bytes());
         out[10..12].copy_from_slice(&self.min_version.minor.to_le_bytes());
         out[12..14].copy_from_slice(&self.min_version.patch.to_le_bytes());
-        let crc = CRC.checksum(&out[..16]);
-        out[16..20].copy_from_slice(&crc.to_le_bytes());
+        out[16..20].copy_from_slice(&self.campaign.to_le_bytes());
+        let crc = CRC.checksum(&out[..20]);
+        out[20..24].copy_from_slice(&crc.to_le_bytes());
         out
     }
 
     fn decode(b: &[u8; STATE_LEN]) -> Option<Self> {
-        let crc = u32::from_le_bytes([b[16], b[17], b[18], b[19]]);
-        if CRC.checksum(&b[..16]) != crc || b[4] > 1 || !(b[5] <= 1 || b[5] == NO_SLOT) {
+        let crc = u32::from_le_bytes([b[20], b[21], b[22], b[23]]);
+        if CRC.checksum(&b[..20]) != crc || b[4] > 1 || !(b[5] <= 1 || b[5] == NO_SLOT) {
             return None;
         }
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
@@ -95,6 +101,7 @@ impl BootState {
                 minor: u16_at(10),
                 patch: u16_at(12),
             },
+            campaign: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
         })
     }
 }
@@ -130,6 +137,22 @@ pub struct Update {
     pub header: ImageHeader,
     /// Payload bytes written so far: where the next chunk must start.
     pub written: u32,
+    /// The campaign delivering it (0: none); kept in the boot state with
+    /// the trial image.
+    pub campaign: u32,
+}
+
+/// What [`Slots::boot`] decided, beyond the slot to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootOutcome {
+    /// The confirmed image, as before.
+    Confirmed,
+    /// A new image on trial: it must confirm itself or the next boot
+    /// rolls back.
+    Trial { campaign: u32 },
+    /// The trial image failed (restarted without confirming, or
+    /// damaged): the device is back on the confirmed image.
+    RolledBack { campaign: u32 },
 }
 
 /// The slots of one device.
@@ -138,6 +161,7 @@ pub struct Slots<F> {
     flash: F,
     layout: Layout,
     state: BootState,
+    outcome: BootOutcome,
 }
 
 impl<F: NorFlash> Slots<F> {
@@ -170,11 +194,17 @@ impl<F: NorFlash> Slots<F> {
             flash,
             layout,
             state,
+            outcome: BootOutcome::Confirmed,
         })
     }
 
     pub fn state(&self) -> BootState {
         self.state
+    }
+
+    /// What the last [`Slots::boot`] decided.
+    pub fn outcome(&self) -> BootOutcome {
+        self.outcome
     }
 
     /// Gives the flash back (tests use it to "reboot").
@@ -240,6 +270,9 @@ impl<F: NorFlash> Slots<F> {
                     trial_booted: true,
                     ..state
                 })?;
+                self.outcome = BootOutcome::Trial {
+                    campaign: state.campaign,
+                };
                 return Ok(trial);
             }
             // Booted before without confirming, or damaged: roll back.
@@ -248,6 +281,11 @@ impl<F: NorFlash> Slots<F> {
                 trial_booted: false,
                 ..state
             })?;
+            self.outcome = BootOutcome::RolledBack {
+                campaign: state.campaign,
+            };
+        } else {
+            self.outcome = BootOutcome::Confirmed;
         }
         if self.verify_slot(state.active)? {
             return Ok(state.active);
@@ -330,6 +368,7 @@ impl<F: NorFlash> Slots<F> {
             target,
             header,
             written: 0,
+            campaign: 0,
         })
     }
 
@@ -383,6 +422,7 @@ impl<F: NorFlash> Slots<F> {
         self.write_state(BootState {
             trial: Some(update.target),
             trial_booted: false,
+            campaign: update.campaign,
             ..self.state
         })
     }

@@ -14,7 +14,7 @@ use eddy_proto::{
 const CAMPAIGN: u32 = 42;
 
 fn agent() -> Agent<RamFlash> {
-    let slots = Slots::open(RamFlash::new(), LAYOUT).expect("opens");
+    let slots = Slots::open(common::flash(), LAYOUT).expect("opens");
     Agent::new(
         "dev-1".try_into().expect("fits"),
         BOARD,
@@ -109,7 +109,7 @@ fn a_transfer_with_a_damaged_chunk_and_a_reconnect_ends_verified() {
         public_key(&SECRET),
         slots,
     );
-    let report = agent.confirm(CAMPAIGN).expect("confirms");
+    let report = agent.confirm().expect("confirms");
     assert_eq!(
         state(report.map(|f| (f, Action::None))).0,
         OtaState::Confirmed { version: [1, 0, 0] }
@@ -157,4 +157,53 @@ fn refusals_name_their_reason() {
     };
     elsewhere.device = "dev-2".try_into().expect("fits");
     assert!(agent.handle(&Frame::OtaOffer(elsewhere)).is_none());
+}
+
+/// Sends a whole image through the agent; returns the final answer.
+fn transfer(agent: &mut Agent<RamFlash>, img: &[u8]) -> (OtaState, Action) {
+    assert_eq!(
+        state(agent.handle(&offer(img))).0,
+        OtaState::Next { next: 0 }
+    );
+    let len = img.len() - OFFER_LEN;
+    let mut last = None;
+    for at in (0..len).step_by(MAX_OTA_CHUNK) {
+        last = Some(state(agent.handle(&chunk(img, at, MAX_OTA_CHUNK))));
+    }
+    last.expect("at least one chunk")
+}
+
+fn restart(agent: Agent<RamFlash>) -> Agent<RamFlash> {
+    let mut slots = Slots::open(agent.into_slots().into_flash(), LAYOUT).expect("reopens");
+    slots.boot().expect("boots");
+    Agent::new(
+        "dev-1".try_into().expect("fits"),
+        BOARD,
+        public_key(&SECRET),
+        slots,
+    )
+}
+
+#[test]
+fn a_trial_image_that_never_confirms_is_reported_rolled_back_to_its_campaign() {
+    let mut agent = agent();
+    let first = image(BOARD, "1.0.0", &payload(3, 1200), &SECRET);
+    assert_eq!(
+        transfer(&mut agent, &first),
+        (OtaState::Verified, Action::Reboot)
+    );
+    let mut agent = restart(agent);
+    assert!(agent.boot_report().is_none(), "a trial boot owes no report");
+    assert!(agent.confirm().expect("confirms").is_some());
+
+    let second = image(BOARD, "2.0.0", &payload(4, 900), &SECRET);
+    assert_eq!(transfer(&mut agent, &second).0, OtaState::Verified);
+    // The trial image crashes before its health check: two restarts.
+    let mut agent = restart(restart(agent));
+    assert_eq!(
+        state(agent.boot_report().map(|f| (f, Action::None))).0,
+        OtaState::RolledBack { version: [1, 0, 0] }
+    );
+    assert_eq!(agent.installed_version(), common::version("1.0.0"));
+    assert!(agent.confirm().expect("nothing to confirm").is_none());
 }

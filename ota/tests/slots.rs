@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 /// A device with `v` confirmed in slot 0, installed like any update.
 fn device_with(v: &str) -> Slots<RamFlash> {
-    let mut slots = Slots::open(RamFlash::new(), LAYOUT).expect("opens");
+    let mut slots = Slots::open(common::flash(), LAYOUT).expect("opens");
     install(
         &mut slots,
         &image(BOARD, v, &payload(1, 3000), &SECRET),

@@ -2,7 +2,8 @@
 //!
 //! With the default prefix `eddy/v1`:
 //! `eddy/v1/{device}/telemetry` (device to gateway), `eddy/v1/{device}/cmd`
-//! and `eddy/v1/{device}/ack` (gateway to device), `eddy/v1/alerts/{rule}/{device}` and
+//! and `eddy/v1/{device}/ack` and `eddy/v1/{device}/ota` (gateway to device),
+//! `eddy/v1/{device}/ota/status` (device to gateway), `eddy/v1/alerts/{rule}/{device}` and
 //! `eddy/v1/agg/{device}/{metric}` (gateway outputs).
 
 /// Default topic prefix.
@@ -13,6 +14,12 @@ pub const TELEMETRY: &str = "telemetry";
 pub const COMMAND: &str = "cmd";
 /// Last level of a device's acknowledgement topic (gateway to device).
 pub const ACK: &str = "ack";
+/// Last level of a device's update topic (gateway to device: `OtaOffer`
+/// and `OtaChunk` frames).
+pub const OTA: &str = "ota";
+/// Last levels of a device's update report topic (device to gateway:
+/// `OtaStatus` frames).
+pub const OTA_STATUS: &str = "ota/status";
 /// Last level of a device's presence topic.
 pub const STATUS: &str = "status";
 

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::SimError;
+use crate::ota::{OtaReport, SimOta};
 use crate::sim::SimSensor;
 
 /// How one simulated device behaves and where it connects.
@@ -52,6 +53,8 @@ pub struct DeviceReport {
     pub commands_applied: u32,
     /// Commands received and refused.
     pub commands_refused: u32,
+    /// The update side, for devices that take updates.
+    pub ota: Option<OtaReport>,
 }
 
 /// The simulated board's digital outputs, reported back as a reading
@@ -107,6 +110,7 @@ pub struct SimDevice {
     backlog: Box<Backlog<SIM_BACKLOG>>,
     sensors: Vec<SimSensor>,
     outputs: SimOutputs,
+    ota: Option<SimOta>,
     report: DeviceReport,
 }
 
@@ -151,6 +155,8 @@ struct Topics {
     status: String,
     command: String,
     ack: String,
+    ota: String,
+    ota_status: String,
 }
 
 impl Topics {
@@ -161,6 +167,8 @@ impl Topics {
             status: t(topic::STATUS),
             command: t(topic::COMMAND),
             ack: t(topic::ACK),
+            ota: t(topic::OTA),
+            ota_status: t(topic::OTA_STATUS),
         }
     }
 }
@@ -185,8 +193,15 @@ impl SimDevice {
             backlog: Box::new(Backlog::new(boot)),
             sensors,
             outputs: SimOutputs::default(),
+            ota: None,
             report,
         })
+    }
+
+    /// The device also takes firmware updates on `{prefix}/{device}/ota`.
+    pub fn with_ota(mut self, ota: SimOta) -> Self {
+        self.ota = Some(ota);
+        self
     }
 
     /// Runs until the configured duration passed or `stop` fires, then
@@ -252,10 +267,12 @@ impl SimDevice {
         let mut resend_check = tokio::time::interval(RESEND_AFTER / 4);
         let resend_ms = u64::try_from(RESEND_AFTER.as_millis()).unwrap_or(u64::MAX);
         let mut sampling = true;
-        let drain_deadline = deadline + cfg.drain_timeout;
+        // Draining starts when sampling stops (deadline or `stop`).
+        let mut drain_deadline = deadline + cfg.drain_timeout;
         loop {
             if sampling && (stop.is_cancelled() || Instant::now() >= deadline) {
                 sampling = false;
+                drain_deadline = Instant::now() + cfg.drain_timeout;
             }
             if !sampling && (self.backlog.is_empty() || Instant::now() >= drain_deadline) {
                 break;
@@ -273,10 +290,13 @@ impl SimDevice {
                     LinkEvent::Connected => {
                         let _ = client.try_subscribe(&topics.ack, QoS::AtMostOnce);
                         let _ = client.try_subscribe(&topics.command, QoS::AtLeastOnce);
+                        if self.ota.is_some() {
+                            let _ = client.try_subscribe(&topics.ota, QoS::AtLeastOnce);
+                        }
                         let _ = client.try_publish(&topics.status, QoS::AtMostOnce, true, "online");
                         self.resend(&client, &topics, now_ms());
                     }
-                    LinkEvent::Frame(payload) => self.on_frame(&payload, now_ms()),
+                    LinkEvent::Frame(payload) => self.on_frame(&client, &topics, &payload, now_ms()),
                 },
                 _ = resend_check.tick() => {
                     if connected.load(Ordering::Relaxed) && self.backlog.timed_out(now_ms(), resend_ms) {
@@ -289,6 +309,7 @@ impl SimDevice {
         }
 
         let mut report = self.report;
+        report.ota = self.ota.as_ref().map(|o| o.report().clone());
         report.dropped = self.backlog.dropped();
         report.acked = report
             .sent
@@ -355,11 +376,25 @@ impl SimDevice {
         self.node.poll(now_ms, wall_ms(), &mut sensors)
     }
 
-    fn on_frame(&mut self, payload: &[u8], now_ms: u64) {
+    fn on_frame(&mut self, client: &AsyncClient, topics: &Topics, payload: &[u8], now_ms: u64) {
         let outcome = match eddy_proto::decode(payload) {
             Ok(Frame::Ack(ack)) => {
                 if ack.device == self.node.device() {
                     self.backlog.ack(&ack, now_ms);
+                }
+                return;
+            }
+            Ok(frame @ (Frame::OtaOffer(_) | Frame::OtaChunk(_))) => {
+                let Some(ota) = self.ota.as_mut() else {
+                    return;
+                };
+                for answer in ota.handle(&frame, Instant::now()) {
+                    let mut link = MqttLink {
+                        client,
+                        topic: &topics.ota_status,
+                    };
+                    // A lost report is repaired by the gateway's retry.
+                    let _ = link.send(&answer);
                 }
                 return;
             }

@@ -7,6 +7,7 @@ use eddy_proto::topic::DEFAULT_PREFIX;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::ota::{SimOta, SimOtaConfig};
 use crate::replay::{Replay, Series};
 use crate::sim::{Excursion, SimSensor, Waveform};
 use crate::{DeviceReport, SimDevice, SimDeviceConfig, SimError};
@@ -31,6 +32,8 @@ pub struct FleetConfig {
     pub drain_timeout: Duration,
     /// Replace the simulated temperature with a recorded series.
     pub replay: Option<ReplaySource>,
+    /// Devices also take firmware updates.
+    pub ota: Option<SimOtaConfig>,
 }
 
 /// A recorded series every device plays as its `temperature`.
@@ -55,6 +58,7 @@ impl Default for FleetConfig {
             seed: 1,
             drain_timeout: Duration::from_secs(15),
             replay: None,
+            ota: None,
         }
     }
 }
@@ -165,6 +169,10 @@ pub async fn run_fleet(
             },
             config.sensors(index)?,
         )?;
+        let device = match &config.ota {
+            Some(ota) => device.with_ota(SimOta::new(&config.device_id(index), ota.clone())?),
+            None => device,
+        };
         tasks.spawn(device.run(stop.clone()));
     }
     let mut devices = Vec::with_capacity(config.devices);

@@ -7,6 +7,7 @@
 mod device;
 pub mod faults;
 mod fleet;
+pub mod ota;
 pub mod replay;
 pub mod sim;
 

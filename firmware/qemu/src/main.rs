@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+#[cfg(feature = "ota-verify")]
+mod ota;
 mod sensors;
 mod uart;
 
@@ -106,9 +108,15 @@ fn main() -> ! {
     let _ = link.send(&node.hello(BOARD, FIRMWARE));
     loop {
         let now = millis();
+        #[cfg(feature = "ota-verify")]
+        let mut ota_answer = None;
         let _ = link.receive(|frame| match frame {
             Ok(Frame::Ack(ack)) if ack.device == DEVICE => {
                 backlog.ack(&ack, now);
+            }
+            #[cfg(feature = "ota-verify")]
+            Ok(Frame::OtaOffer(offer)) if offer.device == DEVICE => {
+                ota_answer = Some(ota::answer(&offer));
             }
             // Refused commands (wrong device, bad interval) change nothing.
             Ok(frame) => {
@@ -117,6 +125,10 @@ fn main() -> ! {
             // Damaged bytes are skipped; what matters is sent again.
             Err(_) => {}
         });
+        #[cfg(feature = "ota-verify")]
+        if let Some(answer) = ota_answer {
+            let _ = link.send(&answer);
+        }
         if node.reboot_requested() {
             SCB::sys_reset();
         }

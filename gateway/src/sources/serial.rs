@@ -3,9 +3,11 @@
 //!
 //! Uplink: bytes -> COBS + CRC frame decoder -> `Telemetry` frames are
 //! published on `{prefix}/{device}/telemetry` (QoS 1), where the ingest
-//! pipeline admits them exactly once like any other; bad frames are
+//! pipeline admits them exactly once like any other, and update reports
+//! (`OtaStatus`) on `{prefix}/{device}/ota/status`; bad frames are
 //! counted and skipped, never fatal. Downlink: the bridge subscribes to
-//! `{prefix}/+/ack` and `{prefix}/+/cmd` and writes the frames for the
+//! `{prefix}/+/ack`, `{prefix}/+/cmd` and `{prefix}/+/ota` (offers and
+//! chunks) and writes the frames for the
 //! devices it has heard on this port back to the port, framed. A port that
 //! fails or disappears (a USB adapter unplugged) is reopened with backoff;
 //! the device's backlog covers the gap.
@@ -160,7 +162,7 @@ impl Bridge {
     /// Subscribes to the device-bound topics (again after every connect:
     /// the session is clean).
     fn subscribe(&self, client: &AsyncClient) {
-        for leaf in [topic::ACK, topic::COMMAND] {
+        for leaf in [topic::ACK, topic::COMMAND, topic::OTA] {
             let filter = format!("{}/+/{leaf}", self.prefix);
             if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
                 warn!(%filter, error = %e, "serial bridge cannot subscribe");
@@ -226,16 +228,18 @@ impl Bridge {
             info!(port = %self.port.path.display(), %device, "device on serial port");
             devices.insert(device.clone());
         }
-        let Frame::Telemetry(_) = &frame else {
+        let leaf = match &frame {
+            Frame::Telemetry(_) => topic::TELEMETRY,
+            Frame::OtaStatus(_) => topic::OTA_STATUS,
             // Hello only introduces the device; nothing else flows uplink.
-            return;
+            _ => return,
         };
         let mut out = [0u8; MAX_FRAME_LEN];
         let Ok(bytes) = eddy_proto::encode(&frame, &mut out) else {
             stats::add(&self.stats.serial_bad_frames, 1);
             return;
         };
-        let topic = format!("{}/{device}/{}", self.prefix, topic::TELEMETRY);
+        let topic = format!("{}/{device}/{leaf}", self.prefix);
         match client.try_publish(topic, QoS::AtLeastOnce, false, bytes.to_vec()) {
             Ok(()) => stats::add(&self.stats.serial_frames, 1),
             // The device keeps it and sends it again.

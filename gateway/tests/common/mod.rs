@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,9 +13,13 @@ use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
 use eddy_gateway::Gateway;
 use eddy_gateway::config::{Config, UpstreamConfig};
 use eddy_gateway::demo::demo_config;
+use eddy_proto::Frame;
+use eddy_proto::link::{FrameDecoder, MAX_WIRE_LEN, encode_framed};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_serial::{SerialPort, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 pub fn free_port() -> u16 {
@@ -516,5 +520,99 @@ impl Commander {
             .await
             .expect("publish");
         frame
+    }
+}
+
+/// The device end of a pty pair whose other end is reachable at `link`.
+pub struct Wire {
+    pub master: SerialStream,
+    decoder: FrameDecoder,
+}
+
+impl Wire {
+    pub fn plug(link: &Path) -> Self {
+        let (master, slave) = SerialStream::pair().expect("pty pair");
+        let name = slave.name().expect("slave has a path");
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(&name, link).expect("symlink");
+        // The gateway opens the slave by path; this handle is not needed,
+        // but keeping it open keeps the pty alive until the bridge opens it.
+        std::mem::forget(slave);
+        Self {
+            master,
+            decoder: FrameDecoder::new(),
+        }
+    }
+
+    pub async fn send(&mut self, frame: &Frame) {
+        let mut out = [0u8; MAX_WIRE_LEN];
+        let bytes = encode_framed(frame, &mut out).expect("encodes");
+        self.master.write_all(bytes).await.expect("write");
+    }
+
+    /// Frames received within `timeout`.
+    pub async fn receive(&mut self, timeout: Duration) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 512];
+        let end = tokio::time::Instant::now() + timeout;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(end, self.master.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            self.decoder.feed(&buf[..n], |r| {
+                if let Ok(f) = r {
+                    frames.push(f);
+                }
+            });
+        }
+        frames
+    }
+}
+
+/// The `eddy` binary, killed if the test fails early.
+pub struct GatewayProcess(Option<Child>);
+
+impl GatewayProcess {
+    pub fn start(config: &Path, port: u16) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("eddy starts");
+        // The public listener opens once ingest subscribed.
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let end = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < end, "gateway did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(Some(child))
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "graceful stop failed: {status}");
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
