@@ -1,15 +1,21 @@
-//! The engine: keyed tumbling windows over event time, and rule evaluation.
+//! The engine: views (a window kind, a grouping, aggregates) over keyed
+//! event-time state, watermarks per source, rules on closed windows,
+//! live queries, idle eviction and snapshots.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::series::Symbols;
+use crate::state::{Emitted, WindowState};
 use crate::{
-    Aggregates, AlertEvent, AlertState, SeriesFull, SeriesKey, ThresholdRule, WindowResult,
+    Aggregate, AlertEvent, AlertState, GroupKey, SeriesFull, SeriesKey, ThresholdRule, WindowKind,
+    WindowResult,
 };
 
 /// One reading of one series at an event time.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub series: SeriesKey,
     /// Event time, Unix milliseconds.
@@ -17,15 +23,70 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// Which part of a device's identity a view groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeviceLevel {
+    /// Each device on its own.
+    Device,
+    /// The first `n` levels of the device's hierarchy path
+    /// (`site/building/line/device`): level 1 is the site.
+    Level(u8),
+    /// All devices together.
+    All,
+}
+
+/// How a view groups samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupBy {
+    pub device: DeviceLevel,
+    /// Each metric on its own (otherwise all metrics together).
+    pub metric: bool,
+}
+
+impl GroupBy {
+    /// Per series: each metric of each device.
+    pub const SERIES: GroupBy = GroupBy {
+        device: DeviceLevel::Device,
+        metric: true,
+    };
+}
+
+/// A continuous query: windows of one kind over groups of series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewSpec {
+    pub name: Arc<str>,
+    pub window: WindowKind,
+    pub group_by: GroupBy,
+    /// Only this metric (all metrics when `None`).
+    pub metric: Option<String>,
+    /// Keep a quantile sketch per window (p50, p99, ... available).
+    pub quantiles: bool,
+    /// How far behind its source's newest event time a sample may be and
+    /// still count.
+    pub allowed_lateness_ms: u64,
+    /// Closed windows go to [`Output::windows`] (otherwise only rules see them).
+    pub publish: bool,
+}
+
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
-    /// Size of the tumbling window whose results are published as aggregates.
+    /// Size of the tumbling per-series window whose results are published
+    /// as aggregates (view 0, `default`).
     pub window_ms: u64,
-    /// How far behind the newest event time a sample may be and still count.
+    /// The default view's allowed lateness (and that of threshold rules).
     pub allowed_lateness_ms: u64,
-    /// Most live series; samples of new series beyond it are refused and counted.
+    /// Most live series; also the most groups per view.
     pub max_series: usize,
+    /// Series without a sample for this long (event time) are evicted
+    /// once their windows closed.
+    pub idle_timeout_ms: u64,
+    /// How far a source's clock may lag the fastest source's and still
+    /// close its own windows by its own watermark; beyond it the lagging
+    /// source's windows close by the fastest one's, less this.
+    pub max_source_skew_ms: u64,
+    /// Further views, published.
+    pub views: Vec<ViewSpec>,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +95,9 @@ impl Default for EngineConfig {
             window_ms: 10_000,
             allowed_lateness_ms: 2_000,
             max_series: 100_000,
+            idle_timeout_ms: 600_000,
+            max_source_skew_ms: 10_000,
+            views: Vec::new(),
         }
     }
 }
@@ -49,30 +113,47 @@ pub enum EngineError {
     NonFiniteThreshold { rule: Arc<str> },
     #[error("rule name `{0}` is used twice")]
     DuplicateRule(Arc<str>),
-    #[error("too many distinct metric names in rules: {0}")]
-    Metrics(#[from] SeriesFull),
+    #[error("view name `{0}` is used twice")]
+    DuplicateView(Arc<str>),
+    #[error("view `{view}`: {reason}")]
+    BadView { view: Arc<str>, reason: String },
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
-/// Counters since the engine started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters since the engine started (kept in snapshots).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStats {
     pub samples: u64,
+    /// Samples late for at least one view.
     pub late: u64,
     pub refused_series_cap: u64,
+    /// Groups a view could not open at its cap (samples not analysed there).
+    pub refused_group_cap: u64,
+    pub series_evicted: u64,
+    /// Samples dropped from sliding and count windows at their retention cap.
+    pub retained_dropped: u64,
     pub windows_closed: u64,
     pub alerts_fired: u64,
     pub alerts_resolved: u64,
 }
 
+/// A sample that was older than a view's watermark.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Late {
+    pub view: usize,
+    pub sample: Sample,
+}
+
 /// What one call produced. Reused across calls to avoid allocation.
 #[derive(Debug, Default)]
 pub struct Output {
-    /// Closed windows of the published aggregate window, oldest first.
+    /// Closed windows of published views, by end time.
     pub windows: Vec<WindowResult>,
     /// Alert state changes, in the order they happened.
     pub alerts: Vec<AlertEvent>,
-    /// Samples older than the watermark, not merged into any window.
-    pub late: Vec<Sample>,
+    /// Samples older than a view's watermark, not merged into its windows.
+    pub late: Vec<Late>,
 }
 
 impl Output {
@@ -87,82 +168,189 @@ impl Output {
     }
 }
 
+/// A live query: the open windows of groups whose label starts with
+/// `prefix`, of one view or all published ones, of one metric or all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveQuery {
+    pub view: Option<String>,
+    pub prefix: String,
+    pub metric: Option<String>,
+    /// Most rows returned.
+    pub limit: usize,
+}
+
+/// One open window, as a live query returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRow {
+    pub view: Arc<str>,
+    pub label: String,
+    /// `None` when the view does not group by metric.
+    pub metric: Option<String>,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub aggregates: crate::Aggregates,
+}
+
 #[derive(Debug)]
 struct CompiledRule {
     rule: ThresholdRule,
-    metric: u32,
-    spec: usize,
+    view: usize,
 }
 
-/// Open windows of one series for one window size: (start, aggregates),
-/// sorted by start. Usually one or two entries.
-type OpenWindows = Vec<(i64, Aggregates)>;
+/// Not in this view.
+const NONE: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeriesEntry {
+    device: u32,
+    metric: u32,
+    /// Group slot per view, or [`NONE`].
+    groups: Vec<u32>,
+    last_seen_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Group {
+    key: GroupKey,
+    state: WindowState,
+    /// Series feeding it.
+    members: u32,
+    /// The device whose watermark closes it, when it is one device's.
+    source: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ViewGroups {
+    slots: Vec<Option<Group>>,
+    free: Vec<u32>,
+    index: HashMap<GroupKey, u32>,
+    /// No window of this view closes before this event time.
+    next_close: i64,
+}
+
+/// Everything that changes while the engine runs, and what a snapshot
+/// holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    devices: Symbols,
+    metrics: Symbols,
+    labels: Symbols,
+    /// Hierarchy path per device name (`site/building/line`).
+    paths: HashMap<String, String>,
+    series: Vec<Option<SeriesEntry>>,
+    free_series: Vec<u32>,
+    series_index: HashMap<(u32, u32), u32>,
+    views: Vec<ViewGroups>,
+    /// Newest event time per device id.
+    source_max: Vec<i64>,
+    max_event_ms: Option<i64>,
+    /// Set by [`Engine::advance_to`]: every watermark is at least this.
+    idle_watermark: i64,
+    firing: Vec<((usize, GroupKey), bool)>,
+    last_evict_ms: i64,
+    stats: EngineStats,
+}
+
+/// Format of [`Engine::snapshot`].
+const SNAPSHOT_VERSION: u8 = 1;
 
 /// The stream engine. Single threaded by design: shard by series to scale.
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
-    devices: Symbols,
-    metrics: Symbols,
-    /// Window sizes; index 0 is the published aggregate window, the others
-    /// are the distinct sizes rules need.
-    specs: Vec<i64>,
+    views: Vec<ViewSpec>,
     rules: Vec<CompiledRule>,
-    series: HashMap<SeriesKey, Vec<OpenWindows>>,
-    firing: HashMap<(usize, SeriesKey), bool>,
-    max_event_ms: Option<i64>,
-    watermark_ms: i64,
-    /// Earliest end of any open window: nothing closes before it.
-    next_close_ms: i64,
-    stats: EngineStats,
+    firing: HashMap<(usize, GroupKey), bool>,
+    st: State,
+    /// Scratch for emitted windows.
+    emitted: Vec<Emitted>,
+}
+
+fn to_ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Engine {
     pub fn new(config: EngineConfig, rules: Vec<ThresholdRule>) -> Result<Self, EngineError> {
-        let window = i64::try_from(config.window_ms)
-            .ok()
-            .filter(|w| *w > 0)
-            .ok_or(EngineError::ZeroWindow)?;
-        // Metric names of rules are interned first, so they never count
-        // against devices' series; the cap applies to them as to any name.
-        let mut metrics = Symbols::new(config.max_series);
-        let mut specs = vec![window];
+        if config.window_ms == 0 {
+            return Err(EngineError::ZeroWindow);
+        }
+        let mut views = vec![ViewSpec {
+            name: "default".into(),
+            window: WindowKind::Tumbling {
+                size_ms: config.window_ms,
+            },
+            group_by: GroupBy::SERIES,
+            metric: None,
+            quantiles: false,
+            allowed_lateness_ms: config.allowed_lateness_ms,
+            publish: true,
+        }];
+        for v in &config.views {
+            if views.iter().any(|o| o.name == v.name) {
+                return Err(EngineError::DuplicateView(v.name.clone()));
+            }
+            v.window.validate().map_err(|reason| EngineError::BadView {
+                view: v.name.clone(),
+                reason,
+            })?;
+            views.push(v.clone());
+        }
         let mut compiled: Vec<CompiledRule> = Vec::with_capacity(rules.len());
         for rule in rules {
             if compiled.iter().any(|c| c.rule.name == rule.name) {
                 return Err(EngineError::DuplicateRule(rule.name));
             }
-            let size = i64::try_from(rule.window_ms)
-                .ok()
-                .filter(|w| *w > 0)
-                .ok_or_else(|| EngineError::ZeroRuleWindow {
-                    rule: rule.name.clone(),
-                })?;
+            if rule.window_ms == 0 {
+                return Err(EngineError::ZeroRuleWindow { rule: rule.name });
+            }
             if !rule.condition.threshold().is_finite() {
                 return Err(EngineError::NonFiniteThreshold { rule: rule.name });
             }
-            let spec = match specs.iter().position(|s| *s == size) {
-                Some(i) => i,
-                None => {
-                    specs.push(size);
-                    specs.len() - 1
-                }
+            let spec = ViewSpec {
+                name: format!("rule:{}", rule.name).into(),
+                window: WindowKind::Tumbling {
+                    size_ms: rule.window_ms,
+                },
+                group_by: GroupBy::SERIES,
+                metric: Some(rule.metric.clone()),
+                quantiles: matches!(rule.aggregate, Aggregate::Quantile(_)),
+                allowed_lateness_ms: config.allowed_lateness_ms,
+                publish: false,
             };
-            let metric = metrics.intern(&rule.metric)?;
-            compiled.push(CompiledRule { rule, metric, spec });
+            let view = views.len();
+            views.push(spec);
+            compiled.push(CompiledRule { rule, view });
         }
-        Ok(Self {
+        let st = State {
             devices: Symbols::new(config.max_series),
-            metrics,
-            specs,
-            rules: compiled,
-            series: HashMap::new(),
-            firing: HashMap::new(),
+            metrics: Symbols::new(config.max_series),
+            labels: Symbols::new(config.max_series.saturating_mul(views.len().max(1))),
+            paths: HashMap::new(),
+            series: Vec::new(),
+            free_series: Vec::new(),
+            series_index: HashMap::new(),
+            views: views
+                .iter()
+                .map(|_| ViewGroups {
+                    next_close: i64::MAX,
+                    ..ViewGroups::default()
+                })
+                .collect(),
+            source_max: Vec::new(),
             max_event_ms: None,
-            watermark_ms: i64::MIN,
-            next_close_ms: i64::MAX,
+            idle_watermark: i64::MIN,
+            firing: Vec::new(),
+            last_evict_ms: i64::MIN,
             stats: EngineStats::default(),
+        };
+        Ok(Self {
             config,
+            views,
+            rules: compiled,
+            firing: HashMap::new(),
+            st,
+            emitted: Vec::new(),
         })
     }
 
@@ -170,142 +358,474 @@ impl Engine {
         &self.config
     }
 
+    pub fn views(&self) -> &[ViewSpec] {
+        &self.views
+    }
+
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        self.st.stats
     }
 
     /// Number of live series.
     pub fn series_count(&self) -> usize {
-        self.series.len()
-    }
-
-    /// The current watermark: windows ending at or before it are closed.
-    pub fn watermark_ms(&self) -> i64 {
-        self.watermark_ms
+        self.st.series_index.len()
     }
 
     /// The newest event time seen.
     pub fn max_event_ms(&self) -> Option<i64> {
-        self.max_event_ms
+        self.st.max_event_ms
     }
 
-    /// Resolves names to a series key, admitting a new series while the
-    /// cap allows. At the cap a new series is refused (and counted); the
-    /// existing series keep working.
-    pub fn series_key(&mut self, device: &str, metric: &str) -> Result<SeriesKey, SeriesFull> {
-        if let (Some(device), Some(metric)) = (self.devices.get(device), self.metrics.get(metric)) {
-            let key = SeriesKey { device, metric };
-            if self.series.contains_key(&key) {
-                return Ok(key);
+    /// The default view's watermark for sources in step with the newest:
+    /// windows ending at or before it are closed.
+    pub fn watermark_ms(&self) -> i64 {
+        self.global_watermark(0)
+    }
+
+    /// Places `device` in the hierarchy (`site/building/line`), for views
+    /// grouped by level. Applies to series admitted from now on.
+    pub fn set_path(&mut self, device: &str, path: &str) {
+        let path = path.trim_matches('/');
+        if path.is_empty() {
+            self.st.paths.remove(device);
+        } else {
+            self.st.paths.insert(device.to_string(), path.to_string());
+        }
+    }
+
+    /// The label a device has at a grouping level.
+    fn label_for(&self, device: &str, level: DeviceLevel) -> String {
+        match level {
+            DeviceLevel::Device => device.to_string(),
+            DeviceLevel::All => "*".to_string(),
+            DeviceLevel::Level(n) => {
+                let full = match self.st.paths.get(device) {
+                    Some(p) => format!("{p}/{device}"),
+                    None => device.to_string(),
+                };
+                full.split('/')
+                    .take(usize::from(n.max(1)))
+                    .collect::<Vec<_>>()
+                    .join("/")
             }
         }
-        if self.series.len() >= self.config.max_series {
-            self.stats.refused_series_cap += 1;
-            return Err(SeriesFull {
-                max: self.config.max_series,
-            });
+    }
+
+    /// Resolves names to a series, admitting a new one while the cap
+    /// allows. At the cap idle series are evicted first; if none is idle
+    /// the new series is refused (and counted), the others keep working.
+    ///
+    /// Keys (series and groups) in an [`Output`] stay valid until the next
+    /// call that takes `&mut self`: eviction happens at the start of calls.
+    pub fn series_key(&mut self, device: &str, metric: &str) -> Result<SeriesKey, SeriesFull> {
+        if let (Some(d), Some(m)) = (self.st.devices.get(device), self.st.metrics.get(metric))
+            && let Some(&id) = self.st.series_index.get(&(d, m))
+        {
+            return Ok(SeriesKey(id));
         }
-        let key = SeriesKey {
-            device: self.devices.intern(device)?,
-            metric: self.metrics.intern(metric)?,
+        if self.series_count() >= self.config.max_series {
+            self.evict_idle();
+        }
+        let full = SeriesFull {
+            max: self.config.max_series,
         };
-        self.series
-            .insert(key, vec![OpenWindows::new(); self.specs.len()]);
-        Ok(key)
+        if self.series_count() >= self.config.max_series {
+            self.st.stats.refused_series_cap += 1;
+            return Err(full);
+        }
+        let d = self.st.devices.intern(device)?;
+        let m = match self.st.metrics.intern(metric) {
+            Ok(m) => m,
+            Err(e) => {
+                self.st.devices.release(d);
+                return Err(e);
+            }
+        };
+        let mut groups = Vec::with_capacity(self.views.len());
+        for v in 0..self.views.len() {
+            groups.push(self.join_group(v, device, d, metric, m));
+        }
+        let entry = SeriesEntry {
+            device: d,
+            metric: m,
+            groups,
+            last_seen_ms: self.st.max_event_ms.unwrap_or(i64::MIN),
+        };
+        let id = match self.st.free_series.pop() {
+            Some(id) => {
+                self.st.series[id as usize] = Some(entry);
+                id
+            }
+            None => {
+                self.st.series.push(Some(entry));
+                (self.st.series.len() - 1) as u32
+            }
+        };
+        self.st.series_index.insert((d, m), id);
+        if self.st.source_max.len() <= d as usize {
+            self.st.source_max.resize(d as usize + 1, i64::MIN);
+        }
+        Ok(SeriesKey(id))
     }
 
+    fn join_group(&mut self, v: usize, device: &str, d: u32, metric: &str, m: u32) -> u32 {
+        let spec = &self.views[v];
+        if spec.metric.as_deref().is_some_and(|only| only != metric) {
+            return NONE;
+        }
+        let label = self.label_for(device, spec.group_by.device);
+        let metric_key = if spec.group_by.metric {
+            m
+        } else {
+            GroupKey::ALL_METRICS
+        };
+        let source = (spec.group_by.device == DeviceLevel::Device).then_some(d);
+        let window = spec.window;
+        if let Some(l) = self.st.labels.get(&label) {
+            let key = GroupKey {
+                label: l,
+                metric: metric_key,
+            };
+            if let Some(&slot) = self.st.views[v].index.get(&key) {
+                if let Some(g) = self.st.views[v].slots[slot as usize].as_mut() {
+                    g.members += 1;
+                }
+                return slot;
+            }
+        }
+        let groups = &self.st.views[v];
+        if groups.index.len() >= self.config.max_series {
+            self.st.stats.refused_group_cap += 1;
+            return NONE;
+        }
+        let Ok(l) = self.st.labels.intern(&label) else {
+            self.st.stats.refused_group_cap += 1;
+            return NONE;
+        };
+        let key = GroupKey {
+            label: l,
+            metric: metric_key,
+        };
+        let group = Group {
+            key,
+            state: WindowState::new(&window),
+            members: 1,
+            source,
+        };
+        let groups = &mut self.st.views[v];
+        let slot = match groups.free.pop() {
+            Some(s) => {
+                groups.slots[s as usize] = Some(group);
+                s
+            }
+            None => {
+                groups.slots.push(Some(group));
+                (groups.slots.len() - 1) as u32
+            }
+        };
+        groups.index.insert(key, slot);
+        slot
+    }
+
+    /// The device of a series.
     pub fn device_name(&self, series: SeriesKey) -> &str {
-        self.devices.name(series.device)
+        self.entry(series)
+            .map_or("?", |e| self.st.devices.name(e.device))
     }
 
+    /// The metric of a series.
     pub fn metric_name(&self, series: SeriesKey) -> &str {
-        self.metrics.name(series.metric)
+        self.entry(series)
+            .map_or("?", |e| self.st.metrics.name(e.metric))
     }
 
-    /// Adds samples to their windows, then advances the watermark to the
-    /// newest event time less the allowed lateness, closing what it passes.
+    /// A group's label (a device, a hierarchy prefix, or `*`).
+    pub fn label(&self, key: GroupKey) -> &str {
+        self.st.labels.name(key.label)
+    }
+
+    /// A group's metric, `None` for groups of all metrics.
+    pub fn group_metric(&self, key: GroupKey) -> Option<&str> {
+        (key.metric != GroupKey::ALL_METRICS).then(|| self.st.metrics.name(key.metric))
+    }
+
+    fn entry(&self, series: SeriesKey) -> Option<&SeriesEntry> {
+        self.st.series.get(series.0 as usize)?.as_ref()
+    }
+
+    fn global_watermark(&self, view: usize) -> i64 {
+        let lateness = to_ms(self.views[view].allowed_lateness_ms);
+        let from_events = self
+            .st
+            .max_event_ms
+            .map_or(i64::MIN, |m| m.saturating_sub(lateness));
+        from_events.max(self.st.idle_watermark)
+    }
+
+    /// The watermark of a group: its source's, within the allowed skew of
+    /// the newest source; the newest source's for shared groups.
+    fn group_watermark(&self, view: usize, source: Option<u32>, global: i64) -> i64 {
+        let Some(d) = source else {
+            return global;
+        };
+        let lateness = to_ms(self.views[view].allowed_lateness_ms);
+        let own = self
+            .st
+            .source_max
+            .get(d as usize)
+            .copied()
+            .unwrap_or(i64::MIN)
+            .saturating_sub(lateness);
+        let floor = global.saturating_sub(to_ms(self.config.max_source_skew_ms));
+        own.max(floor).max(self.st.idle_watermark)
+    }
+
+    /// Adds samples to their windows, then advances the watermarks and
+    /// closes what they passed. Count windows emit as they fill.
     pub fn ingest(&mut self, samples: &[Sample], out: &mut Output) {
-        let lateness = i64::try_from(self.config.allowed_lateness_ms).unwrap_or(i64::MAX);
+        self.evict_due();
+        let mut emitted = std::mem::take(&mut self.emitted);
+        let mut immediate: Vec<(usize, GroupKey, Emitted)> = Vec::new();
+        // Watermarks as of the start of the batch.
+        let globals: Vec<i64> = (0..self.views.len())
+            .map(|v| self.global_watermark(v))
+            .collect();
         for sample in samples {
-            let Some(windows) = self.series.get_mut(&sample.series) else {
+            let Some(entry) = self
+                .st
+                .series
+                .get_mut(sample.series.0 as usize)
+                .and_then(Option::as_mut)
+            else {
                 // Keys come from `series_key`; an unknown one was never admitted.
-                self.stats.refused_series_cap += 1;
+                self.st.stats.refused_series_cap += 1;
                 continue;
             };
-            if sample.ts_ms < self.watermark_ms {
-                self.stats.late += 1;
-                out.late.push(*sample);
-                continue;
-            }
-            self.stats.samples += 1;
-            for (open, &size) in windows.iter_mut().zip(&self.specs) {
-                let start = sample.ts_ms.div_euclid(size) * size;
-                let agg = match open.binary_search_by_key(&start, |(s, _)| *s) {
-                    Ok(i) => &mut open[i].1,
-                    Err(i) => {
-                        open.insert(i, (start, Aggregates::default()));
-                        self.next_close_ms = self.next_close_ms.min(start.saturating_add(size));
-                        &mut open[i].1
-                    }
+            entry.last_seen_ms = entry.last_seen_ms.max(sample.ts_ms);
+            let device = entry.device;
+            let mut late = false;
+            for (v, &slot) in entry.groups.iter().enumerate() {
+                if slot == NONE {
+                    continue;
+                }
+                let spec = &self.views[v];
+                let groups = &mut self.st.views[v];
+                let Some(group) = groups.slots[slot as usize].as_mut() else {
+                    continue;
                 };
-                agg.add(sample.value);
+                if !matches!(spec.window, WindowKind::Count { .. }) {
+                    let wm = match group.source {
+                        None => globals[v],
+                        Some(d) => {
+                            let lateness = to_ms(spec.allowed_lateness_ms);
+                            let own = self.st.source_max[d as usize].saturating_sub(lateness);
+                            let skew = to_ms(self.config.max_source_skew_ms);
+                            own.max(globals[v].saturating_sub(skew))
+                                .max(self.st.idle_watermark)
+                        }
+                    };
+                    if sample.ts_ms < wm {
+                        late = true;
+                        out.late.push(Late {
+                            view: v,
+                            sample: *sample,
+                        });
+                        continue;
+                    }
+                }
+                let (close, dropped) = group.state.add(
+                    &spec.window,
+                    spec.quantiles,
+                    sample.ts_ms,
+                    sample.value,
+                    &mut emitted,
+                );
+                groups.next_close = groups.next_close.min(close);
+                if dropped {
+                    self.st.stats.retained_dropped += 1;
+                }
+                let key = group.key;
+                immediate.extend(emitted.drain(..).map(|e| (v, key, e)));
             }
-            self.max_event_ms = Some(
-                self.max_event_ms
+            if late {
+                self.st.stats.late += 1;
+            }
+            self.st.stats.samples += 1;
+            let src = &mut self.st.source_max[device as usize];
+            *src = (*src).max(sample.ts_ms);
+            self.st.max_event_ms = Some(
+                self.st
+                    .max_event_ms
                     .map_or(sample.ts_ms, |m| m.max(sample.ts_ms)),
             );
         }
-        if let Some(max) = self.max_event_ms {
-            self.advance_to(max.saturating_sub(lateness), out);
+        self.emitted = emitted;
+        let mut closed: Vec<WindowResult> = immediate
+            .into_iter()
+            .map(|(view, key, (start_ms, end_ms, aggregates))| WindowResult {
+                view,
+                key,
+                start_ms,
+                end_ms,
+                aggregates,
+            })
+            .collect();
+        self.close_all(&mut closed);
+        self.finish(closed, out);
+    }
+
+    /// Moves every watermark to at least `watermark_ms` (never backwards)
+    /// and closes what it passes. Sources call this when event time
+    /// advances without samples (an idle fleet).
+    pub fn advance_to(&mut self, watermark_ms: i64, out: &mut Output) {
+        if watermark_ms <= self.st.idle_watermark {
+            return;
+        }
+        self.st.idle_watermark = watermark_ms;
+        self.evict_due();
+        let mut closed = Vec::new();
+        self.close_all(&mut closed);
+        self.finish(closed, out);
+    }
+
+    fn close_all(&mut self, closed: &mut Vec<WindowResult>) {
+        let mut emitted = std::mem::take(&mut self.emitted);
+        for v in 0..self.views.len() {
+            let global = self.global_watermark(v);
+            if global < self.st.views[v].next_close {
+                continue;
+            }
+            let spec = self.views[v].clone();
+            let mut next = i64::MAX;
+            let mut empties = Vec::new();
+            for slot in 0..self.st.views[v].slots.len() {
+                let Some(source) = self.st.views[v].slots[slot].as_ref().map(|g| g.source) else {
+                    continue;
+                };
+                let wm = self.group_watermark(v, source, global);
+                let Some(group) = self.st.views[v].slots[slot].as_mut() else {
+                    continue;
+                };
+                next = next.min(
+                    group
+                        .state
+                        .close(&spec.window, spec.quantiles, wm, &mut emitted),
+                );
+                let key = group.key;
+                closed.extend(emitted.drain(..).map(|(start_ms, end_ms, aggregates)| {
+                    WindowResult {
+                        view: v,
+                        key,
+                        start_ms,
+                        end_ms,
+                        aggregates,
+                    }
+                }));
+                if group.members == 0 && group.state.is_empty() {
+                    empties.push(slot as u32);
+                }
+            }
+            self.st.views[v].next_close = next;
+            for slot in empties {
+                self.remove_group(v, slot);
+            }
+        }
+        self.emitted = emitted;
+    }
+
+    /// Evicts idle series at most every quarter of the idle timeout. Runs
+    /// at the start of a call, so the keys of the previous call's output
+    /// stay valid until the caller made the next one.
+    fn evict_due(&mut self) {
+        let Some(now) = self.st.max_event_ms else {
+            return;
+        };
+        let every = to_ms(self.config.idle_timeout_ms / 4).max(1);
+        if now.saturating_sub(self.st.last_evict_ms) >= every {
+            self.st.last_evict_ms = now;
+            self.evict_idle();
         }
     }
 
-    /// Moves the watermark forward to `watermark_ms` (never backwards) and
-    /// closes every window that ends at or before it. Sources call this
-    /// when event time advances without samples (an idle fleet).
-    pub fn advance_to(&mut self, watermark_ms: i64, out: &mut Output) {
-        if watermark_ms <= self.watermark_ms {
-            return;
+    fn remove_group(&mut self, v: usize, slot: u32) {
+        let groups = &mut self.st.views[v];
+        if let Some(g) = groups.slots[slot as usize].take() {
+            groups.index.remove(&g.key);
+            groups.free.push(slot);
+            self.st.labels.release(g.key.label);
+            let rules = &self.rules;
+            self.firing
+                .retain(|(r, k), _| !(*k == g.key && rules.get(*r).is_some_and(|c| c.view == v)));
         }
-        self.watermark_ms = watermark_ms;
-        if watermark_ms < self.next_close_ms {
+    }
+
+    /// Evicts series idle for `idle_timeout_ms` of event time; their groups
+    /// go once no series feeds them and their windows closed.
+    fn evict_idle(&mut self) {
+        let Some(now) = self.st.max_event_ms else {
             return;
-        }
-        let mut closed: Vec<(usize, WindowResult)> = Vec::new();
-        let mut next_close = i64::MAX;
-        for (key, windows) in &mut self.series {
-            for (spec, (open, &size)) in windows.iter_mut().zip(&self.specs).enumerate() {
-                let n = open.partition_point(|(start, _)| start + size <= watermark_ms);
-                closed.extend(open.drain(..n).map(|(start, aggregates)| {
-                    (
-                        spec,
-                        WindowResult {
-                            series: *key,
-                            start_ms: start,
-                            end_ms: start + size,
-                            aggregates,
-                        },
-                    )
-                }));
-                if let Some((start, _)) = open.first() {
-                    next_close = next_close.min(start + size);
-                }
+        };
+        let cutoff = now.saturating_sub(to_ms(self.config.idle_timeout_ms));
+        // A series admitted before any event starts its idle clock now.
+        for e in self.st.series.iter_mut().flatten() {
+            if e.last_seen_ms == i64::MIN {
+                e.last_seen_ms = now;
             }
         }
-        self.next_close_ms = next_close;
-        closed.sort_by_key(|(spec, w)| (w.end_ms, *spec, w.series));
-        self.stats.windows_closed += closed.len() as u64;
-        for (spec, window) in closed {
-            self.evaluate_rules(spec, &window, out);
-            if spec == 0 {
+        let idle: Vec<u32> = self
+            .st
+            .series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                e.as_ref()
+                    .filter(|e| e.last_seen_ms < cutoff)
+                    .map(|_| i as u32)
+            })
+            .collect();
+        for id in idle {
+            let Some(entry) = self.st.series[id as usize].take() else {
+                continue;
+            };
+            self.st.free_series.push(id);
+            self.st.series_index.remove(&(entry.device, entry.metric));
+            for (v, &slot) in entry.groups.iter().enumerate() {
+                if slot == NONE {
+                    continue;
+                }
+                let empty = match self.st.views[v].slots[slot as usize].as_mut() {
+                    Some(g) => {
+                        g.members = g.members.saturating_sub(1);
+                        g.members == 0 && g.state.is_empty()
+                    }
+                    None => false,
+                };
+                if empty {
+                    self.remove_group(v, slot);
+                }
+            }
+            self.st.devices.release(entry.device);
+            self.st.metrics.release(entry.metric);
+            self.st.stats.series_evicted += 1;
+        }
+    }
+
+    fn finish(&mut self, mut closed: Vec<WindowResult>, out: &mut Output) {
+        closed.sort_by(|a, b| {
+            (a.end_ms, a.view, a.key, a.start_ms).cmp(&(b.end_ms, b.view, b.key, b.start_ms))
+        });
+        self.st.stats.windows_closed += closed.len() as u64;
+        for window in closed {
+            self.evaluate_rules(&window, out);
+            if self.views[window.view].publish {
                 out.windows.push(window);
             }
         }
     }
 
-    fn evaluate_rules(&mut self, spec: usize, window: &WindowResult, out: &mut Output) {
+    fn evaluate_rules(&mut self, window: &WindowResult, out: &mut Output) {
         for (index, compiled) in self.rules.iter().enumerate() {
-            if compiled.spec != spec || compiled.metric != window.series.metric {
+            if compiled.view != window.view {
                 continue;
             }
             let rule = &compiled.rule;
@@ -313,23 +833,23 @@ impl Engine {
             let now_firing = rule.condition.holds(value);
             let was_firing = self
                 .firing
-                .get(&(index, window.series))
+                .get(&(index, window.key))
                 .copied()
                 .unwrap_or(false);
             if now_firing == was_firing {
                 continue;
             }
-            self.firing.insert((index, window.series), now_firing);
+            self.firing.insert((index, window.key), now_firing);
             let state = if now_firing {
-                self.stats.alerts_fired += 1;
+                self.st.stats.alerts_fired += 1;
                 AlertState::Firing
             } else {
-                self.stats.alerts_resolved += 1;
+                self.st.stats.alerts_resolved += 1;
                 AlertState::Resolved
             };
             out.alerts.push(AlertEvent {
                 rule: rule.name.clone(),
-                series: window.series,
+                key: window.key,
                 state,
                 value,
                 threshold: rule.condition.threshold(),
@@ -337,5 +857,130 @@ impl Engine {
                 window_end_ms: window.end_ms,
             });
         }
+    }
+
+    /// The open windows matching `query`, answered from memory.
+    pub fn live(&self, query: &LiveQuery) -> Vec<LiveRow> {
+        let mut rows = Vec::new();
+        let mut open = Vec::new();
+        for (v, spec) in self.views.iter().enumerate() {
+            match &query.view {
+                Some(name) if *name != *spec.name => continue,
+                None if !spec.publish => continue,
+                _ => {}
+            }
+            for group in self.st.views[v].slots.iter().flatten() {
+                if rows.len() >= query.limit {
+                    return rows;
+                }
+                let label = self.st.labels.name(group.key.label);
+                if !label.starts_with(query.prefix.as_str()) {
+                    continue;
+                }
+                let metric = self.group_metric(group.key);
+                if let Some(want) = &query.metric
+                    && metric.is_some_and(|m| m != want)
+                {
+                    continue;
+                }
+                group.state.open(&spec.window, spec.quantiles, &mut open);
+                for (start_ms, end_ms, aggregates) in open.drain(..) {
+                    rows.push(LiveRow {
+                        view: spec.name.clone(),
+                        label: label.to_string(),
+                        metric: metric.map(str::to_string),
+                        start_ms,
+                        end_ms,
+                        aggregates,
+                    });
+                }
+            }
+        }
+        rows.truncate(query.limit);
+        rows
+    }
+
+    /// Bytes of engine state, roughly (for the memory-per-series figure).
+    pub fn heap_bytes(&self) -> usize {
+        let st = &self.st;
+        let groups: usize = st
+            .views
+            .iter()
+            .map(|v| {
+                v.slots.capacity() * std::mem::size_of::<Option<Group>>()
+                    + v.index.capacity() * 16
+                    + v.slots
+                        .iter()
+                        .flatten()
+                        .map(|g| g.state.heap_bytes())
+                        .sum::<usize>()
+            })
+            .sum();
+        let series = st.series.capacity() * std::mem::size_of::<Option<SeriesEntry>>()
+            + st.series
+                .iter()
+                .flatten()
+                .map(|e| e.groups.capacity() * 4)
+                .sum::<usize>()
+            + st.series_index.capacity() * 16;
+        groups + series + st.devices.heap_bytes() + st.metrics.heap_bytes() + st.labels.heap_bytes()
+    }
+
+    /// The engine's whole state, to resume open windows after a restart.
+    pub fn snapshot(&self) -> Result<Vec<u8>, EngineError> {
+        let mut st = self.st.clone();
+        st.firing = self.firing.iter().map(|(k, v)| (*k, *v)).collect();
+        let body = postcard::to_allocvec(&st).map_err(|e| EngineError::Snapshot(e.to_string()))?;
+        let mut out = Vec::with_capacity(9 + body.len());
+        out.push(SNAPSHOT_VERSION);
+        out.extend_from_slice(&self.fingerprint().to_le_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// An engine with `config` and `rules` resumed from a snapshot taken
+    /// with the same views and rules.
+    pub fn restore(
+        config: EngineConfig,
+        rules: Vec<ThresholdRule>,
+        snapshot: &[u8],
+    ) -> Result<Self, EngineError> {
+        let mut engine = Self::new(config, rules)?;
+        let (&version, rest) = snapshot
+            .split_first()
+            .ok_or_else(|| EngineError::Snapshot("empty".into()))?;
+        if version != SNAPSHOT_VERSION {
+            return Err(EngineError::Snapshot(format!("format {version} unknown")));
+        }
+        let (print, body) = rest
+            .split_at_checked(8)
+            .ok_or_else(|| EngineError::Snapshot("truncated".into()))?;
+        let print = u64::from_le_bytes(print.try_into().unwrap_or_default());
+        if print != engine.fingerprint() {
+            return Err(EngineError::Snapshot(
+                "taken with other views or rules".into(),
+            ));
+        }
+        let st: State =
+            postcard::from_bytes(body).map_err(|e| EngineError::Snapshot(e.to_string()))?;
+        if st.views.len() != engine.views.len() {
+            return Err(EngineError::Snapshot("view count differs".into()));
+        }
+        engine.firing = st.firing.iter().copied().collect();
+        engine.st = st;
+        Ok(engine)
+    }
+
+    /// Identifies the views and rules (FNV-1a of their description).
+    fn fingerprint(&self) -> u64 {
+        let text = format!(
+            "{:?}{:?}{}",
+            self.views,
+            self.rules.iter().map(|r| &r.rule).collect::<Vec<_>>(),
+            self.config.max_series
+        );
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
     }
 }

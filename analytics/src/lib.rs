@@ -1,11 +1,20 @@
 //! The Eddy stream engine: samples in, window results and alert changes out.
 //!
-//! Keyed processing in the manner of S4: every series (device, metric) owns
-//! its window state, and samples are the only way in. Time is event time:
-//! a watermark trails the newest event time by the allowed lateness; a
-//! window closes once the watermark passes its end, and a sample older than
-//! the watermark is late: counted and handed back on [`Output::late`],
-//! never merged silently.
+//! Keyed processing in the manner of S4: a view (a window kind, a
+//! grouping, an optional metric filter) keeps window state per group —
+//! a series, a device, a level of the device hierarchy as in Rainbird's
+//! hierarchical counters — and samples are the only way in. Time is event
+//! time: each source's watermark trails its newest event time by the
+//! view's allowed lateness; a window closes once the watermark passes its
+//! end, and a sample older than the watermark is late: counted and handed
+//! back on [`Output::late`], never merged silently.
+//!
+//! Windows: tumbling, hopping, sliding (per sample), session and count.
+//! Aggregates: count, sum, mean, min, max, first, last, stddev and
+//! variance (Welford), rate, delta, and quantiles through a mergeable
+//! sketch with a relative-error bound ([`sketch`]). Open windows answer
+//! live queries from memory; idle series are evicted; the whole state
+//! snapshots and restores.
 //!
 //! The engine does no I/O and knows nothing of MQTT, serial links or
 //! storage, so it is tested and benchmarked alone.
@@ -15,9 +24,15 @@
 mod engine;
 mod rule;
 mod series;
+pub mod sketch;
+mod state;
 mod window;
 
-pub use engine::{Engine, EngineConfig, EngineError, EngineStats, Output, Sample};
+pub use engine::{
+    DeviceLevel, Engine, EngineConfig, EngineError, EngineStats, GroupBy, Late, LiveQuery, LiveRow,
+    Output, Sample, ViewSpec,
+};
 pub use rule::{AlertEvent, AlertState, Condition, ThresholdRule};
-pub use series::{SeriesFull, SeriesKey};
-pub use window::{Aggregate, Aggregates, WindowResult};
+pub use series::{GroupKey, SeriesFull, SeriesKey};
+pub use state::MAX_RETAINED;
+pub use window::{Aggregate, Aggregates, WindowKind, WindowResult};

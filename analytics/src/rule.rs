@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::{Aggregate, SeriesKey};
+use crate::{Aggregate, GroupKey};
 
 /// When a rule's aggregate is in alarm.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,7 +57,8 @@ impl AlertState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertEvent {
     pub rule: Arc<str>,
-    pub series: SeriesKey,
+    /// The series (a per-series group) the alert is about.
+    pub key: GroupKey,
     pub state: AlertState,
     /// The aggregate value that caused the change.
     pub value: f64,

@@ -4,12 +4,15 @@
 //! is a configuration the gateway can run, or an error that names the file,
 //! the field and the reason.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_analytics::{Aggregate, Condition, EngineConfig, ThresholdRule};
+use eddy_analytics::{
+    Aggregate, Condition, DeviceLevel, EngineConfig, GroupBy, ThresholdRule, ViewSpec, WindowKind,
+};
 use eddy_proto::{MAX_DEVICE_ID_LEN, topic::DEFAULT_PREFIX};
 use serde::Deserialize;
 
@@ -360,8 +363,161 @@ pub struct EngineSection {
     /// How late (event time) a sample may arrive and still count.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
-    /// Most live series; new series beyond it are not analysed (still stored).
+    /// Most live series; new series beyond it are not analysed (still
+    /// stored) unless idle ones can be evicted.
     pub max_series: usize,
+    /// Series silent this long (event time) are evicted once their
+    /// windows closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How far a device's clock may lag the newest device's and still
+    /// close its windows by its own watermark.
+    #[serde(with = "humantime_serde")]
+    pub max_source_skew: Duration,
+    /// `event`: samples carry their device's time (`ts`); `processing`:
+    /// the gateway's arrival time is every sample's time.
+    pub time: TimeMode,
+    /// How often the engine's open windows are saved; a restart resumes
+    /// them from the snapshot plus the samples stored since.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_every: Duration,
+    /// Device -> hierarchy path (`site/building/line`), for views grouped
+    /// by level.
+    pub paths: BTreeMap<String, String>,
+    /// Further continuous views (`[[engine.views]]`), published on
+    /// `{prefix}/view/{name}/{group}/{metric}` and queryable live.
+    pub views: Vec<ViewConfig>,
+}
+
+/// Which clock samples are windowed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeMode {
+    Event,
+    Processing,
+}
+
+/// A continuous view: a window kind over groups of series.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    pub name: String,
+    /// `tumbling`, `hopping`, `sliding`, `session` or `count`.
+    pub window: String,
+    /// Window length (tumbling, hopping, sliding).
+    #[serde(default, with = "humantime_serde")]
+    pub size: Option<Duration>,
+    /// Hopping: how often a window starts.
+    #[serde(default, with = "humantime_serde")]
+    pub hop: Option<Duration>,
+    /// Session: the silence that ends a session.
+    #[serde(default, with = "humantime_serde")]
+    pub gap: Option<Duration>,
+    /// Session: the longest a session may grow.
+    #[serde(default, with = "humantime_serde")]
+    pub max_length: Option<Duration>,
+    /// Count: samples per window, and optionally every how many samples.
+    pub count: Option<u64>,
+    pub count_hop: Option<u64>,
+    /// `["device", "metric"]` (default), `["site", "metric"]`,
+    /// `["level:2"]`, `["metric"]`, `[]` (everything together).
+    #[serde(default = "ViewConfig::default_group_by")]
+    pub group_by: Vec<String>,
+    /// Only this metric.
+    pub metric: Option<String>,
+    /// Aggregates published (quantiles as `p50`, `p99.9`).
+    #[serde(default = "ViewConfig::default_aggregates")]
+    pub aggregates: Vec<Aggregate>,
+    #[serde(default, with = "humantime_serde")]
+    pub allowed_lateness: Option<Duration>,
+}
+
+impl ViewConfig {
+    fn default_group_by() -> Vec<String> {
+        vec!["device".into(), "metric".into()]
+    }
+
+    fn default_aggregates() -> Vec<Aggregate> {
+        vec![
+            Aggregate::Count,
+            Aggregate::Mean,
+            Aggregate::Min,
+            Aggregate::Max,
+        ]
+    }
+
+    /// The engine's view, or what is wrong with it.
+    fn spec(&self, default_lateness: Duration) -> Result<ViewSpec, String> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let need = |d: Option<Duration>, what: &str| {
+            d.map(ms)
+                .ok_or_else(|| format!("a {} window needs `{what}`", self.window))
+        };
+        let window = match self.window.as_str() {
+            "tumbling" => WindowKind::Tumbling {
+                size_ms: need(self.size, "size")?,
+            },
+            "hopping" => WindowKind::Hopping {
+                size_ms: need(self.size, "size")?,
+                hop_ms: need(self.hop, "hop")?,
+            },
+            "sliding" => WindowKind::Sliding {
+                size_ms: need(self.size, "size")?,
+            },
+            "session" => WindowKind::Session {
+                gap_ms: need(self.gap, "gap")?,
+                max_ms: self.max_length.map(ms),
+            },
+            "count" => WindowKind::Count {
+                n: self
+                    .count
+                    .ok_or_else(|| "a count window needs `count`".to_string())?,
+                hop: self.count_hop,
+            },
+            other => {
+                return Err(format!(
+                    "unknown window `{other}` (tumbling, hopping, sliding, session, count)"
+                ));
+            }
+        };
+        window.validate()?;
+        let mut group_by = GroupBy {
+            device: DeviceLevel::All,
+            metric: false,
+        };
+        for key in &self.group_by {
+            match key.as_str() {
+                "metric" => group_by.metric = true,
+                "device" => group_by.device = DeviceLevel::Device,
+                "site" => group_by.device = DeviceLevel::Level(1),
+                "building" => group_by.device = DeviceLevel::Level(2),
+                "line" => group_by.device = DeviceLevel::Level(3),
+                other => match other.strip_prefix("level:").map(str::parse::<u8>) {
+                    Some(Ok(n)) if n >= 1 => group_by.device = DeviceLevel::Level(n),
+                    _ => {
+                        return Err(format!(
+                            "unknown group key `{other}` (device, metric, site, building, line, level:N)"
+                        ));
+                    }
+                },
+            }
+        }
+        if self.aggregates.is_empty() {
+            return Err("needs at least one aggregate".into());
+        }
+        Ok(ViewSpec {
+            name: Arc::from(self.name.as_str()),
+            window,
+            group_by,
+            metric: self.metric.clone(),
+            quantiles: self
+                .aggregates
+                .iter()
+                .any(|a| matches!(a, Aggregate::Quantile(_))),
+            allowed_lateness_ms: ms(self.allowed_lateness.unwrap_or(default_lateness)),
+            publish: true,
+        })
+    }
 }
 
 impl Default for EngineSection {
@@ -371,6 +527,12 @@ impl Default for EngineSection {
             window: Duration::from_millis(e.window_ms),
             allowed_lateness: Duration::from_millis(e.allowed_lateness_ms),
             max_series: e.max_series,
+            idle_timeout: Duration::from_millis(e.idle_timeout_ms),
+            max_source_skew: Duration::from_millis(e.max_source_skew_ms),
+            time: TimeMode::Event,
+            snapshot_every: Duration::from_secs(30),
+            paths: BTreeMap::new(),
+            views: Vec::new(),
         }
     }
 }
@@ -544,6 +706,38 @@ impl Config {
         if self.engine.max_series == 0 {
             return Err(invalid("engine.max_series", "must be at least 1"));
         }
+        if self.engine.snapshot_every < Duration::from_secs(1) {
+            return Err(invalid("engine.snapshot_every", "must be at least 1s"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, v) in self.engine.views.iter().enumerate() {
+            let field = format!("engine.views[{i}]");
+            if v.name.is_empty() || v.name == "default" || v.name.contains(['/', '+', '#']) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    "must be non-empty, not `default`, without `/`, `+` or `#`",
+                ));
+            }
+            if !names.insert(v.name.as_str()) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("`{}` is used twice", v.name),
+                ));
+            }
+            v.spec(self.engine.allowed_lateness)
+                .map_err(|reason| invalid(format!("{field} (`{}`)", v.name), reason))?;
+        }
+        for (device, path) in &self.engine.paths {
+            if path
+                .split('/')
+                .any(|level| level.is_empty() || level.contains(['+', '#']))
+            {
+                return Err(invalid(
+                    format!("engine.paths.{device}"),
+                    "a path is levels separated by `/`, none empty, without `+` or `#`",
+                ));
+            }
+        }
         for (i, r) in self.rules.iter().enumerate() {
             let field = |f: &str| format!("rules[{i}].{f}");
             eddy_proto::valid_name(&r.name, MAX_DEVICE_ID_LEN)
@@ -626,6 +820,15 @@ impl Config {
             window_ms: ms(self.engine.window),
             allowed_lateness_ms: ms(self.engine.allowed_lateness),
             max_series: self.engine.max_series,
+            idle_timeout_ms: ms(self.engine.idle_timeout),
+            max_source_skew_ms: ms(self.engine.max_source_skew),
+            // validate() checked every view.
+            views: self
+                .engine
+                .views
+                .iter()
+                .filter_map(|v| v.spec(self.engine.allowed_lateness).ok())
+                .collect(),
         };
         let rules = self
             .rules

@@ -157,8 +157,11 @@ impl Gateway {
                 },
             )
         });
+        let (live_tx, live_rx) = mpsc::channel(16);
         let parts = PipelineParts {
             engine: config.engine(),
+            engine_section: config.engine.clone(),
+            live: Arc::new(tokio::sync::Mutex::new(live_rx)),
             store: store.clone(),
             ingest: config.ingest.clone(),
             acker: source.acker,
@@ -205,7 +208,8 @@ impl Gateway {
             control,
             public_key,
             max_image_bytes: config.ota.max_image_bytes,
-        });
+        })
+        .merge(crate::live::router(live_tx));
         let mut helpers = vec![source.task, local_task, ota_task];
         for port in &config.serial {
             helpers.push(serial::spawn(

@@ -13,6 +13,7 @@ pub mod decode;
 pub mod demo;
 mod gateway;
 pub mod http;
+pub mod live;
 pub mod ota_tools;
 pub mod pipeline;
 pub mod qemu;

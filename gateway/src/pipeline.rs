@@ -12,16 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_analytics::{
-    AlertEvent, Engine, EngineConfig, Output, Sample, ThresholdRule, WindowResult,
+    Aggregate, Aggregates, AlertEvent, Engine, EngineConfig, LiveQuery, Output, Sample,
+    ThresholdRule, WindowResult,
 };
 use eddy_proto::{Ack, Frame};
 use rumqttc::Publish;
 use serde_json::json;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::{FullPolicy, IngestConfig, PayloadFormat, TopicMapping};
+use crate::config::{
+    EngineSection, FullPolicy, IngestConfig, PayloadFormat, TimeMode, TopicMapping,
+};
 use crate::decode::{self, DecodeError};
 use crate::sequencer::{Sequencer, Verdict};
 use crate::sinks::local::LocalPublisher;
@@ -109,6 +112,10 @@ fn matches(filter: &[String], levels: &[&str]) -> bool {
 #[derive(Debug, Clone)]
 pub struct PipelineParts {
     pub engine: (EngineConfig, Vec<ThresholdRule>),
+    /// Views, hierarchy paths, time mode, snapshot interval.
+    pub engine_section: EngineSection,
+    /// Live queries from the HTTP API, answered between batches.
+    pub live: LiveInbox,
     pub store: Store,
     pub ingest: IngestConfig,
     /// Acknowledges ingest messages.
@@ -121,17 +128,80 @@ pub struct PipelineParts {
     pub stats: Arc<Stats>,
 }
 
+/// A live query and where its answer goes.
+#[derive(Debug)]
+pub struct LiveRequest {
+    pub query: LiveQuery,
+    pub reply: oneshot::Sender<serde_json::Value>,
+}
+
+/// The live-query channel, shared by successive pipeline runs.
+pub type LiveInbox = Arc<tokio::sync::Mutex<mpsc::Receiver<LiveRequest>>>;
+
+/// Samples fed to the engine at once while replaying the log.
+const REPLAY_CHUNK: usize = 8192;
+
 impl PipelineParts {
-    /// A pipeline with a fresh engine and the stored admission state.
+    /// A pipeline with the stored admission state and the engine resumed
+    /// from its last snapshot plus the samples stored since (a fresh
+    /// engine when there is none, or it was taken with other views).
     pub fn build(&self) -> Result<Pipeline, PipelineError> {
         let (config, rules) = self.engine.clone();
+        let mut engine = match self.store.load_snapshot()? {
+            Some((offset, bytes)) => match Engine::restore(config.clone(), rules.clone(), &bytes) {
+                Ok(engine) => {
+                    let mut engine = engine;
+                    let replayed = self.replay(&mut engine, offset)?;
+                    info!(
+                        series = engine.series_count(),
+                        replayed, "engine resumed from its snapshot"
+                    );
+                    engine
+                }
+                Err(e) => {
+                    warn!(error = %e, "engine snapshot not used; open windows start empty");
+                    Engine::new(config, rules)?
+                }
+            },
+            None => Engine::new(config, rules)?,
+        };
+        for (device, path) in &self.engine_section.paths {
+            engine.set_path(device, path);
+        }
         Ok(Pipeline {
-            engine: Engine::new(config, rules)?,
+            engine,
             router: Router::new(&self.ingest),
             sequencer: Sequencer::new(self.store.devices()?, self.ingest.max_devices),
             full: false,
             parts: self.clone(),
         })
+    }
+}
+
+impl PipelineParts {
+    /// Feeds the samples stored from `offset` on to the engine; what they
+    /// produce was published before the restart and is dropped.
+    fn replay(&self, engine: &mut Engine, offset: u64) -> Result<u64, PipelineError> {
+        let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+        let mut out = Output::default();
+        let mut replayed = 0u64;
+        self.store.for_each_sample_from(offset, |_, s| {
+            replayed += 1;
+            if let Ok(series) = engine.series_key(&s.device, &s.metric) {
+                chunk.push(Sample {
+                    series,
+                    ts_ms: s.ts_ms,
+                    value: s.value,
+                });
+            }
+            if chunk.len() >= REPLAY_CHUNK {
+                engine.ingest(&chunk, &mut out);
+                chunk.clear();
+                out.clear();
+            }
+        })?;
+        engine.ingest(&chunk, &mut out);
+        Ok(replayed)
     }
 }
 
@@ -165,6 +235,10 @@ impl Pipeline {
     /// committed and acknowledged before returning.
     pub async fn run(mut self, inbox: Inbox) -> Result<(), PipelineError> {
         let mut rx = inbox.lock().await;
+        let live_inbox = self.parts.live.clone();
+        let mut live = live_inbox.lock().await;
+        let mut snapshots = tokio::time::interval(self.parts.engine_section.snapshot_every);
+        snapshots.tick().await;
         let mut batch: Vec<Publish> = Vec::with_capacity(self.parts.ingest.batch_size);
         let mut deadline: Option<Instant> = None;
         let mut last_arrival = Instant::now();
@@ -193,6 +267,15 @@ impl Pipeline {
                     self.flush(&mut batch, &mut out).await?;
                     deadline = None;
                 }
+                Some(request) = live.recv() => {
+                    let answer = self.live(&request.query);
+                    let _ = request.reply.send(answer);
+                }
+                _ = snapshots.tick() => {
+                    self.flush(&mut batch, &mut out).await?;
+                    deadline = None;
+                    self.snapshot().await;
+                }
                 _ = idle.tick() => {
                     // Event time moves on with the wall clock while the
                     // fleet is silent, so the last windows close.
@@ -208,7 +291,73 @@ impl Pipeline {
                 }
             }
         }
-        self.flush(&mut batch, &mut out).await
+        self.flush(&mut batch, &mut out).await?;
+        self.snapshot().await;
+        Ok(())
+    }
+
+    /// Saves the engine's state with the log offset it covers. A failure
+    /// costs only replay time at the next start: logged, not fatal.
+    async fn snapshot(&self) {
+        let bytes = match self.engine.snapshot() {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "engine snapshot failed");
+                return;
+            }
+        };
+        let store = self.parts.store.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let offset = store.samples_next()?;
+            store.save_snapshot(offset, &bytes).map(|()| bytes.len())
+        })
+        .await;
+        match saved {
+            Ok(Ok(len)) => debug!(bytes = len, "engine snapshot saved"),
+            Ok(Err(e)) => warn!(error = %e, "engine snapshot not saved"),
+            Err(e) => warn!(error = %e, "engine snapshot task failed"),
+        }
+    }
+
+    /// Answers a live query from the engine's open windows.
+    fn live(&self, query: &LiveQuery) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .engine
+            .live(query)
+            .iter()
+            .map(|row| {
+                let mut v = json!({
+                    "view": &*row.view, "group": row.label, "metric": row.metric,
+                    "start": row.start_ms, "end": row.end_ms,
+                });
+                self.put_aggregates(&mut v, &row.view, &row.aggregates);
+                v
+            })
+            .collect();
+        json!({ "watermark": self.engine.watermark_ms(), "windows": rows })
+    }
+
+    /// The aggregates a view publishes, into a JSON object.
+    fn put_aggregates(&self, v: &mut serde_json::Value, view: &str, a: &Aggregates) {
+        let configured = self
+            .parts
+            .engine_section
+            .views
+            .iter()
+            .find(|c| c.name == view)
+            .map(|c| c.aggregates.as_slice());
+        let standard = [
+            Aggregate::Count,
+            Aggregate::Mean,
+            Aggregate::Min,
+            Aggregate::Max,
+        ];
+        if let Some(obj) = v.as_object_mut() {
+            for agg in configured.unwrap_or(&standard) {
+                let value = a.get(*agg);
+                obj.insert(agg.name(), json!(value));
+            }
+        }
     }
 
     async fn flush(
@@ -282,11 +431,15 @@ impl Pipeline {
                 }
             }
             let frame = decoded.seq.map(|f| (f.boot, f.seq));
+            let ts_ms = match self.parts.engine_section.time {
+                TimeMode::Event => decoded.ts_ms,
+                TimeMode::Processing => now_ms,
+            };
             for r in &decoded.readings {
                 match self.engine.series_key(&decoded.device, &r.metric) {
                     Ok(series) => samples.push(Sample {
                         series,
-                        ts_ms: decoded.ts_ms,
+                        ts_ms,
                         value: r.value,
                     }),
                     Err(_) => stats::add(&self.parts.stats.samples_series_refused, 1),
@@ -294,7 +447,7 @@ impl Pipeline {
                 stored.push(StoredSample {
                     device: decoded.device.clone(),
                     metric: r.metric.clone(),
-                    ts_ms: decoded.ts_ms,
+                    ts_ms,
                     value: r.value,
                     frame,
                 });
@@ -441,25 +594,39 @@ impl Pipeline {
     }
 
     fn render_window(&self, w: &WindowResult) -> Rendered {
-        let device = self.engine.device_name(w.series);
-        let metric = self.engine.metric_name(w.series);
-        let a = &w.aggregates;
-        let payload = json!({
-            "device": device, "metric": metric,
+        let label = self.engine.label(w.key);
+        let metric = self.engine.group_metric(w.key);
+        if w.view == 0 {
+            let a = &w.aggregates;
+            let metric = metric.unwrap_or("*");
+            let payload = json!({
+                "device": label, "metric": metric,
+                "start": w.start_ms, "end": w.end_ms,
+                "count": a.count, "mean": a.mean(), "min": a.min, "max": a.max,
+            });
+            return (
+                format!("agg/{label}/{metric}"),
+                payload.to_string().into_bytes(),
+                false,
+            );
+        }
+        let view = &*self.engine.views()[w.view].name;
+        let mut payload = json!({
+            "view": view, "group": label, "metric": metric,
             "start": w.start_ms, "end": w.end_ms,
-            "count": a.count, "mean": a.mean(), "min": a.min, "max": a.max,
         });
+        self.put_aggregates(&mut payload, view, &w.aggregates);
         (
-            format!("agg/{device}/{metric}"),
+            format!("view/{view}/{label}/{}", metric.unwrap_or("all")),
             payload.to_string().into_bytes(),
             false,
         )
     }
 
     fn render_alert(&self, a: &AlertEvent) -> Rendered {
-        let device = self.engine.device_name(a.series);
+        let device = self.engine.label(a.key);
         let payload = json!({
-            "rule": &*a.rule, "device": device, "metric": self.engine.metric_name(a.series),
+            "rule": &*a.rule, "device": device, "metric": self.engine.group_metric(a.key),
             "state": a.state.name(), "value": a.value, "threshold": a.threshold,
             "window_start": a.window_start_ms, "window_end": a.window_end_ms,
         });

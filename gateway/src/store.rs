@@ -24,6 +24,9 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const CAMPAIGNS: TableDefinition<u32, &[u8]> = TableDefinition::new("ota_campaigns");
 /// The signed image of each campaign.
 const CAMPAIGN_IMAGES: TableDefinition<u32, &[u8]> = TableDefinition::new("ota_images");
+/// Engine snapshots (one record, `engine`).
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+const ENGINE_SNAPSHOT: &str = "engine";
 /// Next campaign id (ids start at 1; devices read 0 as "no campaign").
 const CAMPAIGN_NEXT: &str = "ota_campaign_next";
 
@@ -359,6 +362,7 @@ impl Store {
             txn.open_table(DEVICES)?;
             txn.open_table(CAMPAIGNS)?;
             txn.open_table(CAMPAIGN_IMAGES)?;
+            txn.open_table(SNAPSHOTS)?;
             Ok(())
         })?;
         Ok(store)
@@ -579,6 +583,41 @@ impl Store {
         self.read(|txn| Ok(txn.open_table(table)?.get(id)?.map(|v| v.value().to_vec())))
     }
 
+    /// Saves the engine's snapshot, taken when the sample log's next
+    /// offset was `offset`: a restart restores it and replays the samples
+    /// from `offset` on.
+    pub fn save_snapshot(&self, offset: u64, snapshot: &[u8]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut value = Vec::with_capacity(8 + snapshot.len());
+            value.extend_from_slice(&offset.to_le_bytes());
+            value.extend_from_slice(snapshot);
+            txn.open_table(SNAPSHOTS)?
+                .insert(ENGINE_SNAPSHOT, value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The engine's last snapshot and the log offset it was taken at.
+    pub fn load_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            let Some(v) = txn.open_table(SNAPSHOTS)?.get(ENGINE_SNAPSHOT)? else {
+                return Ok(None);
+            };
+            let bytes = v.value();
+            let offset = bytes
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| redb::Error::Corrupted("engine snapshot record".into()))?;
+            Ok(Some((offset, bytes[8..].to_vec())))
+        })
+    }
+
+    /// The offset the next stored sample gets.
+    pub fn samples_next(&self) -> Result<u64, StoreError> {
+        self.counter(SAMPLES_NEXT)
+    }
+
     /// The admission state of every device (see `sequencer`).
     pub fn devices(&self) -> Result<HashMap<String, DeviceSeq>, StoreError> {
         self.read(|txn| {
@@ -641,9 +680,18 @@ impl Store {
     }
 
     /// Calls `f` for every stored sample, oldest first.
-    pub fn for_each_sample(&self, mut f: impl FnMut(u64, StoredSample)) -> Result<(), StoreError> {
+    pub fn for_each_sample(&self, f: impl FnMut(u64, StoredSample)) -> Result<(), StoreError> {
+        self.for_each_sample_from(0, f)
+    }
+
+    /// Every stored sample from offset `from` on, in log order.
+    pub fn for_each_sample_from(
+        &self,
+        from: u64,
+        mut f: impl FnMut(u64, StoredSample),
+    ) -> Result<(), StoreError> {
         self.read(|txn| {
-            for entry in txn.open_table(SAMPLES)?.iter()? {
+            for entry in txn.open_table(SAMPLES)?.range(from..)? {
                 let (k, v) = entry?;
                 let sample =
                     StoredSample::decode(v.value()).ok_or_else(|| corrupt("samples", k.value()))?;
