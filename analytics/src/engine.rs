@@ -383,14 +383,25 @@ impl Engine {
     }
 
     /// Places `device` in the hierarchy (`site/building/line`), for views
-    /// grouped by level. Applies to series admitted from now on.
-    pub fn set_path(&mut self, device: &str, path: &str) {
+    /// grouped by level. Applies to series admitted from now on. At most
+    /// `max_series` devices have a path; beyond that it returns false and
+    /// the device groups as its own name.
+    pub fn set_path(&mut self, device: &str, path: &str) -> bool {
         let path = path.trim_matches('/');
         if path.is_empty() {
             self.st.paths.remove(device);
-        } else {
-            self.st.paths.insert(device.to_string(), path.to_string());
+            return true;
         }
+        let full = self.st.paths.len() >= self.config.max_series;
+        match self.st.paths.get_mut(device) {
+            Some(p) if p == path => {}
+            Some(p) => *p = path.to_string(),
+            None if full => return false,
+            None => {
+                self.st.paths.insert(device.to_string(), path.to_string());
+            }
+        }
+        true
     }
 
     /// The label a device has at a grouping level.

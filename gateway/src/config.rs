@@ -351,6 +351,10 @@ pub struct TopicMapping {
     pub format: PayloadFormat,
     /// Zero-based topic level of the device id (`tele/+/SENSOR` -> 1).
     pub device_level: usize,
+    /// Topic levels that make the device's hierarchy path, outermost
+    /// first (`factory/+/+/+/data` with `[1, 2]`: site, line).
+    #[serde(default)]
+    pub path_levels: Vec<usize>,
 }
 
 /// Window settings of the engine.
@@ -697,6 +701,12 @@ impl Config {
                 return Err(invalid(
                     format!("ingest.topics[{i}].filter"),
                     "misplaced `#`",
+                ));
+            }
+            if let Some(bad) = m.path_levels.iter().find(|&&l| levels.get(l) != Some(&"+")) {
+                return Err(invalid(
+                    format!("ingest.topics[{i}].path_levels"),
+                    format!("level {bad} of `{}` must be `+`", m.filter),
                 ));
             }
         }

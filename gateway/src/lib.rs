@@ -17,6 +17,8 @@ pub mod live;
 pub mod ota_tools;
 pub mod pipeline;
 pub mod qemu;
+#[cfg(feature = "polars")]
+pub mod query;
 pub mod sequencer;
 pub mod sinks;
 pub mod sources;

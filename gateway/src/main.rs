@@ -50,6 +50,30 @@ enum Command {
     },
     /// Validate a config file and exit (non-zero on error).
     Check { config: PathBuf },
+    /// SQL over the stored samples, table `samples` (device, metric, ts,
+    /// ts_ms, value, boot, seq), computed with polars. Reads the store
+    /// file: run it while the gateway is stopped.
+    #[cfg(feature = "polars")]
+    Query {
+        /// e.g. "SELECT device, avg(value) AS mean FROM samples WHERE metric = 'temperature' GROUP BY device"
+        #[arg(long)]
+        sql: String,
+        /// The gateway's config (for `data_dir`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// table, csv or parquet.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Write here instead of stdout (required for parquet).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only samples from the last DURATION of event time (`90s`, `15m`, `2h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Signed firmware images: keys, signing, inspection.
     Ota {
         #[command(subcommand)]
@@ -141,6 +165,30 @@ enum OtaCommand {
 
 /// The gateway's HTTP API, as `[http] listen` has it by default.
 const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
+
+/// `90s`, `15m`, `2h`, `7d` in milliseconds.
+#[cfg(feature = "polars")]
+fn parse_duration(s: &str) -> anyhow::Result<i64> {
+    let unit = s.trim_start_matches(|c: char| c.is_ascii_digit());
+    let n: i64 = s[..s.len() - unit.len()]
+        .parse()
+        .with_context(|| format!("`{s}`: expected a number and a unit (s, m, h, d)"))?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => anyhow::bail!("`{s}`: the unit must be s, m, h or d"),
+    };
+    n.checked_mul(ms).context("duration too long")
+}
+
+#[cfg(feature = "polars")]
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -375,6 +423,38 @@ async fn main() -> anyhow::Result<()> {
                 .context("running probe-rs (install: cargo install probe-rs-tools)")?;
             anyhow::ensure!(status.success(), "probe-rs failed: {status}");
             println!("flashed {} to {chip}", elf.display());
+            Ok(())
+        }
+        #[cfg(feature = "polars")]
+        Command::Query {
+            sql,
+            config,
+            data_dir,
+            format,
+            out,
+            since,
+        } => {
+            use eddy_gateway::query;
+            let format = query::Format::parse(&format)
+                .with_context(|| format!("--format {format}: expected table, csv or parquet"))?;
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            if let Some(d) = data_dir {
+                config.data_dir = d;
+            }
+            let since_ms = since
+                .map(|s| parse_duration(&s).map(|d| wall_ms() - d))
+                .transpose()?;
+            let path = config.data_dir.join(eddy_gateway::STORE_FILE);
+            anyhow::ensure!(path.exists(), "no store at {}", path.display());
+            let store = eddy_gateway::store::Store::open(&path).with_context(
+                || "opening the store (is a gateway running on this data directory? stop it first)",
+            )?;
+            let samples = query::samples_frame(&store, since_ms)?;
+            let mut result = query::run(samples, &sql)?;
+            query::write(&mut result, format, out.as_deref())?;
             Ok(())
         }
         Command::Check { config } => {

@@ -50,7 +50,7 @@ pub enum PipelineError {
 #[derive(Debug, Clone)]
 pub struct Router {
     prefix: String,
-    mappings: Vec<(Vec<String>, PayloadFormat, usize)>,
+    mappings: Vec<(Vec<String>, PayloadFormat, usize, Vec<usize>)>,
 }
 
 impl Router {
@@ -65,11 +65,13 @@ impl Router {
                          filter,
                          format,
                          device_level,
+                         path_levels,
                      }| {
                         (
                             filter.split('/').map(String::from).collect(),
                             *format,
                             *device_level,
+                            path_levels.clone(),
                         )
                     },
                 )
@@ -87,9 +89,20 @@ impl Router {
         let levels: Vec<&str> = topic.split('/').collect();
         self.mappings
             .iter()
-            .find_map(|(filter, format, device_level)| {
+            .find_map(|(filter, format, device_level, _)| {
                 matches(filter, &levels).then(|| Some((*levels.get(*device_level)?, *format)))?
             })
+    }
+
+    /// The hierarchy path a mapping with `path_levels` reads from a topic.
+    pub fn path(&self, topic: &str) -> Option<String> {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let (_, _, _, path) = self
+            .mappings
+            .iter()
+            .find(|(filter, _, _, path)| !path.is_empty() && matches(filter, &levels))?;
+        let parts: Option<Vec<&str>> = path.iter().map(|&i| levels.get(i).copied()).collect();
+        Some(parts?.join("/"))
     }
 }
 
@@ -379,6 +392,9 @@ impl Pipeline {
                 debug!(topic = %msg.topic, "message on an unmapped topic");
                 continue;
             };
+            if let Some(path) = self.router.path(&msg.topic) {
+                self.engine.set_path(device, &path);
+            }
             let decoded = match decode::decode(
                 format,
                 device,
@@ -701,5 +717,27 @@ mod tests {
         assert_eq!(router.route("eddy/v1/d1/status"), None);
         assert_eq!(router.route("tele/plug-3/STATE"), None);
         assert_eq!(router.route("tele/plug-3/SENSOR/extra"), None);
+        assert_eq!(router.path("tele/plug-3/SENSOR"), None);
+        let config = Config::parse(
+            r#"
+            [[ingest.topics]]
+            filter = "factory/+/+/+/data"
+            format = "json"
+            device_level = 3
+            path_levels = [1, 2]
+            "#,
+        )
+        .expect("valid");
+        let router = Router::new(&config.ingest);
+        assert_eq!(
+            router.route("factory/plant-1/line-4/press-2/data"),
+            Some(("press-2", PayloadFormat::Json))
+        );
+        assert_eq!(
+            router
+                .path("factory/plant-1/line-4/press-2/data")
+                .as_deref(),
+            Some("plant-1/line-4")
+        );
     }
 }

@@ -174,6 +174,47 @@ fn broker_urls() {
 fn the_shipped_example_config_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/eddy.toml");
     let c = Config::load(&path).expect("examples/eddy.toml is valid");
-    assert_eq!(c.ingest.topics.len(), 1);
+    assert_eq!(c.ingest.topics.len(), 2);
     assert!(c.upstream.is_some());
+    assert_eq!(c.engine.views.len(), 2);
+    let (engine, _) = c.engine();
+    assert_eq!(engine.views.len(), 2, "both example views compile");
+}
+
+#[test]
+fn bad_views_and_paths_name_the_view_and_the_reason() {
+    let view = |body: &str| format!("[[engine.views]]\nname = \"v\"\n{body}\n");
+    for (text, expected) in [
+        (view("window = \"rolling\""), "unknown window `rolling`"),
+        (view("window = \"tumbling\""), "a tumbling window needs `size`"),
+        (view("window = \"hopping\"\nsize = \"10s\""), "needs `hop`"),
+        (view("window = \"count\""), "needs `count`"),
+        (
+            view("window = \"hopping\"\nsize = \"1h\"\nhop = \"1s\""),
+            "at most 1000 hopping windows",
+        ),
+        (
+            view("window = \"tumbling\"\nsize = \"1s\"\ngroup_by = [\"planet\"]"),
+            "unknown group key `planet`",
+        ),
+        (
+            view("window = \"tumbling\"\nsize = \"1s\"\naggregates = [\"median-ish\"]"),
+            "unknown aggregate `median-ish`",
+        ),
+        (
+            "[[engine.views]]\nname = \"default\"\nwindow = \"tumbling\"\nsize = \"1s\"".into(),
+            "engine.views[0].name",
+        ),
+        (
+            "[engine.paths]\nm1 = \"plant-1//line\"".into(),
+            "engine.paths.m1",
+        ),
+        (
+            "[[ingest.topics]]\nfilter = \"f/+/data\"\nformat = \"json\"\ndevice_level = 1\npath_levels = [2]".into(),
+            "ingest.topics[0].path_levels",
+        ),
+    ] {
+        let err = error_of(&text);
+        assert!(err.contains(expected), "{text}\n=> {err}");
+    }
 }

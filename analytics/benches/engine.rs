@@ -1,0 +1,142 @@
+//! Samples per second through the engine on one thread: 100,000 series,
+//! one sample per series per second, tumbling 10 s windows with count,
+//! mean, min and max (the default view) plus a p99 sketch (a second
+//! view), samples already decoded, fed in batches of 10,000 as the
+//! gateway's pipeline does. The same job through polars'
+//! `group_by_dynamic` runs in the same process, for the ratio.
+//!
+//! `cargo bench -p eddy-analytics --bench engine`
+
+use divan::counter::ItemsCount;
+use divan::{Bencher, black_box};
+use eddy_analytics::{
+    Engine, EngineConfig, GroupBy, Output, Sample, SeriesKey, ViewSpec, WindowKind,
+};
+use polars::prelude::*;
+
+const SERIES: usize = 100_000;
+const SECONDS: i64 = 20;
+const BATCH: usize = 10_000;
+const T0: i64 = 1_700_000_000_000;
+
+fn main() {
+    let (mut engine, keys) = engine();
+    let mut out = Output::default();
+    for chunk in samples(&keys).chunks(BATCH) {
+        engine.ingest(chunk, &mut out);
+    }
+    println!(
+        "engine state: {} bytes per live series ({} series, two views, one open window each)",
+        engine.heap_bytes() / SERIES,
+        engine.series_count()
+    );
+    divan::main();
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        window_ms: 10_000,
+        allowed_lateness_ms: 0,
+        max_series: SERIES,
+        views: vec![ViewSpec {
+            name: "p99".into(),
+            window: WindowKind::Tumbling { size_ms: 10_000 },
+            group_by: GroupBy::SERIES,
+            metric: None,
+            quantiles: true,
+            allowed_lateness_ms: 0,
+            publish: true,
+        }],
+        ..EngineConfig::default()
+    }
+}
+
+fn engine() -> (Engine, Vec<SeriesKey>) {
+    let mut e = Engine::new(config(), vec![]).expect("valid");
+    let keys = (0..SERIES)
+        .map(|i| {
+            e.series_key(&format!("dev-{:05}", i / 4), &format!("m{}", i % 4))
+                .expect("admitted")
+        })
+        .collect();
+    (e, keys)
+}
+
+/// Second by second, every series once; values wander within 20..60.
+fn samples(keys: &[SeriesKey]) -> Vec<Sample> {
+    let mut out = Vec::with_capacity(keys.len() * SECONDS as usize);
+    for s in 0..SECONDS {
+        for (i, &series) in keys.iter().enumerate() {
+            out.push(Sample {
+                series,
+                ts_ms: T0 + s * 1000 + (i % 1000) as i64,
+                value: 20.0 + ((i as i64 * 7 + s * 13) % 400) as f64 / 10.0,
+            });
+        }
+    }
+    out
+}
+
+#[divan::bench(sample_count = 10)]
+fn engine_decoded(bencher: Bencher) {
+    let (_, keys) = engine();
+    let samples = samples(&keys);
+    bencher
+        .counter(ItemsCount::new(samples.len()))
+        .with_inputs(|| (engine().0, Output::default()))
+        .bench_local_values(|(mut engine, mut out)| {
+            for chunk in samples.chunks(BATCH) {
+                engine.ingest(chunk, &mut out);
+                out.clear();
+            }
+            black_box(engine)
+        });
+}
+
+/// The same windows and aggregates in batch: polars `group_by_dynamic`
+/// over a DataFrame of the same samples (building the frame not timed).
+#[divan::bench(sample_count = 10)]
+fn polars_group_by_dynamic(bencher: Bencher) {
+    let (_, keys) = engine();
+    let samples = samples(&keys);
+    let frame = df!(
+        "series" => samples.iter().map(|s| s.series.0).collect::<Vec<u32>>(),
+        "ts" => samples.iter().map(|s| s.ts_ms).collect::<Vec<i64>>(),
+        "value" => samples.iter().map(|s| s.value).collect::<Vec<f64>>(),
+    )
+    .expect("frame")
+    .lazy()
+    .with_column(col("ts").cast(DataType::Datetime(TimeUnit::Milliseconds, None)))
+    .sort(["series", "ts"], SortMultipleOptions::default())
+    .collect()
+    .expect("sorted");
+    bencher
+        .counter(ItemsCount::new(samples.len()))
+        .bench_local(|| {
+            let windows = frame
+                .clone()
+                .lazy()
+                .group_by_dynamic(
+                    col("ts"),
+                    [col("series")],
+                    DynamicGroupOptions {
+                        every: Duration::parse("10s"),
+                        period: Duration::parse("10s"),
+                        offset: Duration::parse("0s"),
+                        ..DynamicGroupOptions::default()
+                    },
+                )
+                .agg([
+                    col("value").count().alias("count"),
+                    col("value").mean().alias("mean"),
+                    col("value").min().alias("min"),
+                    col("value").max().alias("max"),
+                    col("value")
+                        .quantile(lit(0.99), QuantileMethod::Nearest)
+                        .alias("p99"),
+                ])
+                .collect()
+                .expect("windows");
+            black_box(windows)
+        });
+}
