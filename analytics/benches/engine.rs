@@ -3,7 +3,8 @@
 //! mean, min and max (the default view) plus a p99 sketch (a second
 //! view), samples already decoded, fed in batches of 10,000 as the
 //! gateway's pipeline does. The same job through polars'
-//! `group_by_dynamic` runs in the same process, for the ratio.
+//! `group_by_dynamic` runs in the same process, for the ratio. Also: a
+//! live query by device prefix against that state.
 //!
 //! `cargo bench -p eddy-analytics --bench engine`
 
@@ -139,4 +140,23 @@ fn polars_group_by_dynamic(bencher: Bencher) {
                 .expect("windows");
             black_box(windows)
         });
+}
+
+/// A live query while 100,000 series have open windows: the groups of
+/// one device prefix (`dev-012`: 40 series) in every published view.
+#[divan::bench(sample_count = 20)]
+fn live_query_by_prefix(bencher: Bencher) {
+    let (mut engine, keys) = engine();
+    let mut out = Output::default();
+    for chunk in samples(&keys).chunks(BATCH) {
+        engine.ingest(chunk, &mut out);
+        out.clear();
+    }
+    let query = eddy_analytics::LiveQuery {
+        view: None,
+        prefix: "dev-012".into(),
+        metric: None,
+        limit: 10_000,
+    };
+    bencher.bench_local(|| black_box(engine.live(&query)));
 }

@@ -315,7 +315,9 @@ impl Engine {
                 group_by: GroupBy::SERIES,
                 metric: Some(rule.metric.clone()),
                 quantiles: matches!(rule.aggregate, Aggregate::Quantile(_)),
-                allowed_lateness_ms: config.allowed_lateness_ms,
+                allowed_lateness_ms: rule
+                    .allowed_lateness_ms
+                    .unwrap_or(config.allowed_lateness_ms),
                 publish: false,
             };
             let view = views.len();

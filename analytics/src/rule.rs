@@ -35,6 +35,9 @@ pub struct ThresholdRule {
     pub window_ms: u64,
     pub aggregate: Aggregate,
     pub condition: Condition,
+    /// How late a sample may be and still count for this rule (the
+    /// engine's `allowed_lateness_ms` when `None`).
+    pub allowed_lateness_ms: Option<u64>,
 }
 
 /// An alert's state after a change.

@@ -39,6 +39,7 @@ fn hot_rule(window_ms: u64) -> ThresholdRule {
         window_ms,
         aggregate: Aggregate::Mean,
         condition: Condition::Above(50.0),
+        allowed_lateness_ms: None,
     }
 }
 

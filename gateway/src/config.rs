@@ -138,6 +138,7 @@ impl Default for Config {
                 aggregate: Aggregate::Mean,
                 above: Some(60.0),
                 below: None,
+                allowed_lateness: None,
             }],
             upstream: None,
             http: HttpConfig::default(),
@@ -552,6 +553,10 @@ pub struct RuleConfig {
     pub aggregate: Aggregate,
     pub above: Option<f64>,
     pub below: Option<f64>,
+    /// How late a sample may arrive and still count for this rule
+    /// (`engine.allowed_lateness` when absent).
+    #[serde(default, with = "humantime_serde")]
+    pub allowed_lateness: Option<Duration>,
 }
 
 /// An upstream MQTT broker that receives aggregates and alerts.
@@ -854,6 +859,7 @@ impl Config {
                     // validate() rules this out; keep a harmless default.
                     (None, None) => Condition::Above(f64::MAX),
                 },
+                allowed_lateness_ms: r.allowed_lateness.map(ms),
             })
             .collect();
         (engine, rules)

@@ -54,6 +54,7 @@ pub fn demo_config(data_dir: PathBuf) -> Config {
         aggregate: Aggregate::Mean,
         above: Some(50.0),
         below: None,
+        allowed_lateness: None,
     }];
     config
 }

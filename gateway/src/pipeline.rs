@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_analytics::{
-    Aggregate, Aggregates, AlertEvent, Engine, EngineConfig, LiveQuery, Output, Sample,
+    Aggregate, Aggregates, AlertEvent, Engine, EngineConfig, Late, LiveQuery, Output, Sample,
     ThresholdRule, WindowResult,
 };
 use eddy_proto::{Ack, Frame};
@@ -34,6 +34,8 @@ use crate::store::{Batch, Limits, OutboxRecord, Store, StoreError, StoredSample}
 
 /// How often the pipeline advances event time while no data arrives.
 const IDLE_TICK: Duration = Duration::from_millis(200);
+/// Late samples published per batch at most (all are counted).
+const MAX_LATE_PUBLISHED: usize = 1000;
 
 /// The pipeline could not continue.
 #[derive(Debug, thiserror::Error)]
@@ -474,7 +476,11 @@ impl Pipeline {
         out.clear();
         self.engine.ingest(&samples, out);
         stats::add(&self.parts.stats.samples_late, out.late.len() as u64);
+        let late = self.render_late(&out.late);
         self.commit_and_publish(stored, batch, out).await?;
+        for (topic, payload) in late {
+            self.parts.local.publish_once(topic, payload).await;
+        }
         for device in acks {
             self.send_ack(device).await;
         }
@@ -637,6 +643,34 @@ impl Pipeline {
             payload.to_string().into_bytes(),
             false,
         )
+    }
+
+    /// The late output: each sample older than a view's watermark, on
+    /// `{prefix}/late/{device}/{metric}` (QoS 0; the sample itself is in
+    /// the store). At most `MAX_LATE_PUBLISHED` a batch; all are counted.
+    fn render_late(&self, late: &[Late]) -> Vec<(String, Vec<u8>)> {
+        if late.len() > MAX_LATE_PUBLISHED {
+            warn!(
+                late = late.len(),
+                published = MAX_LATE_PUBLISHED,
+                "many late samples in one batch; the rest are counted, not published"
+            );
+        }
+        late.iter()
+            .take(MAX_LATE_PUBLISHED)
+            .map(|l| {
+                let device = self.engine.device_name(l.sample.series);
+                let metric = self.engine.metric_name(l.sample.series);
+                let payload = json!({
+                    "device": device, "metric": metric, "ts": l.sample.ts_ms,
+                    "value": l.sample.value, "view": &*self.engine.views()[l.view].name,
+                });
+                (
+                    format!("{}/late/{device}/{metric}", self.parts.ingest.topic_prefix),
+                    payload.to_string().into_bytes(),
+                )
+            })
+            .collect()
     }
 
     fn render_alert(&self, a: &AlertEvent) -> Rendered {

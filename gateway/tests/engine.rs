@@ -151,6 +151,7 @@ async fn views_publish_sessions_and_count_windows() {
     let gateway = Gateway::start(config(dir.path())).await.expect("starts");
     let url = format!("mqtt://{}:{}", gateway.broker().host, gateway.broker().port);
     let mut views = Collector::start(&url, "views", "eddy/v1/view/#").await;
+    let mut late = Collector::start(&url, "late", "eddy/v1/late/#").await;
     let client = publisher(&gateway).await;
     // A burst of four samples, a pause longer than the 2 s gap, then one
     // more to move the watermark.
@@ -187,6 +188,20 @@ async fn views_publish_sessions_and_count_windows() {
     assert_eq!(triples.len(), 1, "five samples: one window of three");
     assert_eq!(triples[0]["mean"], 7.0 / 3.0);
     assert_eq!(triples[0]["metric"], serde_json::Value::Null);
+
+    // A sample a minute behind its device's watermark: on the late output,
+    // counted, and stored all the same.
+    send(&client, "m1", T0 - 60_000, 99.0).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || !late.drain().is_empty()).await,
+        "nothing on the late output"
+    );
+    let first = late.json().remove(0);
+    assert_eq!(first["device"], "m1");
+    assert_eq!(first["ts"], T0 - 60_000);
+    assert_eq!(first["value"], 99.0);
+    assert!(gateway.stats().snapshot().samples_late >= 1);
+    committed(&gateway, 6).await;
     gateway.shutdown().await.expect("clean shutdown");
 }
 
