@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::series::Symbols;
 use crate::state::{Emitted, WindowState};
@@ -204,8 +205,8 @@ const NONE: u32 = u32::MAX;
 struct SeriesEntry {
     device: u32,
     metric: u32,
-    /// Group slot per view, or [`NONE`].
-    groups: Vec<u32>,
+    /// Group slot per view, or [`NONE`] (inline for up to four views).
+    groups: SmallVec<[u32; 4]>,
     last_seen_ms: i64,
 }
 
@@ -454,7 +455,7 @@ impl Engine {
                 return Err(e);
             }
         };
-        let mut groups = Vec::with_capacity(self.views.len());
+        let mut groups = SmallVec::with_capacity(self.views.len());
         for v in 0..self.views.len() {
             groups.push(self.join_group(v, device, d, metric, m));
         }
@@ -823,12 +824,22 @@ impl Engine {
         }
     }
 
-    fn finish(&mut self, mut closed: Vec<WindowResult>, out: &mut Output) {
-        closed.sort_by(|a, b| {
-            (a.end_ms, a.view, a.key, a.start_ms).cmp(&(b.end_ms, b.view, b.key, b.start_ms))
-        });
-        self.st.stats.windows_closed += closed.len() as u64;
-        for window in closed {
+    fn finish(&mut self, closed: Vec<WindowResult>, out: &mut Output) {
+        // Order by end time, then view, group and start; sorting keys,
+        // not the (large) results, which then move once.
+        let mut order: Vec<(i64, usize, GroupKey, i64, usize)> = closed
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.end_ms, w.view, w.key, w.start_ms, i))
+            .collect();
+        order.sort_unstable();
+        let mut slots: Vec<Option<WindowResult>> = closed.into_iter().map(Some).collect();
+        self.st.stats.windows_closed += slots.len() as u64;
+        out.windows.reserve(slots.len());
+        for (.., i) in order {
+            let Some(window) = slots[i].take() else {
+                continue;
+            };
             self.evaluate_rules(&window, out);
             if self.views[window.view].publish {
                 out.windows.push(window);
@@ -933,7 +944,13 @@ impl Engine {
             + st.series
                 .iter()
                 .flatten()
-                .map(|e| e.groups.capacity() * 4)
+                .map(|e| {
+                    if e.groups.spilled() {
+                        e.groups.capacity() * 4
+                    } else {
+                        0
+                    }
+                })
                 .sum::<usize>()
             + st.series_index.capacity() * 16;
         groups + series + st.devices.heap_bytes() + st.metrics.heap_bytes() + st.labels.heap_bytes()

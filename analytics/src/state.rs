@@ -4,8 +4,13 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::{Aggregates, WindowKind};
+
+/// Open tumbling or hopping windows, the usual single one inline (no
+/// pointer to chase on the hot path).
+pub(crate) type Open = SmallVec<[(i64, Aggregates); 1]>;
 
 /// Most samples a sliding or count window keeps per group; beyond it the
 /// oldest are dropped (and counted by the engine).
@@ -24,7 +29,7 @@ pub(crate) struct Session {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum WindowState {
     /// Tumbling and hopping: open windows by start, sorted.
-    Fixed(Vec<(i64, Aggregates)>),
+    Fixed(Open),
     /// Samples sorted by event time (ties in arrival order); those after
     /// `emitted` still owe their window.
     Sliding {
@@ -52,7 +57,7 @@ fn aggregate<'a>(samples: impl Iterator<Item = &'a (i64, f64)>, quantiles: bool)
 impl WindowState {
     pub(crate) fn new(kind: &WindowKind) -> Self {
         match kind {
-            WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => Self::Fixed(Vec::new()),
+            WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => Self::Fixed(Open::new()),
             WindowKind::Sliding { .. } => Self::Sliding {
                 samples: VecDeque::new(),
                 emitted: 0,
@@ -304,7 +309,7 @@ impl WindowState {
     }
 }
 
-fn window_at(open: &mut Vec<(i64, Aggregates)>, start: i64, quantiles: bool) -> &mut Aggregates {
+fn window_at(open: &mut Open, start: i64, quantiles: bool) -> &mut Aggregates {
     // Usually the last window: samples mostly arrive in order.
     let i = match open.last() {
         Some((s, _)) if *s == start => open.len() - 1,

@@ -166,8 +166,9 @@ pub struct Aggregates {
     /// (event time, value) of the earliest and the latest sample.
     pub first: (i64, f64),
     pub last: (i64, f64),
-    /// Present when the window's view asks for quantiles.
-    pub sketch: Option<Box<Sketch>>,
+    /// Present when the window's view asks for quantiles (inline: one
+    /// pointer fewer to chase per sample).
+    pub sketch: Option<Sketch>,
 }
 
 impl Default for Aggregates {
@@ -187,7 +188,7 @@ impl Aggregates {
             m2: 0.0,
             first: (i64::MAX, f64::NAN),
             last: (i64::MIN, f64::NAN),
-            sketch: quantiles.then(Box::default),
+            sketch: quantiles.then(Sketch::default),
         }
     }
 
@@ -293,9 +294,7 @@ impl Aggregates {
 
     /// Heap bytes held (the sketch).
     pub fn heap_bytes(&self) -> usize {
-        self.sketch
-            .as_ref()
-            .map_or(0, |s| std::mem::size_of::<Sketch>() + s.heap_bytes())
+        self.sketch.as_ref().map_or(0, Sketch::heap_bytes)
     }
 }
 
