@@ -47,6 +47,7 @@ fn config() -> EngineConfig {
             quantiles: true,
             allowed_lateness_ms: 0,
             publish: true,
+            filter: Default::default(),
         }],
         ..EngineConfig::default()
     }

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::rule::{ActiveAlert, Alert, Phase, Rule, SeriesFilter, Test};
 use crate::series::Symbols;
 use crate::state::{Emitted, WindowState};
-use crate::{
-    Aggregate, AlertEvent, AlertState, GroupKey, SeriesFull, SeriesKey, ThresholdRule, WindowKind,
-    WindowResult,
-};
+use crate::{AlertEvent, GroupKey, SeriesFull, SeriesKey, WindowKind, WindowResult};
 
 /// One reading of one series at an event time.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -67,6 +65,9 @@ pub struct ViewSpec {
     pub allowed_lateness_ms: u64,
     /// Closed windows go to [`Output::windows`] (otherwise only rules see them).
     pub publish: bool,
+    /// Which series the view reads (all by default).
+    #[serde(default)]
+    pub filter: SeriesFilter,
 }
 
 /// Engine settings.
@@ -108,10 +109,8 @@ impl Default for EngineConfig {
 pub enum EngineError {
     #[error("window size must be at least 1 ms")]
     ZeroWindow,
-    #[error("rule `{rule}`: window size must be at least 1 ms")]
-    ZeroRuleWindow { rule: Arc<str> },
-    #[error("rule `{rule}`: threshold must be a finite number")]
-    NonFiniteThreshold { rule: Arc<str> },
+    #[error("rule `{rule}`: {reason}")]
+    BadRule { rule: Arc<str>, reason: String },
     #[error("rule name `{0}` is used twice")]
     DuplicateRule(Arc<str>),
     #[error("view name `{0}` is used twice")]
@@ -194,7 +193,7 @@ pub struct LiveRow {
 
 #[derive(Debug)]
 struct CompiledRule {
-    rule: ThresholdRule,
+    rule: Rule,
     view: usize,
 }
 
@@ -218,6 +217,9 @@ struct Group {
     members: u32,
     /// The device whose watermark closes it, when it is one device's.
     source: Option<u32>,
+    /// Newest event time of a sample in it (deadman rules).
+    #[serde(default)]
+    last_ms: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -247,13 +249,14 @@ struct State {
     max_event_ms: Option<i64>,
     /// Set by [`Engine::advance_to`]: every watermark is at least this.
     idle_watermark: i64,
-    firing: Vec<((usize, GroupKey), bool)>,
+    /// Alert per (rule index, group).
+    alerts: HashMap<(u32, GroupKey), Alert>,
     last_evict_ms: i64,
     stats: EngineStats,
 }
 
 /// Format of [`Engine::snapshot`].
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 
 /// The stream engine. Single threaded by design: shard by series to scale.
 #[derive(Debug)]
@@ -261,7 +264,8 @@ pub struct Engine {
     config: EngineConfig,
     views: Vec<ViewSpec>,
     rules: Vec<CompiledRule>,
-    firing: HashMap<(usize, GroupKey), bool>,
+    /// Views before the rules' hidden views: the default and configured.
+    base_views: usize,
     st: State,
     /// Scratch for emitted windows.
     emitted: Vec<Emitted>,
@@ -271,8 +275,67 @@ fn to_ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The hidden view a rule reads.
+fn rule_view(config: &EngineConfig, rule: &Rule) -> ViewSpec {
+    let window = match rule.test {
+        // Keeps the groups of silent series alive; its windows are unused.
+        Test::NoData { silent_ms } => WindowKind::Tumbling {
+            size_ms: silent_ms.max(1),
+        },
+        Test::Window { .. } => rule.window,
+    };
+    ViewSpec {
+        name: format!("rule:{}", rule.name).into(),
+        window,
+        group_by: rule.group_by,
+        metric: Some(rule.metric.clone()),
+        quantiles: rule.needs_quantiles(),
+        allowed_lateness_ms: rule
+            .allowed_lateness_ms
+            .unwrap_or(config.allowed_lateness_ms),
+        publish: false,
+        filter: rule.filter.clone(),
+    }
+}
+
+/// Validates `rules` and appends their hidden views to `views`.
+fn compile_rules(
+    config: &EngineConfig,
+    rules: Vec<Rule>,
+    views: &mut Vec<ViewSpec>,
+) -> Result<Vec<CompiledRule>, EngineError> {
+    let mut compiled: Vec<CompiledRule> = Vec::with_capacity(rules.len());
+    for rule in rules {
+        if compiled.iter().any(|c| c.rule.name == rule.name) {
+            return Err(EngineError::DuplicateRule(rule.name));
+        }
+        rule.validate().map_err(|reason| EngineError::BadRule {
+            rule: rule.name.clone(),
+            reason,
+        })?;
+        if let Test::NoData { silent_ms } = rule.test
+            && silent_ms >= config.idle_timeout_ms
+        {
+            return Err(EngineError::BadRule {
+                rule: rule.name.clone(),
+                reason: format!(
+                    "no_data ({silent_ms} ms) must be shorter than the engine's idle timeout \
+                     ({} ms), after which silent series are forgotten",
+                    config.idle_timeout_ms
+                ),
+            });
+        }
+        views.push(rule_view(config, &rule));
+        compiled.push(CompiledRule {
+            rule,
+            view: views.len() - 1,
+        });
+    }
+    Ok(compiled)
+}
+
 impl Engine {
-    pub fn new(config: EngineConfig, rules: Vec<ThresholdRule>) -> Result<Self, EngineError> {
+    pub fn new(config: EngineConfig, rules: Vec<Rule>) -> Result<Self, EngineError> {
         if config.window_ms == 0 {
             return Err(EngineError::ZeroWindow);
         }
@@ -286,6 +349,7 @@ impl Engine {
             quantiles: false,
             allowed_lateness_ms: config.allowed_lateness_ms,
             publish: true,
+            filter: SeriesFilter::default(),
         }];
         for v in &config.views {
             if views.iter().any(|o| o.name == v.name) {
@@ -297,34 +361,8 @@ impl Engine {
             })?;
             views.push(v.clone());
         }
-        let mut compiled: Vec<CompiledRule> = Vec::with_capacity(rules.len());
-        for rule in rules {
-            if compiled.iter().any(|c| c.rule.name == rule.name) {
-                return Err(EngineError::DuplicateRule(rule.name));
-            }
-            if rule.window_ms == 0 {
-                return Err(EngineError::ZeroRuleWindow { rule: rule.name });
-            }
-            if !rule.condition.threshold().is_finite() {
-                return Err(EngineError::NonFiniteThreshold { rule: rule.name });
-            }
-            let spec = ViewSpec {
-                name: format!("rule:{}", rule.name).into(),
-                window: WindowKind::Tumbling {
-                    size_ms: rule.window_ms,
-                },
-                group_by: GroupBy::SERIES,
-                metric: Some(rule.metric.clone()),
-                quantiles: matches!(rule.aggregate, Aggregate::Quantile(_)),
-                allowed_lateness_ms: rule
-                    .allowed_lateness_ms
-                    .unwrap_or(config.allowed_lateness_ms),
-                publish: false,
-            };
-            let view = views.len();
-            views.push(spec);
-            compiled.push(CompiledRule { rule, view });
-        }
+        let base_views = views.len();
+        let compiled = compile_rules(&config, rules, &mut views)?;
         let st = State {
             devices: Symbols::new(config.max_series),
             metrics: Symbols::new(config.max_series),
@@ -343,7 +381,7 @@ impl Engine {
             source_max: Vec::new(),
             max_event_ms: None,
             idle_watermark: i64::MIN,
-            firing: Vec::new(),
+            alerts: HashMap::new(),
             last_evict_ms: i64::MIN,
             stats: EngineStats::default(),
         };
@@ -351,7 +389,7 @@ impl Engine {
             config,
             views,
             rules: compiled,
-            firing: HashMap::new(),
+            base_views,
             st,
             emitted: Vec::new(),
         })
@@ -487,6 +525,13 @@ impl Engine {
         if spec.metric.as_deref().is_some_and(|only| only != metric) {
             return NONE;
         }
+        if !spec.filter.all.is_empty()
+            && !spec
+                .filter
+                .admits(device, self.st.paths.get(device).map(String::as_str))
+        {
+            return NONE;
+        }
         let label = self.label_for(device, spec.group_by.device);
         let metric_key = if spec.group_by.metric {
             m
@@ -525,6 +570,7 @@ impl Engine {
             state: WindowState::new(&window),
             members: 1,
             source,
+            last_ms: i64::MIN,
         };
         let groups = &mut self.st.views[v];
         let slot = match groups.free.pop() {
@@ -627,6 +673,9 @@ impl Engine {
                 let Some(group) = groups.slots[slot as usize].as_mut() else {
                     continue;
                 };
+                if !spec.filter.value.contains(sample.value) {
+                    continue;
+                }
                 if !matches!(spec.window, WindowKind::Count { .. }) {
                     let wm = match group.source {
                         None => globals[v],
@@ -647,6 +696,7 @@ impl Engine {
                         continue;
                     }
                 }
+                group.last_ms = group.last_ms.max(sample.ts_ms);
                 let (close, dropped) = group.state.add(
                     &spec.window,
                     spec.quantiles,
@@ -768,8 +818,9 @@ impl Engine {
             groups.free.push(slot);
             self.st.labels.release(g.key.label);
             let rules = &self.rules;
-            self.firing
-                .retain(|(r, k), _| !(*k == g.key && rules.get(*r).is_some_and(|c| c.view == v)));
+            self.st.alerts.retain(|(r, k), _| {
+                !(*k == g.key && rules.get(*r as usize).is_some_and(|c| c.view == v))
+            });
         }
     }
 
@@ -845,42 +896,215 @@ impl Engine {
                 out.windows.push(window);
             }
         }
+        self.evaluate_silence(out);
     }
 
     fn evaluate_rules(&mut self, window: &WindowResult, out: &mut Output) {
+        if window.view < self.base_views {
+            return;
+        }
         for (index, compiled) in self.rules.iter().enumerate() {
             if compiled.view != window.view {
                 continue;
             }
             let rule = &compiled.rule;
-            let value = window.aggregates.get(rule.aggregate);
-            let now_firing = rule.condition.holds(value);
-            let was_firing = self
-                .firing
-                .get(&(index, window.key))
-                .copied()
-                .unwrap_or(false);
-            if now_firing == was_firing {
-                continue;
-            }
-            self.firing.insert((index, window.key), now_firing);
-            let state = if now_firing {
-                self.st.stats.alerts_fired += 1;
-                AlertState::Firing
-            } else {
-                self.st.stats.alerts_resolved += 1;
-                AlertState::Resolved
-            };
-            out.alerts.push(AlertEvent {
-                rule: rule.name.clone(),
-                key: window.key,
-                state,
+            let Test::Window {
+                condition,
+                clear,
                 value,
-                threshold: rule.condition.threshold(),
-                window_start_ms: window.start_ms,
-                window_end_ms: window.end_ms,
+            } = &rule.test
+            else {
+                continue;
+            };
+            let a = &window.aggregates;
+            let alarm = condition.holds(a);
+            let cleared = clear.as_ref().map_or(!alarm, |c| c.holds(a));
+            let v = value.value(a);
+            let alert = self
+                .st
+                .alerts
+                .entry((index as u32, window.key))
+                .or_default();
+            let notice = alert.step(&rule.lifecycle, alarm, cleared, window.end_ms, v);
+            if alert.phase == Phase::Inactive && !alert.flapping && alert.changes.is_empty() {
+                self.st.alerts.remove(&(index as u32, window.key));
+            }
+            if let Some(n) = notice {
+                Self::notify(&mut self.st.stats, rule, window.key, n, v, out, window);
+            }
+        }
+    }
+
+    fn notify(
+        stats: &mut EngineStats,
+        rule: &Rule,
+        key: GroupKey,
+        notice: crate::rule::Notice,
+        value: f64,
+        out: &mut Output,
+        window: &WindowResult,
+    ) {
+        match notice.state {
+            crate::AlertState::Firing if !notice.repeat => stats.alerts_fired += 1,
+            crate::AlertState::Resolved => stats.alerts_resolved += 1,
+            _ => {}
+        }
+        out.alerts.push(AlertEvent {
+            rule: rule.name.clone(),
+            key,
+            state: notice.state,
+            repeat: notice.repeat,
+            severity: rule.severity,
+            value,
+            threshold: rule.threshold_value(),
+            since_ms: window.end_ms,
+            window_start_ms: window.start_ms,
+            window_end_ms: window.end_ms,
+        });
+    }
+
+    /// Steps deadman rules: a group silent for the rule's `no_data` (by
+    /// its watermark) is in alarm; data clears it.
+    fn evaluate_silence(&mut self, out: &mut Output) {
+        for index in 0..self.rules.len() {
+            let Test::NoData { silent_ms } = self.rules[index].rule.test else {
+                continue;
+            };
+            let v = self.rules[index].view;
+            let global = self.global_watermark(v);
+            let mut due = Vec::new();
+            for g in self.st.views[v].slots.iter().flatten() {
+                if g.last_ms == i64::MIN {
+                    continue;
+                }
+                let wm = self.group_watermark(v, g.source, global);
+                let silent = wm.saturating_sub(g.last_ms);
+                let alarm = silent >= to_ms(silent_ms);
+                let known = self.st.alerts.contains_key(&(index as u32, g.key));
+                if alarm || known {
+                    due.push((g.key, wm, silent, alarm));
+                }
+            }
+            let rule = &self.rules[index].rule;
+            for (key, wm, silent, alarm) in due {
+                let alert = self.st.alerts.entry((index as u32, key)).or_default();
+                let secs = silent as f64 / 1000.0;
+                let notice = alert.step(&rule.lifecycle, alarm, !alarm, wm, secs);
+                if alert.phase == Phase::Inactive && !alert.flapping && alert.changes.is_empty() {
+                    self.st.alerts.remove(&(index as u32, key));
+                }
+                if let Some(n) = notice {
+                    let window = WindowResult {
+                        view: v,
+                        key,
+                        start_ms: wm.saturating_sub(silent),
+                        end_ms: wm,
+                        aggregates: crate::Aggregates::default(),
+                    };
+                    Self::notify(&mut self.st.stats, rule, key, n, secs, out, &window);
+                }
+            }
+        }
+    }
+
+    /// Pending and firing alerts, by rule then group.
+    pub fn alerts(&self) -> Vec<ActiveAlert> {
+        let mut rows: Vec<ActiveAlert> = self
+            .st
+            .alerts
+            .iter()
+            .filter(|(_, a)| a.phase != Phase::Inactive)
+            .filter_map(|((r, key), a)| {
+                let rule = &self.rules.get(*r as usize)?.rule;
+                Some(ActiveAlert {
+                    rule: rule.name.clone(),
+                    label: self.label(*key).to_string(),
+                    metric: self.group_metric(*key).map(str::to_string),
+                    phase: a.phase,
+                    since_ms: a.since_ms,
+                    value: a.value,
+                    severity: rule.severity,
+                    flapping: a.flapping,
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.rule, &a.label).cmp(&(&b.rule, &b.label)));
+        rows
+    }
+
+    /// The rules running.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().map(|c| &c.rule)
+    }
+
+    /// Replaces the rules at once. A rule whose plan is unchanged keeps
+    /// its open windows and alerts; a changed or new one starts empty; a
+    /// removed one's state goes. On error nothing changes.
+    pub fn set_rules(&mut self, rules: Vec<Rule>) -> Result<(), EngineError> {
+        let mut views: Vec<ViewSpec> = self.views[..self.base_views].to_vec();
+        let compiled = compile_rules(&self.config, rules, &mut views)?;
+        // Old view index per new view, when the rule's plan is unchanged.
+        let reuse: Vec<Option<(usize, usize)>> = compiled
+            .iter()
+            .map(|c| {
+                self.rules
+                    .iter()
+                    .enumerate()
+                    .find(|(_, o)| o.rule == c.rule)
+                    .map(|(i, o)| (i, o.view))
+            })
+            .collect();
+        let mut old_groups = std::mem::take(&mut self.st.views);
+        let mut new_groups: Vec<ViewGroups> = old_groups.drain(..self.base_views).collect();
+        for r in &reuse {
+            new_groups.push(match r {
+                Some((_, v)) => std::mem::take(&mut old_groups[*v - self.base_views]),
+                None => ViewGroups {
+                    next_close: i64::MAX,
+                    ..ViewGroups::default()
+                },
             });
         }
+        // Labels held by groups of views that go.
+        for g in old_groups.iter().flat_map(|v| v.slots.iter().flatten()) {
+            self.st.labels.release(g.key.label);
+        }
+        let alerts = std::mem::take(&mut self.st.alerts);
+        self.st.alerts = alerts
+            .into_iter()
+            .filter_map(|((r, key), a)| {
+                let new = reuse
+                    .iter()
+                    .position(|x| x.is_some_and(|(old, _)| old == r as usize))?;
+                Some(((new as u32, key), a))
+            })
+            .collect();
+        self.views = views;
+        self.st.views = new_groups;
+        let old_rules = std::mem::replace(&mut self.rules, compiled);
+        // Re-join every series: kept views keep their slots.
+        for id in 0..self.st.series.len() {
+            let Some(entry) = self.st.series[id].as_ref() else {
+                continue;
+            };
+            let (d, m) = (entry.device, entry.metric);
+            let old: SmallVec<[u32; 4]> = entry.groups.clone();
+            let device = self.st.devices.name(d).to_string();
+            let metric = self.st.metrics.name(m).to_string();
+            let mut groups: SmallVec<[u32; 4]> = old[..self.base_views].into();
+            for (i, r) in reuse.iter().enumerate() {
+                let v = self.base_views + i;
+                groups.push(match r {
+                    Some((_, ov)) => old.get(*ov).copied().unwrap_or(NONE),
+                    None => self.join_group(v, &device, d, &metric, m),
+                });
+            }
+            if let Some(e) = self.st.series[id].as_mut() {
+                e.groups = groups;
+            }
+        }
+        drop(old_rules);
+        Ok(())
     }
 
     /// The open windows matching `query`, answered from memory.
@@ -958,9 +1182,9 @@ impl Engine {
 
     /// The engine's whole state, to resume open windows after a restart.
     pub fn snapshot(&self) -> Result<Vec<u8>, EngineError> {
-        let mut st = self.st.clone();
-        st.firing = self.firing.iter().map(|(k, v)| (*k, *v)).collect();
-        let body = postcard::to_allocvec(&st).map_err(|e| EngineError::Snapshot(e.to_string()))?;
+        let rules: Vec<&Rule> = self.rules().collect();
+        let body = postcard::to_allocvec(&(rules, &self.st))
+            .map_err(|e| EngineError::Snapshot(e.to_string()))?;
         let mut out = Vec::with_capacity(9 + body.len());
         out.push(SNAPSHOT_VERSION);
         out.extend_from_slice(&self.fingerprint().to_le_bytes());
@@ -969,13 +1193,13 @@ impl Engine {
     }
 
     /// An engine with `config` and `rules` resumed from a snapshot taken
-    /// with the same views and rules.
+    /// with the same views. Rules may differ: those unchanged since the
+    /// snapshot keep their windows and alerts (as [`Engine::set_rules`]).
     pub fn restore(
         config: EngineConfig,
-        rules: Vec<ThresholdRule>,
+        rules: Vec<Rule>,
         snapshot: &[u8],
     ) -> Result<Self, EngineError> {
-        let mut engine = Self::new(config, rules)?;
         let (&version, rest) = snapshot
             .split_first()
             .ok_or_else(|| EngineError::Snapshot("empty".into()))?;
@@ -986,27 +1210,26 @@ impl Engine {
             .split_at_checked(8)
             .ok_or_else(|| EngineError::Snapshot("truncated".into()))?;
         let print = u64::from_le_bytes(print.try_into().unwrap_or_default());
-        if print != engine.fingerprint() {
-            return Err(EngineError::Snapshot(
-                "taken with other views or rules".into(),
-            ));
-        }
-        let st: State =
+        let (then, st): (Vec<Rule>, State) =
             postcard::from_bytes(body).map_err(|e| EngineError::Snapshot(e.to_string()))?;
+        let mut engine = Self::new(config.clone(), then)
+            .map_err(|e| EngineError::Snapshot(format!("its rules: {e}")))?;
+        if print != engine.fingerprint() {
+            return Err(EngineError::Snapshot("taken with other views".into()));
+        }
         if st.views.len() != engine.views.len() {
             return Err(EngineError::Snapshot("view count differs".into()));
         }
-        engine.firing = st.firing.iter().copied().collect();
         engine.st = st;
+        engine.set_rules(rules)?;
         Ok(engine)
     }
 
-    /// Identifies the views and rules (FNV-1a of their description).
+    /// Identifies the configured views (FNV-1a of their description).
     fn fingerprint(&self) -> u64 {
         let text = format!(
-            "{:?}{:?}{}",
-            self.views,
-            self.rules.iter().map(|r| &r.rule).collect::<Vec<_>>(),
+            "{:?}{}",
+            &self.views[..self.base_views],
             self.config.max_series
         );
         text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {

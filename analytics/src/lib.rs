@@ -25,6 +25,7 @@ mod engine;
 mod rule;
 mod series;
 pub mod sketch;
+pub mod sql;
 mod state;
 mod window;
 
@@ -32,7 +33,10 @@ pub use engine::{
     DeviceLevel, Engine, EngineConfig, EngineError, EngineStats, GroupBy, Late, LiveQuery, LiveRow,
     Output, Sample, ViewSpec,
 };
-pub use rule::{AlertEvent, AlertState, Condition, ThresholdRule};
+pub use rule::{
+    ActiveAlert, Alert, AlertEvent, AlertState, Arith, Cmp, Condition, Expr, Field, Flap,
+    Lifecycle, Match, Notice, Phase, Rule, SeriesFilter, Severity, Test, ValueRange, glob,
+};
 pub use series::{GroupKey, SeriesFull, SeriesKey};
 pub use state::MAX_RETAINED;
 pub use window::{Aggregate, Aggregates, WindowKind, WindowResult};

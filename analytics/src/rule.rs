@@ -1,50 +1,515 @@
-//! Threshold rules and the alert changes they produce.
+//! Alert rules as the engine runs them, and the alert lifecycle.
+//!
+//! A [`Rule`] is the one plan both rule forms compile to (the TOML
+//! threshold shorthand and the SQL-like language of [`crate::sql`]): a
+//! window kind and grouping over the series a [`SeriesFilter`] admits, a
+//! condition over the window's aggregates, and the lifecycle options. The
+//! engine keeps an [`Alert`] per (rule, group) and steps it at every
+//! window the rule's view closes, in event time, so the lifecycle is as
+//! deterministic as the windows: replaying the same samples gives the same
+//! notifications.
 
 use std::sync::Arc;
 
-use crate::{Aggregate, GroupKey};
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
-/// When a rule's aggregate is in alarm.
+use crate::{Aggregate, Aggregates, GroupBy, GroupKey, WindowKind};
+
+/// A comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl Cmp {
+    pub fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+        }
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Cmp::Gt => ">",
+            Cmp::Ge => ">=",
+            Cmp::Lt => "<",
+            Cmp::Le => "<=",
+            Cmp::Eq => "=",
+            Cmp::Ne => "<>",
+        }
+    }
+}
+
+/// Arithmetic between aggregates and numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// A condition (or a value) over one window's aggregates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Expr {
+    Num(f64),
+    Agg(Aggregate),
+    Neg(Box<Expr>),
+    Arith(Box<Expr>, Arith, Box<Expr>),
+    Cmp(Box<Expr>, Cmp, Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+}
+
+impl Expr {
+    /// `aggregate cmp threshold`.
+    pub fn compare(aggregate: Aggregate, cmp: Cmp, threshold: f64) -> Self {
+        Expr::Cmp(
+            Box::new(Expr::Agg(aggregate)),
+            cmp,
+            Box::new(Expr::Num(threshold)),
+        )
+    }
+
+    /// The numeric value (conditions are 1 or 0).
+    pub fn value(&self, a: &Aggregates) -> f64 {
+        match self {
+            Expr::Num(n) => *n,
+            Expr::Agg(g) => a.get(*g),
+            Expr::Neg(e) => -e.value(a),
+            Expr::Arith(l, op, r) => {
+                let (l, r) = (l.value(a), r.value(a));
+                match op {
+                    Arith::Add => l + r,
+                    Arith::Sub => l - r,
+                    Arith::Mul => l * r,
+                    Arith::Div => l / r,
+                }
+            }
+            _ => f64::from(u8::from(self.holds(a))),
+        }
+    }
+
+    /// Whether the condition holds. Comparisons with NaN (an aggregate of
+    /// an empty window, a division by zero) are false.
+    pub fn holds(&self, a: &Aggregates) -> bool {
+        match self {
+            Expr::Cmp(l, op, r) => op.holds(l.value(a), r.value(a)),
+            Expr::And(l, r) => l.holds(a) && r.holds(a),
+            Expr::Or(l, r) => l.holds(a) || r.holds(a),
+            Expr::Not(e) => !e.holds(a),
+            other => {
+                let v = other.value(a);
+                v != 0.0 && !v.is_nan()
+            }
+        }
+    }
+
+    /// Whether this is a condition (true/false) rather than a number.
+    pub fn is_condition(&self) -> bool {
+        matches!(
+            self,
+            Expr::Cmp(..) | Expr::And(..) | Expr::Or(..) | Expr::Not(..)
+        )
+    }
+
+    /// Every aggregate the expression reads.
+    pub fn aggregates(&self, out: &mut Vec<Aggregate>) {
+        match self {
+            Expr::Num(_) => {}
+            Expr::Agg(g) => {
+                if !out.contains(g) {
+                    out.push(*g);
+                }
+            }
+            Expr::Neg(e) | Expr::Not(e) => e.aggregates(out),
+            Expr::Arith(l, _, r) | Expr::Cmp(l, _, r) | Expr::And(l, r) | Expr::Or(l, r) => {
+                l.aggregates(out);
+                r.aggregates(out);
+            }
+        }
+    }
+
+    /// The first number a comparison holds the aggregate against (the
+    /// threshold of a shorthand rule), for display.
+    pub fn threshold(&self) -> Option<f64> {
+        match self {
+            Expr::Cmp(l, _, r) => match (&**l, &**r) {
+                (_, Expr::Num(n)) | (Expr::Num(n), _) => Some(*n),
+                _ => None,
+            },
+            Expr::And(l, r) | Expr::Or(l, r) => l.threshold().or_else(|| r.threshold()),
+            Expr::Not(e) => e.threshold(),
+            _ => None,
+        }
+    }
+
+    /// Numbers that are not finite make a rule meaningless.
+    pub fn all_finite(&self) -> bool {
+        match self {
+            Expr::Num(n) => n.is_finite(),
+            Expr::Agg(_) => true,
+            Expr::Neg(e) | Expr::Not(e) => e.all_finite(),
+            Expr::Arith(l, _, r) | Expr::Cmp(l, _, r) | Expr::And(l, r) | Expr::Or(l, r) => {
+                l.all_finite() && r.all_finite()
+            }
+        }
+    }
+}
+
+/// The part of a device's identity a filter looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Field {
+    Device,
+    /// Level 1 of the hierarchy path (`site/building/line`).
+    Site,
+    Building,
+    Line,
+    /// The whole path, without the device.
+    Path,
+}
+
+impl Field {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "device" => Field::Device,
+            "site" => Field::Site,
+            "building" => Field::Building,
+            "line" => Field::Line,
+            "path" => Field::Path,
+            _ => return None,
+        })
+    }
+}
+
+/// `field` matches a glob (`*` any run, `?` one character), or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Match {
+    pub field: Field,
+    pub pattern: String,
+    pub negate: bool,
+}
+
+impl Match {
+    fn admits(&self, device: &str, path: Option<&str>) -> bool {
+        let level = |n: usize| path.and_then(|p| p.split('/').nth(n)).unwrap_or("");
+        let subject = match self.field {
+            Field::Device => device,
+            Field::Site => level(0),
+            Field::Building => level(1),
+            Field::Line => level(2),
+            Field::Path => path.unwrap_or(""),
+        };
+        glob(&self.pattern, subject) != self.negate
+    }
+}
+
+/// Matches `*` (any run) and `?` (one character).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Bounds on a sample's value; samples outside do not count.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ValueRange {
+    /// (bound, inclusive)
+    pub min: Option<(f64, bool)>,
+    pub max: Option<(f64, bool)>,
+}
+
+impl ValueRange {
+    #[inline]
+    pub fn contains(&self, v: f64) -> bool {
+        let above = match self.min {
+            None => true,
+            Some((m, true)) => v >= m,
+            Some((m, false)) => v > m,
+        };
+        let below = match self.max {
+            None => true,
+            Some((m, true)) => v <= m,
+            Some((m, false)) => v < m,
+        };
+        above && below
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.min.is_none() && self.max.is_none()
+    }
+
+    /// Narrows the range by `value cmp bound`; `false` for `<>`, which a
+    /// range cannot hold.
+    pub fn narrow(&mut self, cmp: Cmp, bound: f64) -> bool {
+        let tighter_min = |cur: Option<(f64, bool)>, new: (f64, bool)| match cur {
+            Some(c) if c.0 > new.0 || (c.0 == new.0 && !c.1) => Some(c),
+            _ => Some(new),
+        };
+        let tighter_max = |cur: Option<(f64, bool)>, new: (f64, bool)| match cur {
+            Some(c) if c.0 < new.0 || (c.0 == new.0 && !c.1) => Some(c),
+            _ => Some(new),
+        };
+        match cmp {
+            Cmp::Gt => self.min = tighter_min(self.min, (bound, false)),
+            Cmp::Ge => self.min = tighter_min(self.min, (bound, true)),
+            Cmp::Lt => self.max = tighter_max(self.max, (bound, false)),
+            Cmp::Le => self.max = tighter_max(self.max, (bound, true)),
+            Cmp::Eq => {
+                self.min = tighter_min(self.min, (bound, true));
+                self.max = tighter_max(self.max, (bound, true));
+            }
+            Cmp::Ne => return false,
+        }
+        true
+    }
+}
+
+/// Which series a view (or rule) reads: every term must hold, a term
+/// holds when any of its matches does; samples outside `value` are
+/// skipped.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SeriesFilter {
+    pub all: Vec<Vec<Match>>,
+    pub value: ValueRange,
+}
+
+impl SeriesFilter {
+    /// Whether a series of `device` (at hierarchy `path`) is read.
+    pub fn admits(&self, device: &str, path: Option<&str>) -> bool {
+        self.all
+            .iter()
+            .all(|any| any.iter().any(|m| m.admits(device, path)))
+    }
+}
+
+/// How serious an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Flap detection: `changes` state changes within `window_ms` mark an
+/// alert flapping; its notifications pause until it settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flap {
+    pub window_ms: u64,
+    pub changes: u32,
+}
+
+/// When notifications go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// The condition must hold this long (event time) before firing.
+    pub for_ms: u64,
+    /// A firing alert resolves only after being clear this long.
+    pub keep_firing_for_ms: u64,
+    /// Notify again while firing, this often.
+    pub repeat_ms: Option<u64>,
+    pub flap: Option<Flap>,
+}
+
+/// What a rule tests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Test {
+    /// `condition` over each closed window; firing alerts resolve when
+    /// `clear` holds (hysteresis), or when `condition` no longer does.
+    Window {
+        condition: Expr,
+        clear: Option<Expr>,
+        /// The value an alert reports.
+        value: Expr,
+    },
+    /// Deadman: fires when a series sent nothing for this long (event
+    /// time, by its watermark), resolves on data.
+    NoData { silent_ms: u64 },
+}
+
+/// An alert rule, compiled: what the engine runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    pub name: Arc<str>,
+    pub window: WindowKind,
+    pub group_by: GroupBy,
+    /// The metric the rule reads.
+    pub metric: String,
+    pub filter: SeriesFilter,
+    pub test: Test,
+    pub lifecycle: Lifecycle,
+    pub severity: Severity,
+    /// How late a sample may be and still count for this rule (the
+    /// engine's `allowed_lateness_ms` when `None`).
+    pub allowed_lateness_ms: Option<u64>,
+}
+
+/// When a rule's aggregate is in alarm (the shorthand's two forms).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Condition {
     Above(f64),
     Below(f64),
 }
 
-impl Condition {
-    pub fn holds(self, value: f64) -> bool {
-        match self {
-            Condition::Above(t) => value > t,
-            Condition::Below(t) => value < t,
+impl Rule {
+    /// "Alert when the `aggregate` of `metric` over a tumbling `window_ms`
+    /// window is above/below a threshold", per series, notifying at once.
+    pub fn threshold(
+        name: &str,
+        metric: &str,
+        window_ms: u64,
+        aggregate: Aggregate,
+        condition: Condition,
+    ) -> Self {
+        let condition = match condition {
+            Condition::Above(t) => Expr::compare(aggregate, Cmp::Gt, t),
+            Condition::Below(t) => Expr::compare(aggregate, Cmp::Lt, t),
+        };
+        Rule {
+            name: name.into(),
+            window: WindowKind::Tumbling { size_ms: window_ms },
+            group_by: GroupBy::SERIES,
+            metric: metric.to_string(),
+            filter: SeriesFilter::default(),
+            test: Test::Window {
+                condition,
+                clear: None,
+                value: Expr::Agg(aggregate),
+            },
+            lifecycle: Lifecycle::default(),
+            severity: Severity::Warning,
+            allowed_lateness_ms: None,
         }
     }
 
-    pub fn threshold(self) -> f64 {
+    /// Whether the rule's windows need a quantile sketch.
+    pub fn needs_quantiles(&self) -> bool {
+        let mut aggs = Vec::new();
+        if let Test::Window {
+            condition,
+            clear,
+            value,
+        } = &self.test
+        {
+            condition.aggregates(&mut aggs);
+            value.aggregates(&mut aggs);
+            if let Some(c) = clear {
+                c.aggregates(&mut aggs);
+            }
+        }
+        aggs.iter().any(|a| matches!(a, Aggregate::Quantile(_)))
+    }
+
+    /// The threshold shown with alerts, when the condition has one.
+    pub fn threshold_value(&self) -> Option<f64> {
+        match &self.test {
+            Test::Window { condition, .. } => condition.threshold(),
+            Test::NoData { silent_ms } => Some(*silent_ms as f64 / 1000.0),
+        }
+    }
+
+    /// Checks what the types do not; the message names what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        self.window.validate()?;
+        match &self.test {
+            Test::Window {
+                condition,
+                clear,
+                value,
+            } => {
+                if !condition.all_finite()
+                    || !value.all_finite()
+                    || !clear.as_ref().is_none_or(Expr::all_finite)
+                {
+                    return Err("thresholds must be finite numbers".into());
+                }
+                if !condition.is_condition() {
+                    return Err("the condition must compare (>, <, =, ...)".into());
+                }
+            }
+            Test::NoData { silent_ms } if *silent_ms == 0 => {
+                return Err("no_data must be at least 1 ms".into());
+            }
+            Test::NoData { .. } => {}
+        }
+        if let Some(f) = self.lifecycle.flap
+            && (f.window_ms == 0 || f.changes < 2)
+        {
+            return Err("flap detection needs a window and at least 2 changes".into());
+        }
+        if self.lifecycle.repeat_ms == Some(0) {
+            return Err("repeat must be at least 1 ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where an alert stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Condition false (or never seen true).
+    Inactive,
+    /// Condition true, for less than the rule's `for`.
+    Pending,
+    Firing,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
         match self {
-            Condition::Above(t) | Condition::Below(t) => t,
+            Phase::Inactive => "inactive",
+            Phase::Pending => "pending",
+            Phase::Firing => "firing",
         }
     }
 }
 
-/// "Alert when the `aggregate` of `metric` over a tumbling `window_ms`
-/// window is above/below a threshold", for every device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ThresholdRule {
-    pub name: Arc<str>,
-    pub metric: String,
-    pub window_ms: u64,
-    pub aggregate: Aggregate,
-    pub condition: Condition,
-    /// How late a sample may be and still count for this rule (the
-    /// engine's `allowed_lateness_ms` when `None`).
-    pub allowed_lateness_ms: Option<u64>,
-}
-
-/// An alert's state after a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a notification says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AlertState {
     Firing,
     Resolved,
+    /// Changing state too often; notifications pause until it settles.
+    Flapping,
 }
 
 impl AlertState {
@@ -52,20 +517,200 @@ impl AlertState {
         match self {
             AlertState::Firing => "firing",
             AlertState::Resolved => "resolved",
+            AlertState::Flapping => "flapping",
         }
     }
 }
 
-/// A change of one rule's alert for one series. Emitted on changes only.
+/// One rule's alert for one group: the lifecycle state machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub phase: Phase,
+    /// Event time the current phase started.
+    pub since_ms: i64,
+    /// Firing but clear since then (within `keep_firing_for`).
+    pub clear_since_ms: Option<i64>,
+    pub last_notified_ms: i64,
+    /// The value at the last evaluation.
+    pub value: f64,
+    /// Event times of the recent fire/resolve changes (flap detection).
+    pub changes: SmallVec<[i64; 4]>,
+    pub flapping: bool,
+}
+
+impl Default for Alert {
+    fn default() -> Self {
+        Self {
+            phase: Phase::Inactive,
+            since_ms: i64::MIN,
+            clear_since_ms: None,
+            last_notified_ms: i64::MIN,
+            value: f64::NAN,
+            changes: SmallVec::new(),
+            flapping: false,
+        }
+    }
+}
+
+/// A notification to send: a state change, a repeat, or flapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notice {
+    pub state: AlertState,
+    pub repeat: bool,
+}
+
+impl Alert {
+    /// Steps the machine at event time `t`: `alarm` is the condition,
+    /// `clear` the resolve condition (the negated condition without
+    /// hysteresis). Returns the notification due, if any.
+    pub fn step(
+        &mut self,
+        life: &Lifecycle,
+        alarm: bool,
+        clear: bool,
+        t: i64,
+        value: f64,
+    ) -> Option<Notice> {
+        self.value = value;
+        let changed = match self.phase {
+            Phase::Inactive | Phase::Pending if !alarm => {
+                self.phase = Phase::Inactive;
+                None
+            }
+            Phase::Inactive if life.for_ms > 0 => {
+                self.phase = Phase::Pending;
+                self.since_ms = t;
+                None
+            }
+            Phase::Pending if t.saturating_sub(self.since_ms) < ms(life.for_ms) => None,
+            Phase::Inactive | Phase::Pending => {
+                self.phase = Phase::Firing;
+                self.since_ms = t;
+                self.clear_since_ms = None;
+                Some(AlertState::Firing)
+            }
+            Phase::Firing if clear => {
+                let since = *self.clear_since_ms.get_or_insert(t);
+                if t.saturating_sub(since) >= ms(life.keep_firing_for_ms) {
+                    self.phase = Phase::Inactive;
+                    self.since_ms = t;
+                    self.clear_since_ms = None;
+                    Some(AlertState::Resolved)
+                } else {
+                    None
+                }
+            }
+            Phase::Firing => {
+                self.clear_since_ms = None;
+                None
+            }
+        };
+        self.notice(life, changed, t)
+    }
+
+    fn notice(&mut self, life: &Lifecycle, changed: Option<AlertState>, t: i64) -> Option<Notice> {
+        if let Some(flap) = life.flap {
+            let horizon = t.saturating_sub(ms(flap.window_ms));
+            self.changes.retain(|c| *c > horizon);
+            if changed.is_some() {
+                self.changes.push(t);
+            }
+            let flapping = self.changes.len() >= flap.changes as usize;
+            if flapping && !self.flapping {
+                self.flapping = true;
+                return self.sent(t, AlertState::Flapping, false);
+            }
+            if self.flapping {
+                if self.changes.is_empty() {
+                    // Settled: say where it ended up.
+                    self.flapping = false;
+                    let state = match self.phase {
+                        Phase::Firing => AlertState::Firing,
+                        _ => AlertState::Resolved,
+                    };
+                    return self.sent(t, state, false);
+                }
+                return None;
+            }
+        }
+        match changed {
+            Some(state) => self.sent(t, state, false),
+            None if self.phase == Phase::Firing
+                && life
+                    .repeat_ms
+                    .is_some_and(|r| t.saturating_sub(self.last_notified_ms) >= ms(r)) =>
+            {
+                self.sent(t, AlertState::Firing, true)
+            }
+            None => None,
+        }
+    }
+
+    fn sent(&mut self, t: i64, state: AlertState, repeat: bool) -> Option<Notice> {
+        self.last_notified_ms = t;
+        Some(Notice { state, repeat })
+    }
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A notification of one rule's alert for one group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertEvent {
     pub rule: Arc<str>,
-    /// The series (a per-series group) the alert is about.
+    /// The group (a series, a device, a hierarchy level) it is about.
     pub key: GroupKey,
     pub state: AlertState,
-    /// The aggregate value that caused the change.
+    /// A reminder of a long-firing alert.
+    pub repeat: bool,
+    pub severity: Severity,
+    /// The value that caused it.
     pub value: f64,
-    pub threshold: f64,
+    pub threshold: Option<f64>,
+    /// Event time the alert entered its phase.
+    pub since_ms: i64,
     pub window_start_ms: i64,
     pub window_end_ms: i64,
+}
+
+/// A pending or firing alert, as [`crate::Engine::alerts`] lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlert {
+    pub rule: Arc<str>,
+    pub label: String,
+    pub metric: Option<String>,
+    pub phase: Phase,
+    pub since_ms: i64,
+    pub value: f64,
+    pub severity: Severity,
+    pub flapping: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("pump-*", "pump-12"));
+        assert!(glob("*", ""));
+        assert!(glob("p?mp", "pump"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+        assert!(!glob("pump", "pump-1"));
+    }
+
+    #[test]
+    fn value_ranges_narrow() {
+        let mut r = ValueRange::default();
+        assert!(r.narrow(Cmp::Gt, 0.0));
+        assert!(r.narrow(Cmp::Le, 10.0));
+        assert!(r.narrow(Cmp::Ge, -5.0));
+        assert!(!r.contains(0.0));
+        assert!(r.contains(10.0));
+        assert!(!r.contains(10.5));
+        assert!(!r.narrow(Cmp::Ne, 3.0));
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use eddy_analytics::{
     Aggregate, Aggregates, AlertState, Condition, DeviceLevel, Engine, EngineConfig, EngineError,
-    GroupBy, LiveQuery, Output, Sample, ThresholdRule, ViewSpec, WindowKind, WindowResult, sketch,
+    GroupBy, LiveQuery, Output, Rule, Sample, ViewSpec, WindowKind, WindowResult, sketch,
 };
 use proptest::prelude::*;
 
@@ -29,18 +29,18 @@ fn view(name: &str, window: WindowKind, group_by: GroupBy, lateness: u64) -> Vie
         quantiles: true,
         allowed_lateness_ms: lateness,
         publish: true,
+        filter: Default::default(),
     }
 }
 
-fn hot_rule(window_ms: u64) -> ThresholdRule {
-    ThresholdRule {
-        name: "hot".into(),
-        metric: "temperature".into(),
+fn hot_rule(window_ms: u64) -> Rule {
+    Rule::threshold(
+        "hot",
+        "temperature",
         window_ms,
-        aggregate: Aggregate::Mean,
-        condition: Condition::Above(50.0),
-        allowed_lateness_ms: None,
-    }
+        Aggregate::Mean,
+        Condition::Above(50.0),
+    )
 }
 
 fn at(series: eddy_analytics::SeriesKey, ts_ms: i64, value: f64) -> Sample {
@@ -130,13 +130,18 @@ fn an_alert_fires_once_and_resolves_once_per_series() {
         ]
     );
     assert_eq!(out.alerts[0].value, 80.0);
-    assert_eq!(out.alerts[0].threshold, 50.0);
+    assert_eq!(out.alerts[0].threshold, Some(50.0));
 }
 
 #[test]
 fn a_rule_with_its_own_window_size_is_evaluated_on_that_size() {
-    let mut rule = hot_rule(3000);
-    rule.aggregate = Aggregate::Max;
+    let rule = Rule::threshold(
+        "hot",
+        "temperature",
+        3000,
+        Aggregate::Max,
+        Condition::Above(50.0),
+    );
     let mut e = Engine::new(config(1000, 0), vec![rule]).expect("valid");
     let k = e.series_key("d", "temperature").expect("admitted");
     let mut out = Output::default();
@@ -166,21 +171,22 @@ fn an_idle_watermark_closes_open_windows() {
 
 #[test]
 fn invalid_rules_and_views_are_refused_with_their_name() {
-    let zero = ThresholdRule {
-        window_ms: 0,
-        ..hot_rule(1000)
-    };
     assert_eq!(
-        Engine::new(config(1000, 0), vec![zero]).err(),
-        Some(EngineError::ZeroRuleWindow { rule: "hot".into() })
+        Engine::new(config(1000, 0), vec![hot_rule(0)])
+            .err()
+            .map(|e| e.to_string()),
+        Some("rule `hot`: window size must be at least 1".into())
     );
-    let nan = ThresholdRule {
-        condition: Condition::Below(f64::NAN),
-        ..hot_rule(1000)
-    };
+    let nan = Rule::threshold(
+        "hot",
+        "temperature",
+        1000,
+        Aggregate::Mean,
+        Condition::Below(f64::NAN),
+    );
     assert!(matches!(
         Engine::new(config(1000, 0), vec![nan]),
-        Err(EngineError::NonFiniteThreshold { .. })
+        Err(EngineError::BadRule { .. })
     ));
     assert!(matches!(
         Engine::new(config(1000, 0), vec![hot_rule(1000), hot_rule(2000)]),

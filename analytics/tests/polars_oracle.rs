@@ -31,6 +31,7 @@ fn streaming(kind: WindowKind, samples: &[(u32, i64, f64)], batch: usize) -> Win
             quantiles: false,
             allowed_lateness_ms: LATENESS as u64,
             publish: true,
+            filter: Default::default(),
         }],
         ..EngineConfig::default()
     };

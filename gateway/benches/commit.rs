@@ -42,6 +42,7 @@ fn batch(n: usize) -> Batch {
         samples,
         outbox: Vec::new(),
         devices,
+        alerts: Vec::new(),
     }
 }
 

@@ -33,6 +33,7 @@ fn engine() -> Engine {
             quantiles: true,
             allowed_lateness_ms: 0,
             publish: true,
+            filter: Default::default(),
         }],
         ..EngineConfig::default()
     };

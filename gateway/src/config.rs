@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_analytics::{
-    Aggregate, Condition, DeviceLevel, EngineConfig, GroupBy, ThresholdRule, ViewSpec, WindowKind,
-};
-use eddy_proto::{MAX_DEVICE_ID_LEN, topic::DEFAULT_PREFIX};
+use eddy_analytics::{Aggregate, DeviceLevel, EngineConfig, GroupBy, Rule, ViewSpec, WindowKind};
+use eddy_proto::topic::DEFAULT_PREFIX;
 use serde::Deserialize;
 
+pub use crate::rules::RuleConfig;
 use crate::sources::serial::SerialConfig;
 use crate::tls::TlsFiles;
 
@@ -55,8 +54,14 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub ingest: IngestConfig,
     pub engine: EngineSection,
-    /// Threshold rules.
+    /// Alert rules (`[[rules]]`); more in `alerts.rules_dir` and the API.
     pub rules: Vec<RuleConfig>,
+    /// Where rules live besides this file, and how alerts are delivered.
+    pub alerts: AlertsConfig,
+    /// The file this configuration was read from (its `[[rules]]` are
+    /// reloaded when it changes).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
     /// Where aggregates and alerts are forwarded; none by default.
     pub upstream: Option<UpstreamConfig>,
     pub http: HttpConfig,
@@ -131,15 +136,15 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             ingest: IngestConfig::default(),
             engine: EngineSection::default(),
-            rules: vec![RuleConfig {
-                name: "overheat".into(),
-                metric: "temperature".into(),
-                window: Duration::from_secs(10),
-                aggregate: Aggregate::Mean,
-                above: Some(60.0),
-                below: None,
-                allowed_lateness: None,
-            }],
+            rules: vec![RuleConfig::above(
+                "overheat",
+                "temperature",
+                Duration::from_secs(10),
+                Aggregate::Mean,
+                60.0,
+            )],
+            alerts: AlertsConfig::default(),
+            path: None,
             upstream: None,
             http: HttpConfig::default(),
             serial: Vec::new(),
@@ -521,6 +526,7 @@ impl ViewConfig {
                 .any(|a| matches!(a, Aggregate::Quantile(_))),
             allowed_lateness_ms: ms(self.allowed_lateness.unwrap_or(default_lateness)),
             publish: true,
+            filter: Default::default(),
         })
     }
 }
@@ -542,21 +548,53 @@ impl Default for EngineSection {
     }
 }
 
-/// The short threshold form of a rule.
+/// `[alerts]`: where rules live besides `eddy.toml`, and how webhooks
+/// are delivered.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    pub name: String,
-    pub metric: String,
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// A directory of `*.toml` files with `[[rules]]` tables, watched.
+    pub rules_dir: Option<PathBuf>,
+    /// How often rule files are checked for changes.
     #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    pub aggregate: Aggregate,
-    pub above: Option<f64>,
-    pub below: Option<f64>,
-    /// How late a sample may arrive and still count for this rule
-    /// (`engine.allowed_lateness` when absent).
-    #[serde(default, with = "humantime_serde")]
-    pub allowed_lateness: Option<Duration>,
+    pub reload_every: Duration,
+    /// Webhook posts waiting at most; beyond, new ones are dropped.
+    pub webhook_queue: usize,
+    /// Tries per webhook post.
+    pub webhook_attempts: u32,
+    /// Wait after the first failure; doubles up to `webhook_max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub webhook_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub webhook_max_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            rules_dir: None,
+            reload_every: Duration::from_secs(1),
+            webhook_queue: 1000,
+            webhook_attempts: 8,
+            webhook_backoff: Duration::from_millis(500),
+            webhook_max_backoff: Duration::from_secs(60),
+            webhook_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AlertsConfig {
+    pub fn webhooks(&self) -> crate::rules::actions::WebhookSettings {
+        crate::rules::actions::WebhookSettings {
+            queue: self.webhook_queue,
+            attempts: self.webhook_attempts,
+            backoff: self.webhook_backoff,
+            max_backoff: self.webhook_max_backoff,
+            timeout: self.webhook_timeout,
+        }
+    }
 }
 
 /// An upstream MQTT broker that receives aggregates and alerts.
@@ -612,13 +650,15 @@ impl Config {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
                 message,
             },
             other => other,
-        })
+        })?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates config text.
@@ -754,32 +794,32 @@ impl Config {
             }
         }
         for (i, r) in self.rules.iter().enumerate() {
-            let field = |f: &str| format!("rules[{i}].{f}");
-            eddy_proto::valid_name(&r.name, MAX_DEVICE_ID_LEN)
-                .map_err(|e| invalid(field("name"), format!("`{}` {e}", r.name)))?;
-            eddy_proto::valid_name(&r.metric, eddy_proto::MAX_METRIC_LEN)
-                .map_err(|e| invalid(field("metric"), format!("`{}` {e}", r.metric)))?;
-            if r.window.is_zero() {
-                return Err(invalid(field("window"), "must be longer than 0"));
-            }
-            match (r.above, r.below) {
-                (Some(_), Some(_)) | (None, None) => {
-                    return Err(invalid(
-                        field("above"),
-                        "set exactly one of `above` and `below`",
-                    ));
-                }
-                (Some(t), None) | (None, Some(t)) if !t.is_finite() => {
-                    return Err(invalid(field("above"), "threshold must be a finite number"));
-                }
-                _ => {}
+            if let Err(problems) = crate::rules::compile(r) {
+                let p = &problems[0];
+                let at = p
+                    .sql
+                    .map(|(l, c)| format!("line {l}, column {c}: "))
+                    .unwrap_or_default();
+                return Err(invalid(
+                    format!("rules[{i}].{}", p.field.unwrap_or("name")),
+                    format!("rule `{}`: {at}{}", r.name, p.message),
+                ));
             }
             if self.rules[..i].iter().any(|o| o.name == r.name) {
                 return Err(invalid(
-                    field("name"),
+                    format!("rules[{i}].name"),
                     format!("`{}` is used twice", r.name),
                 ));
             }
+        }
+        if self.alerts.reload_every.is_zero() {
+            return Err(invalid("alerts.reload_every", "must be longer than 0"));
+        }
+        if self.alerts.webhook_queue == 0 {
+            return Err(invalid("alerts.webhook_queue", "must be at least 1"));
+        }
+        if self.alerts.webhook_attempts == 0 {
+            return Err(invalid("alerts.webhook_attempts", "must be at least 1"));
         }
         let mut ports = std::collections::HashSet::new();
         for (i, port) in self.serial.iter().enumerate() {
@@ -828,8 +868,8 @@ impl Config {
         }
     }
 
-    /// The engine settings and compiled threshold rules.
-    pub fn engine(&self) -> (EngineConfig, Vec<ThresholdRule>) {
+    /// The engine settings and this file's rules, compiled.
+    pub fn engine(&self) -> (EngineConfig, Vec<Rule>) {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let engine = EngineConfig {
             window_ms: ms(self.engine.window),
@@ -845,22 +885,11 @@ impl Config {
                 .filter_map(|v| v.spec(self.engine.allowed_lateness).ok())
                 .collect(),
         };
+        // validate() compiled every rule.
         let rules = self
             .rules
             .iter()
-            .map(|r| ThresholdRule {
-                name: Arc::from(r.name.as_str()),
-                metric: r.metric.clone(),
-                window_ms: ms(r.window),
-                aggregate: r.aggregate,
-                condition: match (r.above, r.below) {
-                    (Some(t), _) => Condition::Above(t),
-                    (None, Some(t)) => Condition::Below(t),
-                    // validate() rules this out; keep a harmless default.
-                    (None, None) => Condition::Above(f64::MAX),
-                },
-                allowed_lateness_ms: r.allowed_lateness.map(ms),
-            })
+            .filter_map(|r| crate::rules::compile(r).ok().map(|(rule, _)| rule))
             .collect();
         (engine, rules)
     }

@@ -47,15 +47,13 @@ pub fn demo_config(data_dir: PathBuf) -> Config {
     config.http.listen = ([127, 0, 0, 1], 0).into();
     config.engine.window = Duration::from_secs(2);
     config.engine.allowed_lateness = Duration::from_millis(500);
-    config.rules = vec![RuleConfig {
-        name: "overheat".into(),
-        metric: "temperature".into(),
-        window: Duration::from_secs(2),
-        aggregate: Aggregate::Mean,
-        above: Some(50.0),
-        below: None,
-        allowed_lateness: None,
-    }];
+    config.rules = vec![RuleConfig::above(
+        "overheat",
+        "temperature",
+        Duration::from_secs(2),
+        Aggregate::Mean,
+        50.0,
+    )];
     config
 }
 

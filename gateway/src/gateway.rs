@@ -16,6 +16,8 @@ use crate::campaign;
 use crate::config::{BrokerUrl, Config, ConfigError};
 use crate::http::{self, HttpError};
 use crate::pipeline::{Inbox, PipelineError, PipelineParts};
+use crate::rules::Registry;
+use crate::rules::actions::Webhooks;
 use crate::sinks::local::LocalPublisher;
 use crate::sinks::upstream;
 use crate::sources::{mqtt, serial};
@@ -42,6 +44,8 @@ pub enum GatewayError {
     Broker(#[from] BrokerError),
     #[error("rules: {0}")]
     Engine(#[from] EngineError),
+    #[error("rules refused:\n{0}")]
+    Rules(#[from] crate::rules::registry::RulesRefused),
     #[error("pipeline: {0}")]
     Pipeline(#[from] PipelineError),
     #[error("ingest did not subscribe at {broker} within {waited:?}")]
@@ -157,11 +161,30 @@ impl Gateway {
                 },
             )
         });
-        let (live_tx, live_rx) = mpsc::channel(16);
+        let (engine, _) = config.engine();
+        let registry = {
+            let (engine, rules, path, dir, store) = (
+                engine.clone(),
+                config.rules.clone(),
+                config.path.clone(),
+                config.alerts.rules_dir.clone(),
+                store.clone(),
+            );
+            tokio::task::spawn_blocking(move || Registry::open(engine, rules, path, dir, store))
+                .await
+                .map_err(|_| GatewayError::Panicked { task: "rules load" })?
+                .map_err(crate::rules::registry::RulesRefused)?
+        };
+        let (webhooks, webhook_task) =
+            Webhooks::spawn(config.alerts.webhooks(), stats.clone(), shutdown.clone());
+        let watcher = registry.watch(config.alerts.reload_every, stats.clone(), shutdown.clone());
+        let (request_tx, request_rx) = mpsc::channel(16);
         let parts = PipelineParts {
-            engine: config.engine(),
+            engine,
+            rules: registry.clone(),
+            webhooks,
             engine_section: config.engine.clone(),
-            live: Arc::new(tokio::sync::Mutex::new(live_rx)),
+            requests: Arc::new(tokio::sync::Mutex::new(request_rx)),
             store: store.clone(),
             ingest: config.ingest.clone(),
             acker: source.acker,
@@ -209,8 +232,13 @@ impl Gateway {
             public_key,
             max_image_bytes: config.ota.max_image_bytes,
         })
-        .merge(crate::live::router(live_tx));
-        let mut helpers = vec![source.task, local_task, ota_task];
+        .merge(crate::live::router(request_tx.clone()))
+        .merge(crate::rules::api::router(crate::rules::api::RulesApi {
+            registry,
+            store: store.clone(),
+            pipeline: request_tx,
+        }));
+        let mut helpers = vec![source.task, local_task, ota_task, webhook_task, watcher];
         for port in &config.serial {
             helpers.push(serial::spawn(
                 port.clone(),

@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod campaign;
+pub mod client;
 pub mod config;
 pub mod decode;
 pub mod demo;
@@ -19,6 +20,7 @@ pub mod pipeline;
 pub mod qemu;
 #[cfg(feature = "polars")]
 pub mod query;
+pub mod rules;
 pub mod sequencer;
 pub mod sinks;
 pub mod sources;

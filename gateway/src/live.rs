@@ -17,7 +17,7 @@ use eddy_analytics::LiveQuery;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pipeline::LiveRequest;
+use crate::pipeline::Request;
 
 /// Rows returned when `limit` is not given, and at most.
 const DEFAULT_LIMIT: usize = 1000;
@@ -34,13 +34,13 @@ struct Params {
     limit: Option<usize>,
 }
 
-pub fn router(pipeline: mpsc::Sender<LiveRequest>) -> Router {
+pub fn router(pipeline: mpsc::Sender<Request>) -> Router {
     Router::new()
         .route("/api/live", get(live))
         .with_state(pipeline)
 }
 
-fn answer(status: StatusCode, body: &serde_json::Value) -> Response {
+pub(crate) fn answer(status: StatusCode, body: &serde_json::Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -50,10 +50,9 @@ fn answer(status: StatusCode, body: &serde_json::Value) -> Response {
 }
 
 async fn live(
-    State(pipeline): State<mpsc::Sender<LiveRequest>>,
+    State(pipeline): State<mpsc::Sender<Request>>,
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let error = |status, message: &str| answer(status, &serde_json::json!({ "error": message }));
     let Query(p) = match params {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
@@ -62,17 +61,27 @@ async fn live(
     if limit == 0 || limit > MAX_LIMIT {
         return error(StatusCode::BAD_REQUEST, "limit must be in 1..=100000");
     }
-    let (reply, rx) = oneshot::channel();
-    let request = LiveRequest {
-        query: LiveQuery {
-            view: p.view,
-            prefix: p.prefix,
-            metric: p.metric,
-            limit,
-        },
-        reply,
+    let query = LiveQuery {
+        view: p.view,
+        prefix: p.prefix,
+        metric: p.metric,
+        limit,
     };
-    if pipeline.send(request).await.is_err() {
+    ask(&pipeline, |reply| Request::Live { query, reply }).await
+}
+
+/// `{"error": message}` with `status`.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
+    answer(status, &serde_json::json!({ "error": message }))
+}
+
+/// Sends the pipeline a request and answers with its reply.
+pub(crate) async fn ask(
+    pipeline: &mpsc::Sender<Request>,
+    request: impl FnOnce(oneshot::Sender<serde_json::Value>) -> Request,
+) -> Response {
+    let (reply, rx) = oneshot::channel();
+    if pipeline.send(request(reply)).await.is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the pipeline is not running",

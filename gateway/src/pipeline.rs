@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_analytics::{
-    Aggregate, Aggregates, AlertEvent, Engine, EngineConfig, Late, LiveQuery, Output, Sample,
-    ThresholdRule, WindowResult,
+    Aggregate, Aggregates, AlertEvent, AlertState, Engine, EngineConfig, Late, LiveQuery, Output,
+    Sample, WindowResult,
 };
-use eddy_proto::{Ack, Frame};
+use eddy_proto::{Ack, CommandFrame, Frame};
 use rumqttc::Publish;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -26,6 +26,8 @@ use crate::config::{
     EngineSection, FullPolicy, IngestConfig, PayloadFormat, TimeMode, TopicMapping,
 };
 use crate::decode::{self, DecodeError};
+use crate::rules::actions::Webhooks;
+use crate::rules::{Action, Compiled, Registry};
 use crate::sequencer::{Sequencer, Verdict};
 use crate::sinks::local::LocalPublisher;
 use crate::sources::mqtt::Acker;
@@ -126,11 +128,14 @@ fn matches(filter: &[String], levels: &[&str]) -> bool {
 /// knows exactly what was committed.
 #[derive(Debug, Clone)]
 pub struct PipelineParts {
-    pub engine: (EngineConfig, Vec<ThresholdRule>),
+    pub engine: EngineConfig,
+    /// The running rules; a new version is applied between batches.
+    pub rules: Registry,
+    pub webhooks: Webhooks,
     /// Views, hierarchy paths, time mode, snapshot interval.
     pub engine_section: EngineSection,
-    /// Live queries from the HTTP API, answered between batches.
-    pub live: LiveInbox,
+    /// Requests from the HTTP API, answered between batches.
+    pub requests: RequestInbox,
     pub store: Store,
     pub ingest: IngestConfig,
     /// Acknowledges ingest messages.
@@ -143,15 +148,23 @@ pub struct PipelineParts {
     pub stats: Arc<Stats>,
 }
 
-/// A live query and where its answer goes.
+/// A question from the HTTP API about the engine's state, and where the
+/// answer goes.
 #[derive(Debug)]
-pub struct LiveRequest {
-    pub query: LiveQuery,
-    pub reply: oneshot::Sender<serde_json::Value>,
+pub enum Request {
+    /// Open windows.
+    Live {
+        query: LiveQuery,
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    /// Pending and firing alerts.
+    Alerts {
+        reply: oneshot::Sender<serde_json::Value>,
+    },
 }
 
-/// The live-query channel, shared by successive pipeline runs.
-pub type LiveInbox = Arc<tokio::sync::Mutex<mpsc::Receiver<LiveRequest>>>;
+/// The request channel, shared by successive pipeline runs.
+pub type RequestInbox = Arc<tokio::sync::Mutex<mpsc::Receiver<Request>>>;
 
 /// Samples fed to the engine at once while replaying the log.
 const REPLAY_CHUNK: usize = 8192;
@@ -161,7 +174,10 @@ impl PipelineParts {
     /// from its last snapshot plus the samples stored since (a fresh
     /// engine when there is none, or it was taken with other views).
     pub fn build(&self) -> Result<Pipeline, PipelineError> {
-        let (config, rules) = self.engine.clone();
+        let config = self.engine.clone();
+        let rules_version = self.rules.version();
+        let compiled = self.rules.compiled();
+        let rules = compiled.rules.clone();
         let mut engine = match self.store.load_snapshot()? {
             Some((offset, bytes)) => match Engine::restore(config.clone(), rules.clone(), &bytes) {
                 Ok(engine) => {
@@ -185,6 +201,9 @@ impl PipelineParts {
         }
         Ok(Pipeline {
             engine,
+            rules_version,
+            compiled,
+            command_id: 0,
             router: Router::new(&self.ingest),
             sequencer: Sequencer::new(self.store.devices()?, self.ingest.max_devices),
             full: false,
@@ -224,6 +243,11 @@ impl PipelineParts {
 #[derive(Debug)]
 pub struct Pipeline {
     engine: Engine,
+    /// The rule set the engine runs, and its actions.
+    rules_version: u64,
+    compiled: Arc<Compiled>,
+    /// Id of the last command sent by an action.
+    command_id: u32,
     router: Router,
     /// Exactly-once admission of Eddy frames; loaded from the store.
     sequencer: Sequencer,
@@ -250,8 +274,8 @@ impl Pipeline {
     /// committed and acknowledged before returning.
     pub async fn run(mut self, inbox: Inbox) -> Result<(), PipelineError> {
         let mut rx = inbox.lock().await;
-        let live_inbox = self.parts.live.clone();
-        let mut live = live_inbox.lock().await;
+        let requests = self.parts.requests.clone();
+        let mut requests = requests.lock().await;
         let mut snapshots = tokio::time::interval(self.parts.engine_section.snapshot_every);
         snapshots.tick().await;
         let mut batch: Vec<Publish> = Vec::with_capacity(self.parts.ingest.batch_size);
@@ -260,6 +284,7 @@ impl Pipeline {
         let mut idle = tokio::time::interval(IDLE_TICK);
         let mut out = Output::default();
         loop {
+            self.apply_rules();
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
@@ -282,10 +307,14 @@ impl Pipeline {
                     self.flush(&mut batch, &mut out).await?;
                     deadline = None;
                 }
-                Some(request) = live.recv() => {
-                    let answer = self.live(&request.query);
-                    let _ = request.reply.send(answer);
-                }
+                Some(request) = requests.recv() => match request {
+                    Request::Live { query, reply } => {
+                        let _ = reply.send(self.live(&query));
+                    }
+                    Request::Alerts { reply } => {
+                        let _ = reply.send(self.alerts());
+                    }
+                },
                 _ = snapshots.tick() => {
                     self.flush(&mut batch, &mut out).await?;
                     deadline = None;
@@ -332,6 +361,42 @@ impl Pipeline {
             Ok(Err(e)) => warn!(error = %e, "engine snapshot not saved"),
             Err(e) => warn!(error = %e, "engine snapshot task failed"),
         }
+    }
+
+    /// Runs the registry's rule set if it changed: unchanged rules keep
+    /// their windows and alerts. The registry checked the set against the
+    /// engine; should it still fail, the running rules stay.
+    fn apply_rules(&mut self) {
+        let version = self.parts.rules.version();
+        if version == self.rules_version {
+            return;
+        }
+        let compiled = self.parts.rules.compiled();
+        match self.engine.set_rules(compiled.rules.clone()) {
+            Ok(()) => {
+                info!(rules = compiled.rules.len(), "rule set applied");
+                self.compiled = compiled;
+            }
+            Err(e) => warn!(error = %e, "rule set not applied; the running rules stay"),
+        }
+        self.rules_version = version;
+    }
+
+    /// Pending and firing alerts.
+    fn alerts(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .engine
+            .alerts()
+            .iter()
+            .map(|a| {
+                json!({
+                    "rule": &*a.rule, "group": a.label, "metric": a.metric,
+                    "state": a.phase.name(), "since": a.since_ms, "value": finite(a.value),
+                    "severity": a.severity.name(), "flapping": a.flapping,
+                })
+            })
+            .collect();
+        json!(rows)
     }
 
     /// Answers a live query from the engine's open windows.
@@ -528,13 +593,9 @@ impl Pipeline {
         acks: &mut Vec<Publish>,
         out: &Output,
     ) -> Result<(), PipelineError> {
-        let rendered: Vec<Rendered> = out
-            .windows
-            .iter()
-            .map(|w| self.render_window(w))
-            .chain(out.alerts.iter().map(|a| self.render_alert(a)))
-            .collect();
-        let outbox: Vec<OutboxRecord> = if self.parts.outbox {
+        let mut rendered: Vec<Rendered> =
+            out.windows.iter().map(|w| self.render_window(w)).collect();
+        let mut outbox: Vec<OutboxRecord> = if self.parts.outbox {
             rendered
                 .iter()
                 .map(|(topic, payload, _)| OutboxRecord {
@@ -545,12 +606,49 @@ impl Pipeline {
         } else {
             Vec::new()
         };
+        let mut history = Vec::with_capacity(out.alerts.len());
+        let mut effects = Vec::new();
+        for a in &out.alerts {
+            let (topic, payload, retain) = self.render_alert(a);
+            history.push(payload.clone());
+            let default = [Action::Mqtt, Action::Upstream];
+            let actions = self
+                .compiled
+                .actions
+                .get(&a.rule)
+                .map_or(&default[..], Vec::as_slice);
+            for action in actions {
+                match action {
+                    Action::Mqtt => rendered.push((topic.clone(), payload.clone(), retain)),
+                    Action::Upstream if self.parts.outbox => outbox.push(OutboxRecord {
+                        topic: topic.clone(),
+                        payload: payload.clone(),
+                    }),
+                    Action::Upstream => {}
+                    Action::Webhook { url, when } if when.matches(a.state, a.repeat) => {
+                        effects.push(Effect::Webhook(url.clone(), payload.clone()));
+                    }
+                    Action::Command {
+                        command,
+                        device,
+                        when,
+                    } if when.matches(a.state, a.repeat) => {
+                        let target = device
+                            .clone()
+                            .unwrap_or_else(|| self.engine.label(a.key).to_string());
+                        effects.push(Effect::Command(target, *command, a.rule.clone()));
+                    }
+                    Action::Webhook { .. } | Action::Command { .. } => {}
+                }
+            }
+        }
         let limits = self.parts.limits;
         let store = self.parts.store.clone();
         let batch = Batch {
             samples: stored,
             outbox,
             devices: self.sequencer.take_dirty(),
+            alerts: history,
         };
         let committed =
             tokio::task::spawn_blocking(move || store.commit_batch(&batch, limits)).await??;
@@ -592,12 +690,12 @@ impl Pipeline {
         }
         stats::add(&self.parts.stats.windows_closed, out.windows.len() as u64);
         for a in &out.alerts {
-            match a.state {
-                eddy_analytics::AlertState::Firing => stats::add(&self.parts.stats.alerts_fired, 1),
-                eddy_analytics::AlertState::Resolved => {
-                    stats::add(&self.parts.stats.alerts_resolved, 1)
-                }
-            }
+            let counter = match a.state {
+                AlertState::Firing if !a.repeat => &self.parts.stats.alerts_fired,
+                AlertState::Resolved => &self.parts.stats.alerts_resolved,
+                _ => &self.parts.stats.alerts_other,
+            };
+            stats::add(counter, 1);
         }
         for (topic, payload, retain) in rendered {
             self.parts
@@ -612,7 +710,45 @@ impl Pipeline {
         if committed.outbox > 0 {
             self.parts.wake_upstream.notify_one();
         }
+        for effect in effects {
+            match effect {
+                Effect::Webhook(url, payload) => self.parts.webhooks.post(url, payload),
+                Effect::Command(device, command, rule) => {
+                    self.send_command(&device, command, &rule).await;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Publishes a command frame to `{prefix}/{device}/cmd` (QoS 1).
+    async fn send_command(&mut self, device: &str, command: eddy_proto::Command, rule: &str) {
+        let Ok(id) = eddy_proto::DeviceId::try_from(device) else {
+            warn!(
+                rule,
+                group = device,
+                "command action: the alert's group is not a device"
+            );
+            return;
+        };
+        self.command_id = self.command_id.wrapping_add(1);
+        let frame = Frame::Command(CommandFrame {
+            device: id,
+            id: self.command_id,
+            command,
+        });
+        let mut buf = [0u8; 128];
+        let Ok(bytes) = eddy_proto::encode(&frame, &mut buf) else {
+            return;
+        };
+        let topic = format!(
+            "{}/{device}/{}",
+            self.parts.ingest.topic_prefix,
+            eddy_proto::topic::COMMAND
+        );
+        self.parts.local.publish(topic, bytes.to_vec(), false).await;
+        stats::add(&self.parts.stats.commands_sent, 1);
+        info!(rule, device, ?command, "command sent");
     }
 
     fn render_window(&self, w: &WindowResult) -> Rendered {
@@ -677,8 +813,10 @@ impl Pipeline {
         let device = self.engine.label(a.key);
         let payload = json!({
             "rule": &*a.rule, "device": device, "metric": self.engine.group_metric(a.key),
-            "state": a.state.name(), "value": a.value, "threshold": a.threshold,
-            "window_start": a.window_start_ms, "window_end": a.window_end_ms,
+            "state": a.state.name(), "repeat": a.repeat, "severity": a.severity.name(),
+            "value": finite(a.value), "threshold": a.threshold,
+            "since": a.since_ms, "window_start": a.window_start_ms, "window_end": a.window_end_ms,
+            "at": wall_ms(),
         });
         (
             format!("alerts/{}/{device}", a.rule),
@@ -686,6 +824,19 @@ impl Pipeline {
             true,
         )
     }
+}
+
+/// What an alert's actions do once its batch is committed.
+#[derive(Debug)]
+enum Effect {
+    Webhook(Arc<str>, Vec<u8>),
+    /// Device, command, rule.
+    Command(String, eddy_proto::Command, Arc<str>),
+}
+
+/// A number for JSON: NaN and infinities become null.
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 /// Rejected messages of one batch, logged once per batch, not per message.

@@ -109,6 +109,22 @@ counters! {
     alerts_fired,
     /// Alerts that resolved.
     alerts_resolved,
+    /// Repeat, flapping and other notifications beyond fired and resolved.
+    alerts_other,
+    /// Rule sets replaced after a file changed.
+    rules_reloaded,
+    /// Rule file changes refused (the running rules stayed).
+    rules_refused,
+    /// Webhook posts delivered.
+    webhooks_sent,
+    /// Webhook posts retried after a failure.
+    webhooks_retried,
+    /// Webhook posts given up (refused, or out of attempts).
+    webhooks_failed,
+    /// Webhook posts dropped because the queue was full.
+    webhooks_dropped,
+    /// Device commands sent by rule actions.
+    commands_sent,
     /// Messages published to the local broker.
     local_published,
     /// Records added to the outbox.

@@ -27,6 +27,15 @@ const CAMPAIGN_IMAGES: TableDefinition<u32, &[u8]> = TableDefinition::new("ota_i
 /// Engine snapshots (one record, `engine`).
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const ENGINE_SNAPSHOT: &str = "engine";
+/// Rules created through the HTTP API: name to the rule as JSON.
+const API_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("api_rules");
+/// Alert notifications, oldest first (JSON), at most [`MAX_ALERT_HISTORY`].
+const ALERT_HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("alert_history");
+const ALERTS_NEXT: &str = "alert_history_next";
+/// Counter of history records dropped to stay within the cap.
+pub const ALERTS_DROPPED: &str = "alert_history_dropped";
+/// Alert notifications the history keeps; older ones are dropped.
+pub const MAX_ALERT_HISTORY: u64 = 10_000;
 /// Next campaign id (ids start at 1; devices read 0 as "no campaign").
 const CAMPAIGN_NEXT: &str = "ota_campaign_next";
 
@@ -177,6 +186,8 @@ pub struct Batch {
     pub outbox: Vec<OutboxRecord>,
     /// Devices whose admission state changed with these samples.
     pub devices: Vec<(String, DeviceSeq)>,
+    /// Alert notifications these samples caused, for the history (JSON).
+    pub alerts: Vec<Vec<u8>>,
 }
 
 /// The store's sizes, for `/metrics`.
@@ -363,6 +374,8 @@ impl Store {
             txn.open_table(CAMPAIGNS)?;
             txn.open_table(CAMPAIGN_IMAGES)?;
             txn.open_table(SNAPSHOTS)?;
+            txn.open_table(API_RULES)?;
+            txn.open_table(ALERT_HISTORY)?;
             Ok(())
         })?;
         Ok(store)
@@ -406,6 +419,7 @@ impl Store {
             samples,
             outbox,
             devices,
+            alerts,
         } = batch;
         self.write_with(limits.durability, |txn| {
             if !devices.is_empty() {
@@ -422,6 +436,10 @@ impl Store {
                 ..Committed::default()
             };
             retain_samples(txn, bytes, &limits, &mut committed)?;
+            if !alerts.is_empty() {
+                append(txn, ALERT_HISTORY, ALERTS_NEXT, alerts.iter().cloned())?;
+                trim(txn, ALERT_HISTORY, MAX_ALERT_HISTORY, ALERTS_DROPPED)?;
+            }
             if outbox.is_empty() {
                 return Ok(committed);
             }
@@ -610,6 +628,44 @@ impl Store {
                 .map(u64::from_le_bytes)
                 .ok_or_else(|| redb::Error::Corrupted("engine snapshot record".into()))?;
             Ok(Some((offset, bytes[8..].to_vec())))
+        })
+    }
+
+    /// Rules created through the HTTP API, as JSON by name.
+    pub fn api_rules(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            txn.open_table(API_RULES)?
+                .iter()?
+                .map(|r| r.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+                .collect::<Result<_, _>>()
+                .map_err(Into::into)
+        })
+    }
+
+    pub fn put_api_rule(&self, name: &str, json: &[u8]) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(API_RULES)?.insert(name, json)?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_api_rule(&self, name: &str) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(API_RULES)?.remove(name)?;
+            Ok(())
+        })
+    }
+
+    /// The newest `limit` alert notifications, newest first.
+    pub fn alert_history(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(|txn| {
+            txn.open_table(ALERT_HISTORY)?
+                .iter()?
+                .rev()
+                .take(limit)
+                .map(|r| r.map(|(_, v)| v.value().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(Into::into)
         })
     }
 

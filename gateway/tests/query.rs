@@ -34,6 +34,7 @@ fn store(dir: &Path) {
         samples,
         outbox: Vec::new(),
         devices: Vec::new(),
+        alerts: Vec::new(),
     };
     store.commit_batch(&batch, Limits::NONE).expect("committed");
 }

@@ -245,7 +245,7 @@ pub fn test_config(data_dir: PathBuf, upstream: Option<String>) -> Config {
     let mut config = demo_config(data_dir);
     config.engine.window = Duration::from_secs(1);
     config.engine.allowed_lateness = Duration::from_secs(2);
-    config.rules[0].window = Duration::from_secs(1);
+    config.rules[0].window = Some(Duration::from_secs(1));
     config.upstream = upstream.map(|url| UpstreamConfig {
         url,
         client_id: "eddy-test-upstream".into(),

@@ -1,0 +1,267 @@
+//! What a rule does when its alert changes: publish on the local broker,
+//! forward upstream through the outbox, post to a webhook, or command a
+//! device, so the system acts on its own and not only notifies.
+//!
+//! Webhooks go through one bounded queue and one worker: each post is
+//! tried with exponential backoff until it succeeds, the server refuses it
+//! (a 4xx other than 408 and 429), or the attempts run out. A full queue
+//! drops the new notification and counts it (`webhooks_dropped`): the
+//! alert itself is in the store's history and, with `upstream`, in the
+//! outbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_proto::Command;
+use hyper::Method;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::client;
+use crate::stats::{self, Stats};
+
+/// Which notifications an action reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum When {
+    #[default]
+    Firing,
+    Resolved,
+    /// Firing, resolved, repeats and flapping.
+    Any,
+}
+
+/// The command a `command` action sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    SetOutput,
+    SetInterval,
+    Reboot,
+}
+
+/// An action as written: `{ type = "webhook", url = "http://..." }`,
+/// `{ type = "command", command = "set_output", pin = 2, on = true }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ActionConfig {
+    /// Publish on `{prefix}/alerts/{rule}/{group}` (retained).
+    Mqtt,
+    /// Append to the outbox for the upstream broker.
+    Upstream,
+    Webhook {
+        url: String,
+        #[serde(default)]
+        when: Option<When>,
+    },
+    Command {
+        command: CommandKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on: Option<bool>,
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        interval: Option<Duration>,
+        /// The device told; the alert's own device when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        #[serde(default)]
+        when: Option<When>,
+    },
+}
+
+/// An action, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Mqtt,
+    Upstream,
+    Webhook {
+        url: Arc<str>,
+        when: When,
+    },
+    Command {
+        command: Command,
+        device: Option<String>,
+        when: When,
+    },
+}
+
+impl ActionConfig {
+    /// Checks the fields; the message says what is wrong.
+    pub fn compile(&self) -> Result<Action, String> {
+        Ok(match self {
+            ActionConfig::Mqtt => Action::Mqtt,
+            ActionConfig::Upstream => Action::Upstream,
+            ActionConfig::Webhook { url, when } => {
+                client::split_url(url)
+                    .map_err(|_| format!("webhook url `{url}`: expected http://host:port/path"))?;
+                Action::Webhook {
+                    url: Arc::from(url.as_str()),
+                    when: when.unwrap_or(When::Any),
+                }
+            }
+            ActionConfig::Command {
+                command,
+                pin,
+                on,
+                interval,
+                device,
+                when,
+            } => {
+                let command = match command {
+                    CommandKind::SetOutput => Command::SetOutput {
+                        pin: pin.ok_or("set_output needs `pin`")?,
+                        on: on.ok_or("set_output needs `on` (true or false)")?,
+                    },
+                    CommandKind::SetInterval => {
+                        let ms = interval
+                            .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX))
+                            .ok_or("set_interval needs `interval`, e.g. \"5s\"")?;
+                        Command::SetInterval { ms }
+                    }
+                    CommandKind::Reboot => Command::Reboot,
+                };
+                if let Some(d) = device {
+                    eddy_proto::valid_name(d, eddy_proto::MAX_DEVICE_ID_LEN)
+                        .map_err(|e| format!("command device `{d}` {e}"))?;
+                }
+                Action::Command {
+                    command,
+                    device: device.clone(),
+                    when: when.unwrap_or(When::Firing),
+                }
+            }
+        })
+    }
+}
+
+impl When {
+    /// Whether a notification with `state` (and `repeat`) triggers it.
+    pub fn matches(self, state: eddy_analytics::AlertState, repeat: bool) -> bool {
+        use eddy_analytics::AlertState;
+        match self {
+            When::Any => true,
+            When::Firing => state == AlertState::Firing && !repeat,
+            When::Resolved => state == AlertState::Resolved,
+        }
+    }
+}
+
+/// Webhook delivery settings (`[alerts]` in `eddy.toml`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WebhookSettings {
+    pub queue: usize,
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Job {
+    url: Arc<str>,
+    body: Vec<u8>,
+}
+
+/// The webhook queue's sending side.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    tx: mpsc::Sender<Job>,
+    stats: Arc<Stats>,
+}
+
+impl Webhooks {
+    /// Starts the worker; it stops at `shutdown` (what is queued then is
+    /// not sent: the alerts are in the history).
+    pub fn spawn(
+        settings: WebhookSettings,
+        stats: Arc<Stats>,
+        shutdown: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let task = tokio::spawn(worker(rx, settings, stats.clone(), shutdown));
+        (Self { tx, stats }, task)
+    }
+
+    /// Queues a post; a full queue drops it (counted).
+    pub fn post(&self, url: Arc<str>, body: Vec<u8>) {
+        if self.tx.try_send(Job { url, body }).is_err() {
+            stats::add(&self.stats.webhooks_dropped, 1);
+            warn!("webhook queue full: notification dropped");
+        }
+    }
+}
+
+async fn worker(
+    mut rx: mpsc::Receiver<Job>,
+    settings: WebhookSettings,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let job = tokio::select! {
+            job = rx.recv() => match job { Some(j) => j, None => return },
+            () = shutdown.cancelled() => return,
+        };
+        let mut backoff = settings.backoff;
+        for attempt in 1..=settings.attempts.max(1) {
+            match deliver(&job, settings.timeout).await {
+                Ok(()) => {
+                    stats::add(&stats.webhooks_sent, 1);
+                    break;
+                }
+                Err(Fate::Refused(status)) => {
+                    stats::add(&stats.webhooks_failed, 1);
+                    warn!(url = %job.url, status, "webhook refused the alert");
+                    break;
+                }
+                Err(Fate::Retry(reason)) if attempt < settings.attempts => {
+                    stats::add(&stats.webhooks_retried, 1);
+                    debug!(url = %job.url, attempt, %reason, "webhook failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(settings.max_backoff);
+                }
+                Err(Fate::Retry(reason)) => {
+                    stats::add(&stats.webhooks_failed, 1);
+                    warn!(url = %job.url, attempts = attempt, %reason, "webhook gave up");
+                }
+            }
+        }
+    }
+}
+
+enum Fate {
+    Refused(u16),
+    Retry(String),
+}
+
+async fn deliver(job: &Job, timeout: Duration) -> Result<(), Fate> {
+    let (addr, path) = client::split_url(&job.url).map_err(|e| Fate::Retry(e.to_string()))?;
+    match client::exchange(
+        &addr,
+        Method::POST,
+        &path,
+        "application/json",
+        job.body.clone(),
+        timeout,
+    )
+    .await
+    {
+        Ok((status, _)) if (200..300).contains(&status) => Ok(()),
+        Ok((status, _)) if (400..500).contains(&status) && status != 408 && status != 429 => {
+            Err(Fate::Refused(status))
+        }
+        Ok((status, _)) => Err(Fate::Retry(format!("status {status}"))),
+        Err(e) => Err(Fate::Retry(e.to_string())),
+    }
+}

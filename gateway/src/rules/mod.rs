@@ -1,0 +1,745 @@
+//! Alert rules as users write them, compiled to the engine's plan.
+//!
+//! A rule is a TOML table (`[[rules]]` in `eddy.toml` or in a file of the
+//! rules directory) or the same object as JSON through the HTTP API. It
+//! takes one of two forms, which compile to the same [`Rule`]:
+//!
+//! - the threshold shorthand: `metric`, `window`, `aggregate`,
+//!   `above`/`below`, optional `clear_above`/`clear_below` (hysteresis),
+//!   device and hierarchy filters; or `no_data` for a deadman rule;
+//! - `sql`: a query of the SQL-like language ([`eddy_analytics::sql`]).
+//!
+//! Both take the lifecycle options (`for`, `keep_firing_for`, `repeat`,
+//! `flap`), a `severity` and `actions`. Every error names the file, line
+//! and column and what was expected.
+
+pub mod actions;
+pub mod api;
+pub mod registry;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_analytics::sql::{self, SqlError};
+use eddy_analytics::{
+    Aggregate, Cmp, DeviceLevel, Expr, Field, Flap, GroupBy, Lifecycle, Match, Rule, SeriesFilter,
+    Severity, Test, WindowKind,
+};
+use eddy_proto::MAX_DEVICE_ID_LEN;
+use serde::{Deserialize, Serialize};
+
+pub use actions::{Action, When};
+pub use registry::{Compiled, Origin, Registry};
+
+/// A rule as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// The SQL form; excludes the shorthand's query fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// With `sql`: the condition that resolves a firing alert
+    /// (hysteresis), e.g. `avg(temperature) < 28`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub window: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    /// With `above`: a firing alert resolves only below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_below: Option<f64>,
+    /// With `below`: a firing alert resolves only above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_above: Option<f64>,
+    /// Deadman: fire when a series sends nothing for this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub no_data: Option<Duration>,
+    /// Device ids or `*` patterns; all devices when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub building: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+    /// `device` (per series, the default), `site`, `building`, `line`, `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+    #[serde(
+        default,
+        rename = "for",
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hold: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub keep_firing_for: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub repeat: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flap: Option<FlapConfig>,
+    #[serde(default = "default_severity")]
+    pub severity: Severity,
+    /// How late a sample may arrive and still count for this rule
+    /// (`engine.allowed_lateness` when absent).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allowed_lateness: Option<Duration>,
+    /// What happens on a notification; `mqtt` and `upstream` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<actions::ActionConfig>>,
+}
+
+fn default_severity() -> Severity {
+    Severity::Warning
+}
+
+/// `flap = { window = "10m", changes = 6 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlapConfig {
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub changes: u32,
+}
+
+impl RuleConfig {
+    /// The threshold shorthand: `aggregate` of `metric` over tumbling
+    /// `window` windows above `threshold`.
+    pub fn above(
+        name: &str,
+        metric: &str,
+        window: Duration,
+        aggregate: Aggregate,
+        threshold: f64,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            sql: None,
+            clear: None,
+            metric: Some(metric.into()),
+            window: Some(window),
+            aggregate: Some(aggregate),
+            above: Some(threshold),
+            below: None,
+            clear_below: None,
+            clear_above: None,
+            no_data: None,
+            devices: Vec::new(),
+            site: None,
+            building: None,
+            line: None,
+            group_by: None,
+            hold: None,
+            keep_firing_for: None,
+            repeat: None,
+            flap: None,
+            severity: Severity::Warning,
+            allowed_lateness: None,
+            actions: None,
+        }
+    }
+}
+
+/// What is wrong with one rule: the field (TOML key) it is about, and for
+/// SQL the position inside the query text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub field: Option<&'static str>,
+    pub sql: Option<(u64, u64)>,
+    pub message: String,
+}
+
+impl Problem {
+    fn field(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field),
+            sql: None,
+            message: message.into(),
+        }
+    }
+
+    fn sql(field: &'static str, e: SqlError) -> Self {
+        Self {
+            field: Some(field),
+            sql: (e.line > 0).then_some((e.line, e.column)),
+            message: e.message,
+        }
+    }
+}
+
+/// A rule error with its place: `file:line:column: rule `name`: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    /// The file, or where the rule came from (`api`).
+    pub source: String,
+    pub line: usize,
+    pub column: usize,
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if let Some(rule) = &self.rule {
+            write!(f, ": rule `{rule}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Several rule errors, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct RuleErrors(pub Vec<RuleError>);
+
+impl fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Compiles one rule; `Err` lists every problem found.
+pub fn compile(r: &RuleConfig) -> Result<(Rule, Vec<Action>), Vec<Problem>> {
+    let mut problems = Vec::new();
+    if let Err(e) = eddy_proto::valid_name(&r.name, MAX_DEVICE_ID_LEN) {
+        problems.push(Problem::field("name", format!("`{}` {e}", r.name)));
+    }
+    let query = match &r.sql {
+        Some(text) => compile_sql(r, text, &mut problems),
+        None => compile_shorthand(r, &mut problems),
+    };
+    let lifecycle = Lifecycle {
+        for_ms: r.hold.map_or(0, ms),
+        keep_firing_for_ms: r.keep_firing_for.map_or(0, ms),
+        repeat_ms: r.repeat.map(ms),
+        flap: r.flap.map(|f| Flap {
+            window_ms: ms(f.window),
+            changes: f.changes,
+        }),
+    };
+    if r.repeat.is_some_and(|d| d.is_zero()) {
+        problems.push(Problem::field("repeat", "must be longer than 0"));
+    }
+    if let Some(f) = r.flap
+        && (f.window.is_zero() || f.changes < 2)
+    {
+        problems.push(Problem::field(
+            "flap",
+            "needs a window longer than 0 and at least 2 changes",
+        ));
+    }
+    let actions = match &r.actions {
+        None => vec![Action::Mqtt, Action::Upstream],
+        Some(list) => list
+            .iter()
+            .filter_map(|a| match a.compile() {
+                Ok(a) => Some(a),
+                Err(m) => {
+                    problems.push(Problem::field("actions", m));
+                    None
+                }
+            })
+            .collect(),
+    };
+    let Some((window, group_by, metric, filter, test)) = query else {
+        return Err(problems);
+    };
+    let rule = Rule {
+        name: Arc::from(r.name.as_str()),
+        window,
+        group_by,
+        metric,
+        filter,
+        test,
+        lifecycle,
+        severity: r.severity,
+        allowed_lateness_ms: r.allowed_lateness.map(ms),
+    };
+    if problems.is_empty()
+        && let Err(m) = rule.validate()
+    {
+        problems.push(Problem::field(
+            if r.sql.is_some() { "sql" } else { "window" },
+            m,
+        ));
+    }
+    if problems.is_empty() {
+        Ok((rule, actions))
+    } else {
+        Err(problems)
+    }
+}
+
+type Plan = (WindowKind, GroupBy, String, SeriesFilter, Test);
+
+fn compile_sql(r: &RuleConfig, text: &str, problems: &mut Vec<Problem>) -> Option<Plan> {
+    let shorthand = [
+        ("metric", r.metric.is_some()),
+        ("window", r.window.is_some()),
+        ("aggregate", r.aggregate.is_some()),
+        ("above", r.above.is_some()),
+        ("below", r.below.is_some()),
+        ("clear_above", r.clear_above.is_some()),
+        ("clear_below", r.clear_below.is_some()),
+        ("no_data", r.no_data.is_some()),
+        ("devices", !r.devices.is_empty()),
+        ("site", r.site.is_some()),
+        ("building", r.building.is_some()),
+        ("line", r.line.is_some()),
+        ("group_by", r.group_by.is_some()),
+    ];
+    for (field, set) in shorthand {
+        if set {
+            problems.push(Problem::field(
+                field,
+                format!(
+                    "`{field}` is part of the threshold shorthand; with `sql` say it in the query"
+                ),
+            ));
+        }
+    }
+    let q = match sql::parse(text) {
+        Ok(q) => q,
+        Err(e) => {
+            problems.push(Problem::sql("sql", e));
+            return None;
+        }
+    };
+    let clear = match &r.clear {
+        Some(c) => match sql::parse_condition(&q, c) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                problems.push(Problem::sql("clear", e));
+                return None;
+            }
+        },
+        None => None,
+    };
+    Some((
+        q.window,
+        q.group_by,
+        q.metric,
+        q.filter,
+        Test::Window {
+            condition: q.condition,
+            clear,
+            value: q.value,
+        },
+    ))
+}
+
+fn compile_shorthand(r: &RuleConfig, problems: &mut Vec<Problem>) -> Option<Plan> {
+    if r.clear.is_some() {
+        problems.push(Problem::field(
+            "clear",
+            "`clear` goes with `sql`; the shorthand uses clear_above/clear_below",
+        ));
+    }
+    let Some(metric) = &r.metric else {
+        problems.push(Problem::field(
+            "name",
+            "expected `metric` (and window, aggregate, above or below), or `sql`",
+        ));
+        return None;
+    };
+    if let Err(e) = eddy_proto::valid_name(metric, eddy_proto::MAX_METRIC_LEN) {
+        problems.push(Problem::field("metric", format!("`{metric}` {e}")));
+    }
+    let mut filter = SeriesFilter::default();
+    if !r.devices.is_empty() {
+        filter.all.push(
+            r.devices
+                .iter()
+                .map(|d| Match {
+                    field: Field::Device,
+                    pattern: d.clone(),
+                    negate: false,
+                })
+                .collect(),
+        );
+    }
+    for (field, value) in [
+        (Field::Site, &r.site),
+        (Field::Building, &r.building),
+        (Field::Line, &r.line),
+    ] {
+        if let Some(v) = value {
+            filter.all.push(vec![Match {
+                field,
+                pattern: v.clone(),
+                negate: false,
+            }]);
+        }
+    }
+    let device = match r.group_by.as_deref() {
+        None | Some("device") => DeviceLevel::Device,
+        Some("site") => DeviceLevel::Level(1),
+        Some("building") => DeviceLevel::Level(2),
+        Some("line") => DeviceLevel::Level(3),
+        Some("all") => DeviceLevel::All,
+        Some(other) => {
+            problems.push(Problem::field(
+                "group_by",
+                format!("unknown grouping `{other}`: expected device, site, building, line or all"),
+            ));
+            DeviceLevel::Device
+        }
+    };
+    let group_by = GroupBy {
+        device,
+        metric: true,
+    };
+    if let Some(silent) = r.no_data {
+        for (field, set) in [
+            ("window", r.window.is_some()),
+            ("aggregate", r.aggregate.is_some()),
+            ("above", r.above.is_some()),
+            ("below", r.below.is_some()),
+        ] {
+            if set {
+                problems.push(Problem::field(
+                    field,
+                    format!("`{field}` has no meaning in a no_data (deadman) rule"),
+                ));
+            }
+        }
+        if silent.is_zero() {
+            problems.push(Problem::field("no_data", "must be longer than 0"));
+        }
+        let size_ms = ms(silent).max(1);
+        return Some((
+            WindowKind::Tumbling { size_ms },
+            group_by,
+            metric.clone(),
+            filter,
+            Test::NoData {
+                silent_ms: ms(silent),
+            },
+        ));
+    }
+    let window = match r.window {
+        Some(w) if !w.is_zero() => w,
+        Some(_) => {
+            problems.push(Problem::field("window", "must be longer than 0"));
+            return None;
+        }
+        None => {
+            problems.push(Problem::field(
+                "name",
+                "expected `window`, e.g. window = \"10s\"",
+            ));
+            return None;
+        }
+    };
+    let Some(aggregate) = r.aggregate else {
+        problems.push(Problem::field(
+            "name",
+            "expected `aggregate`, e.g. aggregate = \"mean\"",
+        ));
+        return None;
+    };
+    let (cmp, threshold, clear) = match (r.above, r.below) {
+        (Some(t), None) => {
+            if r.clear_above.is_some() {
+                problems.push(Problem::field(
+                    "clear_above",
+                    "with `above`, hysteresis is `clear_below`",
+                ));
+            }
+            if let Some(c) = r.clear_below
+                && c > t
+            {
+                problems.push(Problem::field(
+                    "clear_below",
+                    format!("must be at most `above` ({t})"),
+                ));
+            }
+            (Cmp::Gt, t, r.clear_below.map(|c| (Cmp::Lt, c)))
+        }
+        (None, Some(t)) => {
+            if r.clear_below.is_some() {
+                problems.push(Problem::field(
+                    "clear_below",
+                    "with `below`, hysteresis is `clear_above`",
+                ));
+            }
+            if let Some(c) = r.clear_above
+                && c < t
+            {
+                problems.push(Problem::field(
+                    "clear_above",
+                    format!("must be at least `below` ({t})"),
+                ));
+            }
+            (Cmp::Lt, t, r.clear_above.map(|c| (Cmp::Gt, c)))
+        }
+        _ => {
+            problems.push(Problem::field(
+                "above",
+                "set exactly one of `above` and `below`",
+            ));
+            return None;
+        }
+    };
+    if !threshold.is_finite() || clear.is_some_and(|(_, c)| !c.is_finite()) {
+        problems.push(Problem::field("above", "thresholds must be finite numbers"));
+    }
+    Some((
+        WindowKind::Tumbling {
+            size_ms: ms(window),
+        },
+        group_by,
+        metric.clone(),
+        filter,
+        Test::Window {
+            condition: Expr::compare(aggregate, cmp, threshold),
+            clear: clear.map(|(c, t)| Expr::compare(aggregate, c, t)),
+            value: Expr::Agg(aggregate),
+        },
+    ))
+}
+
+/// The rules of a file: `[[rules]]` tables (other keys are not allowed,
+/// except in `eddy.toml`, which [`rules_of_config`] reads).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    rules: Vec<RuleConfig>,
+}
+
+/// Only the `[[rules]]` of a whole `eddy.toml`.
+#[derive(Debug, Deserialize)]
+struct ConfigRules {
+    #[serde(default)]
+    rules: Vec<RuleConfig>,
+}
+
+/// Parses a rules file's text; errors carry `source` and positions.
+pub fn parse_file(source: &str, text: &str) -> Result<Vec<RuleConfig>, RuleErrors> {
+    parse_toml::<RulesFile>(source, text).map(|f| f.rules)
+}
+
+/// The `[[rules]]` of an `eddy.toml`.
+pub fn rules_of_config(source: &str, text: &str) -> Result<Vec<RuleConfig>, RuleErrors> {
+    parse_toml::<ConfigRules>(source, text).map(|f| f.rules)
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(source: &str, text: &str) -> Result<T, RuleErrors> {
+    toml::from_str::<T>(text).map_err(|e| {
+        let (line, column) = e.span().map_or((0, 0), |span| line_col(text, span.start));
+        RuleErrors(vec![RuleError {
+            source: source.to_string(),
+            line,
+            column,
+            rule: None,
+            message: e.message().trim().to_string(),
+        }])
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Compiles the rules of one file's text, each error placed in the file.
+pub fn compile_file(
+    source: &str,
+    text: &str,
+    rules: &[RuleConfig],
+) -> (Vec<(Rule, Vec<Action>)>, Vec<RuleError>) {
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        match compile(r) {
+            Ok(c) => ok.push(c),
+            Err(problems) => errors.extend(problems.into_iter().map(|p| {
+                let (line, column) = locate(text, i, &p);
+                RuleError {
+                    source: source.to_string(),
+                    line,
+                    column,
+                    rule: Some(r.name.clone()),
+                    message: p.message,
+                }
+            })),
+        }
+    }
+    (ok, errors)
+}
+
+/// Where a problem of the `index`-th `[[rules]]` table is in the text:
+/// the line of its field, or inside the SQL string; the table's header
+/// line when the field is not written out.
+fn locate(text: &str, index: usize, p: &Problem) -> (usize, usize) {
+    let lines: Vec<&str> = text.lines().collect();
+    let headers: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[rules]]")
+        .map(|(i, _)| i)
+        .collect();
+    let Some(&start) = headers.get(index) else {
+        return (0, 0);
+    };
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |n| start + 1 + n);
+    let header = (start + 1, lines[start].find('[').unwrap_or(0) + 1);
+    let Some(field) = p.field else {
+        return header;
+    };
+    let Some(at) = (start + 1..end).find(|&i| {
+        let l = lines[i].trim_start();
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    }) else {
+        return header;
+    };
+    let line = lines[at];
+    let key_col = line.len() - line.trim_start().len() + 1;
+    let Some((sql_line, sql_col)) = p.sql else {
+        return (at + 1, key_col);
+    };
+    // The string's content: after `=` and the opening quote(s); a newline
+    // right after a triple quote is not part of it.
+    let Some(eq) = line.find('=') else {
+        return (at + 1, key_col);
+    };
+    let after = &line[eq + 1..];
+    let value = after.trim_start();
+    let quote_at = eq + 1 + (after.len() - value.len());
+    let quotes = if value.starts_with("\"\"\"") || value.starts_with("'''") {
+        3
+    } else {
+        1
+    };
+    let (base_line, base_col) = if quotes == 3 && value[3..].trim().is_empty() {
+        (at + 2, 1)
+    } else {
+        (at + 1, quote_at + quotes + 1)
+    };
+    let sql_line = usize::try_from(sql_line).unwrap_or(1);
+    let sql_col = usize::try_from(sql_col).unwrap_or(1);
+    if sql_line <= 1 {
+        (base_line, base_col + sql_col - 1)
+    } else {
+        (base_line + sql_line - 1, sql_col)
+    }
+}
+
+/// Reads and compiles a rules file (or `eddy.toml`, when `config`).
+pub fn check_file(path: &Path, config: bool) -> Result<usize, RuleErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        RuleErrors(vec![RuleError {
+            source: source.clone(),
+            line: 0,
+            column: 0,
+            rule: None,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let rules = if config {
+        rules_of_config(&source, &text)?
+    } else {
+        parse_file(&source, &text)?
+    };
+    let (ok, mut errors) = compile_file(&source, &text, &rules);
+    for (i, r) in rules.iter().enumerate() {
+        if rules[..i].iter().any(|o| o.name == r.name) {
+            let (line, column) = locate(&text, i, &Problem::field("name", ""));
+            errors.push(RuleError {
+                source: source.clone(),
+                line,
+                column,
+                rule: Some(r.name.clone()),
+                message: "the name is used twice".into(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(ok.len())
+    } else {
+        Err(RuleErrors(errors))
+    }
+}
+
+/// The rules files of a directory: `*.toml`, sorted by name.
+pub fn dir_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_errors_are_placed_inside_the_file() {
+        let text = "[[rules]]\nname = \"a\"\nsql = \"SELECT avg(t) FROM telemetry GROUP BY TUMBLING(INTERVAL '1' SECOND) HAVING avg(t) >\"\n";
+        let rules = parse_file("r.toml", text).expect("toml");
+        let (_, errors) = compile_file("r.toml", text, &rules);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        // The SQL ends at column 87 of its line, after `sql = "`.
+        assert_eq!(errors[0].line, 3);
+        assert!(errors[0].column > 80, "{}", errors[0]);
+        let text = "[[rules]]\nname = \"a\"\nsql = \"\"\"\nSELECT avg(t)\nFROM telemetry\nGROUP BY WOBBLY(3)\nHAVING avg(t) > 1\"\"\"\n";
+        let rules = parse_file("r.toml", text).expect("toml");
+        let (_, errors) = compile_file("r.toml", text, &rules);
+        assert_eq!((errors[0].line, errors[0].column), (6, 10), "{}", errors[0]);
+    }
+}
