@@ -973,11 +973,13 @@ impl Engine {
             let v = self.rules[index].view;
             let global = self.global_watermark(v);
             let mut due = Vec::new();
+            // The fleet's clock, not the silent device's own (which
+            // stands still while it is silent).
+            let wm = global;
             for g in self.st.views[v].slots.iter().flatten() {
                 if g.last_ms == i64::MIN {
                     continue;
                 }
-                let wm = self.group_watermark(v, g.source, global);
                 let silent = wm.saturating_sub(g.last_ms);
                 let alarm = silent >= to_ms(silent_ms);
                 let known = self.st.alerts.contains_key(&(index as u32, g.key));

@@ -510,7 +510,8 @@ impl Builder {
                                 format!("unknown aggregate `{name}`; expected one of {AGGREGATES}"),
                             )
                         })?;
-                        if args.len() != 1 {
+                        let star = aggregate == Aggregate::Count && args.is_empty();
+                        if args.len() != 1 && !star {
                             return Err(err_at(
                                 e,
                                 format!("{name} takes one metric, e.g. {name}(temperature)"),

@@ -11,6 +11,7 @@ use eddy_gateway::campaign::client::Client;
 use eddy_gateway::campaign::{Status, display};
 use eddy_gateway::config::Config;
 use eddy_gateway::demo::{self, DemoOptions};
+use hyper::Method;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -74,6 +75,19 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Alert rules: check files, list and change a running gateway's.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// The alerts a running gateway has: pending and firing, or history.
+    Alerts {
+        /// The newest notifications instead of the active alerts.
+        #[arg(long)]
+        history: bool,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
     /// Signed firmware images: keys, signing, inspection.
     Ota {
         #[command(subcommand)]
@@ -95,6 +109,36 @@ enum Command {
         /// Gateway config for --qemu (its [[serial]] ports are replaced).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Validate rule files (rules-directory files or eddy.toml) without
+    /// running them; every error with file, line and column; non-zero
+    /// exit on any.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The rules a running gateway runs, with where each is defined.
+    List {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Create or replace a rule through the API (kept across restarts).
+    Put {
+        name: String,
+        /// The rule as JSON (the fields of a [[rules]] table).
+        json: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Delete a rule created through the API.
+    Delete {
+        name: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
     },
 }
 
@@ -457,9 +501,72 @@ async fn main() -> anyhow::Result<()> {
             query::write(&mut result, format, out.as_deref())?;
             Ok(())
         }
+        Command::Rules { command } => rules_command(command).await,
+        Command::Alerts { history, url } => {
+            let client = Client::new(&url)?;
+            let path = if history {
+                "/api/alerts/history"
+            } else {
+                "/api/alerts"
+            };
+            let rows: serde_json::Value = client.json(Method::GET, path, Vec::new()).await?;
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+            Ok(())
+        }
         Command::Check { config } => {
             let c = Config::load(&config)?;
             println!("{}: ok ({} rules)", config.display(), c.rules.len());
+            Ok(())
+        }
+    }
+}
+
+async fn rules_command(command: RulesCommand) -> anyhow::Result<()> {
+    match command {
+        RulesCommand::Check { files } => {
+            let mut failed = false;
+            for file in &files {
+                match eddy_gateway::rules::check_file(file) {
+                    Ok(n) => println!("{}: ok ({n} rules)", file.display()),
+                    Err(errors) => {
+                        failed = true;
+                        eprintln!("{errors}");
+                    }
+                }
+            }
+            anyhow::ensure!(!failed, "invalid rules");
+            Ok(())
+        }
+        RulesCommand::List { url } => {
+            let rules: serde_json::Value = Client::new(&url)?
+                .json(Method::GET, "/api/rules", Vec::new())
+                .await?;
+            for r in rules.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {}",
+                    r["name"].as_str().unwrap_or("?"),
+                    r["origin"]
+                );
+            }
+            Ok(())
+        }
+        RulesCommand::Put { name, json, url } => {
+            let answer: serde_json::Value = Client::new(&url)?
+                .json(Method::PUT, &format!("/api/rules/{name}"), json.into_bytes())
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
+        RulesCommand::Delete { name, url } => {
+            let (status, body) = Client::new(&url)?
+                .call(Method::DELETE, &format!("/api/rules/{name}"), Vec::new())
+                .await?;
+            anyhow::ensure!(
+                status == 204,
+                "the gateway refused ({status}): {}",
+                String::from_utf8_lossy(&body)
+            );
+            println!("deleted {name}");
             Ok(())
         }
     }

@@ -677,8 +677,9 @@ fn locate(text: &str, index: usize, p: &Problem) -> (usize, usize) {
     }
 }
 
-/// Reads and compiles a rules file (or `eddy.toml`, when `config`).
-pub fn check_file(path: &Path, config: bool) -> Result<usize, RuleErrors> {
+/// Reads and compiles a rules file, or the `[[rules]]` of an `eddy.toml`
+/// (a file with other top-level keys); the number of rules when valid.
+pub fn check_file(path: &Path) -> Result<usize, RuleErrors> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         RuleErrors(vec![RuleError {
@@ -689,6 +690,9 @@ pub fn check_file(path: &Path, config: bool) -> Result<usize, RuleErrors> {
             message: format!("cannot read: {e}"),
         }])
     })?;
+    let config = text
+        .parse::<toml::Table>()
+        .is_ok_and(|t| t.keys().any(|k| k != "rules"));
     let rules = if config {
         rules_of_config(&source, &text)?
     } else {
@@ -708,10 +712,22 @@ pub fn check_file(path: &Path, config: bool) -> Result<usize, RuleErrors> {
         }
     }
     if errors.is_empty() {
-        Ok(ok.len())
-    } else {
-        Err(RuleErrors(errors))
+        let plan: Vec<Rule> = ok.into_iter().map(|(r, _)| r).collect();
+        let count = plan.len();
+        if let Err(e) = eddy_analytics::Engine::new(eddy_analytics::EngineConfig::default(), plan)
+        {
+            errors.push(RuleError {
+                source,
+                line: 0,
+                column: 0,
+                rule: None,
+                message: e.to_string(),
+            });
+        } else {
+            return Ok(count);
+        }
     }
+    Err(RuleErrors(errors))
 }
 
 /// The rules files of a directory: `*.toml`, sorted by name.
