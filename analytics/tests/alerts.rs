@@ -46,7 +46,11 @@ fn run(engine: &mut Engine, key: SeriesKey, values: &[f64]) -> Vec<(AlertState, 
             }],
             &mut out,
         );
-        notes.extend(out.alerts.drain(..).map(|a| (a.state, a.repeat, a.window_end_ms)));
+        notes.extend(
+            out.alerts
+                .drain(..)
+                .map(|a| (a.state, a.repeat, a.window_end_ms)),
+        );
         out.clear();
     }
     notes
@@ -187,7 +191,10 @@ fn a_flapping_alert_says_so_once_and_then_goes_quiet_until_it_settles() {
     let notes = run(&mut e, k, &values);
     let states: Vec<AlertState> = notes.iter().map(|n| n.0).collect();
     assert_eq!(
-        states.iter().filter(|s| **s == AlertState::Flapping).count(),
+        states
+            .iter()
+            .filter(|s| **s == AlertState::Flapping)
+            .count(),
         1,
         "{notes:?}"
     );
@@ -346,7 +353,12 @@ fn a_rate_of_change_rule_fires_on_a_fast_rise() {
         .filter(|a| a.state == AlertState::Firing)
         .map(|a| a.window_end_ms)
         .collect();
-    assert_eq!(firing, vec![4001], "(ts - 2 s, ts] ends at ts + 1: {:?}", out.alerts);
+    assert_eq!(
+        firing,
+        vec![4001],
+        "(ts - 2 s, ts] ends at ts + 1: {:?}",
+        out.alerts
+    );
 }
 
 #[test]
@@ -417,11 +429,15 @@ fn a_restored_engine_keeps_firing_alerts_without_notifying_again() {
         "still firing after the restore: no second firing"
     );
     // Restored with an extra rule: the old one keeps its state.
-    let mut e2 = Engine::restore(config(), vec![hot(), {
-        let mut r = hot();
-        r.name = "other".into();
-        r
-    }], &bytes)
+    let mut e2 = Engine::restore(
+        config(),
+        vec![hot(), {
+            let mut r = hot();
+            r.name = "other".into();
+            r
+        }],
+        &bytes,
+    )
     .expect("restores with other rules");
     assert_eq!(e2.alerts().len(), 1);
     let notes = run(&mut e2, k, &[60.0, 60.0]);

@@ -542,17 +542,17 @@ async fn rules_command(command: RulesCommand) -> anyhow::Result<()> {
                 .json(Method::GET, "/api/rules", Vec::new())
                 .await?;
             for r in rules.as_array().into_iter().flatten() {
-                println!(
-                    "{:<24} {}",
-                    r["name"].as_str().unwrap_or("?"),
-                    r["origin"]
-                );
+                println!("{:<24} {}", r["name"].as_str().unwrap_or("?"), r["origin"]);
             }
             Ok(())
         }
         RulesCommand::Put { name, json, url } => {
             let answer: serde_json::Value = Client::new(&url)?
-                .json(Method::PUT, &format!("/api/rules/{name}"), json.into_bytes())
+                .json(
+                    Method::PUT,
+                    &format!("/api/rules/{name}"),
+                    json.into_bytes(),
+                )
                 .await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())

@@ -8,10 +8,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Collector, http_get, test_config, wait_until};
+use common::{Collector, http_get, json_publisher, send_reading, test_config, wait_until};
 use eddy_gateway::Gateway;
 use eddy_gateway::config::{Config, ViewConfig};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::AsyncClient;
 
 /// Event times far from now, so only the samples move the watermark.
 const T0: i64 = 1_700_000_000_000;
@@ -53,26 +53,12 @@ fn config(dir: &Path) -> Config {
     config
 }
 
-/// A JSON publisher on the gateway's broker.
 async fn publisher(gateway: &Gateway) -> AsyncClient {
-    let broker = gateway.broker().clone();
-    let (client, mut eventloop) =
-        AsyncClient::new(MqttOptions::new("json-pub", broker.host, broker.port), 256);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    client
+    json_publisher(gateway.broker(), "json-pub")
 }
 
 async fn send(client: &AsyncClient, device: &str, ts: i64, power: f64) {
-    let payload = serde_json::json!({ "power": power, "ts": ts }).to_string();
-    client
-        .publish(
-            format!("eddy/v1/{device}/telemetry"),
-            QoS::AtLeastOnce,
-            false,
-            payload,
-        )
-        .await
-        .expect("published");
+    send_reading(client, device, "power", ts, power).await;
 }
 
 async fn live(gateway: &Gateway, query: &str) -> serde_json::Value {

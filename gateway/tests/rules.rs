@@ -12,8 +12,7 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     path
 }
 
-const SQL_OK: &str =
-    "SELECT device, avg(t) FROM telemetry GROUP BY device, TUMBLING(INTERVAL '10' SECOND) HAVING avg(t) > 1";
+const SQL_OK: &str = "SELECT device, avg(t) FROM telemetry GROUP BY device, TUMBLING(INTERVAL '10' SECOND) HAVING avg(t) > 1";
 
 fn sql_rule(sql: &str) -> String {
     format!("[[rules]]\nname = \"r\"\nsql = \"{sql}\"\n")
@@ -21,7 +20,8 @@ fn sql_rule(sql: &str) -> String {
 
 /// (rule file text, "line:column", what the message says)
 fn cases() -> Vec<(String, &'static str, &'static str)> {
-    let shorthand = "[[rules]]\nname = \"r\"\nmetric = \"t\"\nwindow = \"10s\"\naggregate = \"mean\"\n";
+    let shorthand =
+        "[[rules]]\nname = \"r\"\nmetric = \"t\"\nwindow = \"10s\"\naggregate = \"mean\"\n";
     // SQL positions: the query starts at column 8 of line 3, after `sql = "`.
     vec![
         // TOML syntax and types.

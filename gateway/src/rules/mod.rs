@@ -714,8 +714,7 @@ pub fn check_file(path: &Path) -> Result<usize, RuleErrors> {
     if errors.is_empty() {
         let plan: Vec<Rule> = ok.into_iter().map(|(r, _)| r).collect();
         let count = plan.len();
-        if let Err(e) = eddy_analytics::Engine::new(eddy_analytics::EngineConfig::default(), plan)
-        {
+        if let Err(e) = eddy_analytics::Engine::new(eddy_analytics::EngineConfig::default(), plan) {
             errors.push(RuleError {
                 source,
                 line: 0,

@@ -434,6 +434,34 @@ pub fn assert_exactly_once(store: &eddy_gateway::store::Store, report: &FleetRep
     assert!(seqs.is_empty(), "samples of unknown devices: {seqs:?}");
 }
 
+/// A client publishing JSON readings on the broker at `url`.
+pub fn json_publisher(url: &eddy_gateway::config::BrokerUrl, client_id: &str) -> AsyncClient {
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new(client_id, url.host.clone(), url.port), 256);
+    tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    client
+}
+
+/// Publishes `{metric: value, "ts": ts}` on the device's telemetry topic.
+pub async fn send_reading(client: &AsyncClient, device: &str, metric: &str, ts: i64, value: f64) {
+    let payload = serde_json::json!({ metric: value, "ts": ts }).to_string();
+    client
+        .publish(
+            format!("eddy/v1/{device}/telemetry"),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+        .expect("published");
+}
+
 /// A plain HTTP/1.1 GET; returns (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
