@@ -900,13 +900,12 @@ impl Engine {
     }
 
     fn evaluate_rules(&mut self, window: &WindowResult, out: &mut Output) {
-        if window.view < self.base_views {
+        // Rule i reads view base_views + i.
+        let Some(index) = window.view.checked_sub(self.base_views) else {
             return;
-        }
-        for (index, compiled) in self.rules.iter().enumerate() {
-            if compiled.view != window.view {
-                continue;
-            }
+        };
+        if let Some(compiled) = self.rules.get(index) {
+            debug_assert_eq!(compiled.view, window.view);
             let rule = &compiled.rule;
             let Test::Window {
                 condition,
@@ -914,7 +913,7 @@ impl Engine {
                 value,
             } = &rule.test
             else {
-                continue;
+                return;
             };
             let a = &window.aggregates;
             let alarm = condition.holds(a);

@@ -436,7 +436,11 @@ impl Builder {
             Ast::UnaryOp {
                 op: UnaryOperator::Minus,
                 expr,
-            } => Expr::Neg(Box::new(self.value_expr(expr)?)),
+            } => match self.value_expr(expr)? {
+                // A negative number, not a negation: thresholds stay numbers.
+                Expr::Num(n) => Expr::Num(-n),
+                other => Expr::Neg(Box::new(other)),
+            },
             Ast::UnaryOp {
                 op: UnaryOperator::Plus,
                 expr,
