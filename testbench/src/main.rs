@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use eddy_firmware_host::replay::Series;
 use eddy_firmware_host::{FleetConfig, ReplaySource, run_fleet};
 use eddy_gateway::config::BrokerUrl;
+use eddy_testbench::scenario;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +53,15 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         speedup: f64,
     },
+    /// Run scenario files (fleet, faults on a timeline, expectations) against
+    /// the real `eddy` binary; exits non-zero when an expectation fails.
+    Scenario {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// The gateway binary (default: $EDDY_BIN, or `eddy` next to this one).
+        #[arg(long)]
+        eddy: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -63,6 +73,39 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Scenario { files, eddy } => {
+            let eddy = match eddy {
+                Some(p) => p,
+                None => scenario::find_eddy()?,
+            };
+            let mut failed = 0;
+            for file in &files {
+                let s = scenario::Scenario::load(file)?;
+                println!("== {} ({})", s.name, file.display());
+                let outcome = scenario::run(&s, &eddy).await?;
+                for c in &outcome.checks {
+                    println!(
+                        "  {}  {:<48} {}",
+                        if c.passed { "ok  " } else { "FAIL" },
+                        c.name,
+                        c.detail
+                    );
+                }
+                println!(
+                    "  {} frames, {} readings, {} alert notifications, gateway max RSS {:.1} MB, {:.1?}",
+                    outcome.frames_sent,
+                    outcome.readings_sent,
+                    outcome.alerts_seen,
+                    outcome.max_rss_kb as f64 / 1024.0,
+                    outcome.elapsed
+                );
+                if !outcome.passed() {
+                    failed += 1;
+                }
+            }
+            anyhow::ensure!(failed == 0, "{failed} of {} scenarios failed", files.len());
+            Ok(())
+        }
         Command::Simulate {
             devices,
             rate,

@@ -7,6 +7,7 @@ use eddy_proto::topic::DEFAULT_PREFIX;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::faults::{Fault, Faulty};
 use crate::ota::{SimOta, SimOtaConfig};
 use crate::replay::{Replay, Series};
 use crate::sim::{Excursion, SimSensor, Waveform};
@@ -34,6 +35,9 @@ pub struct FleetConfig {
     pub replay: Option<ReplaySource>,
     /// Devices also take firmware updates.
     pub ota: Option<SimOtaConfig>,
+    /// Sensor faults on the temperature of the devices a pattern matches
+    /// (a device id, or a prefix ending in `*`).
+    pub faults: Vec<(String, Fault)>,
 }
 
 /// A recorded series every device plays as its `temperature`.
@@ -59,6 +63,7 @@ impl Default for FleetConfig {
             drain_timeout: Duration::from_secs(15),
             replay: None,
             ota: None,
+            faults: Vec::new(),
         }
     }
 }
@@ -107,6 +112,21 @@ impl FleetConfig {
                 })?,
             ),
             None => Box::new(temperature),
+        };
+        let id = self.device_id(index);
+        let faults: Vec<Fault> = self
+            .faults
+            .iter()
+            .filter(|(pattern, _)| match pattern.strip_suffix('*') {
+                Some(prefix) => id.starts_with(prefix),
+                None => *pattern == id,
+            })
+            .map(|(_, f)| *f)
+            .collect();
+        let temperature: SimSensor = if faults.is_empty() {
+            temperature
+        } else {
+            Box::new(Faulty::new(temperature, faults))
         };
         Ok(vec![temperature, Box::new(humidity)])
     }

@@ -16,6 +16,12 @@ impl<T: Sensor + Send + std::fmt::Debug> HostSensor for T {}
 /// A simulated device's sensor.
 pub type SimSensor = Box<dyn HostSensor>;
 
+impl Sensor for Box<dyn HostSensor> {
+    fn read(&mut self, now_ms: u64, out: &mut Readings) -> Result<(), SensorError> {
+        (**self).read(now_ms, out)
+    }
+}
+
 /// A temporary offset added to a signal: `offset` during
 /// `[first_ms + k * every_ms, first_ms + k * every_ms + duration_ms)`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,0 +1,696 @@
+//! Scenario files: a fleet, a gateway, a timeline of faults, and the
+//! expectations checked at the end.
+//!
+//! ```toml
+//! name = "network-cut"
+//! duration = "8s"                 # how long the devices sample
+//!
+//! [fleet]
+//! devices = 10
+//! rate = 10.0                     # samples per second per device
+//! hot_every = 5                   # every 5th device overheats now and then
+//! [[fleet.faults]]                # sensor faults on chosen devices
+//! devices = "sim-0003"
+//! kind = "stuck_at"               # drift, spike, stuck_at, dropout, step
+//! from = "2s"
+//! duration = "5s"
+//!
+//! [gateway]
+//! config = """                    # eddy.toml text (no data_dir, [broker] or [http])
+//! [engine]
+//! window = "1s"
+//! """
+//!
+//! [[timeline]]
+//! at = "3s"
+//! action = "cut"                  # cut, restore, blackhole, delay, kill_gateway,
+//!                                 # restart_gateway, malformed
+//!
+//! [expect]
+//! no_loss = true                  # every frame stored exactly once
+//! alerts = [{ rule = "overheat", devices = "sim-0000", within = "6s" }]
+//! quiet = ["sim-0001"]            # no alert fires for these
+//! max_rss_mb = 300
+//! ```
+//!
+//! The gateway is the real `eddy` binary in a child process (so it can be
+//! SIGKILLed), with its embedded broker; the devices reach the broker
+//! through a [`Proxy`] the timeline controls. Alerts are watched on the
+//! broker directly.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eddy_firmware_host::faults::Fault;
+use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::proxy::{Mode, Proxy};
+
+/// Why a scenario could not run (not a failed expectation).
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("scenario `{0}`: {1}")]
+    Invalid(String, String),
+    #[error("the eddy binary: {0}")]
+    Binary(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("gateway did not listen on {0} within 20 s")]
+    NotListening(SocketAddr),
+    #[error("fleet: {0}")]
+    Fleet(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    pub fleet: FleetSpec,
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    #[serde(default)]
+    pub timeline: Vec<Step>,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    pub devices: usize,
+    pub rate: f64,
+    #[serde(default)]
+    pub hot_every: Option<usize>,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// A sensor fault on the temperature of the devices `devices` matches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    pub devices: String,
+    pub kind: String,
+    #[serde(default, with = "humantime_serde")]
+    pub from: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub duration: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// Drift per hour, spike magnitude or step size.
+    #[serde(default)]
+    pub value: Option<f64>,
+}
+
+impl FaultSpec {
+    fn fault(&self) -> Result<Fault, String> {
+        let ms = |d: Option<Duration>, what: &str| {
+            d.map(|d| d.as_millis() as u64)
+                .ok_or_else(|| format!("fault `{}` needs `{what}`", self.kind))
+        };
+        let value = || {
+            self.value
+                .ok_or_else(|| format!("fault `{}` needs `value`", self.kind))
+        };
+        Ok(match self.kind.as_str() {
+            "drift" => Fault::Drift { per_hour: value()? },
+            "spike" => Fault::Spike {
+                every_ms: ms(self.every, "every")?,
+                magnitude: value()?,
+            },
+            "stuck_at" => Fault::StuckAt {
+                from_ms: ms(self.from, "from")?,
+                duration_ms: ms(self.duration, "duration")?,
+            },
+            "dropout" => Fault::Dropout {
+                from_ms: ms(self.from, "from")?,
+                duration_ms: ms(self.duration, "duration")?,
+            },
+            "step" => Fault::Step {
+                at_ms: ms(self.from, "from")?,
+                delta: value()?,
+            },
+            other => {
+                return Err(format!(
+                    "unknown fault `{other}`: drift, spike, stuck_at, dropout or step"
+                ));
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// `eddy.toml` text for the gateway under test.
+    #[serde(default)]
+    pub config: String,
+}
+
+/// One fault on the timeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    pub action: Action,
+    /// For `delay`.
+    #[serde(default, with = "humantime_serde")]
+    pub delay: Option<Duration>,
+    /// For `malformed`: how many bad messages.
+    #[serde(default)]
+    pub count: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Devices lose the broker: connections reset, new ones refused.
+    Cut,
+    /// Devices reach the broker again.
+    Restore,
+    /// Devices' traffic silently discarded.
+    Blackhole,
+    /// Devices' traffic held `delay` per chunk.
+    Delay,
+    /// SIGKILL the gateway.
+    KillGateway,
+    /// Start the gateway again (after a kill).
+    RestartGateway,
+    /// Publish `count` malformed and oversized messages on telemetry topics.
+    Malformed,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Every frame every device sent stored exactly once.
+    #[serde(default)]
+    pub no_loss: bool,
+    #[serde(default)]
+    pub alerts: Vec<AlertExpectation>,
+    /// Device patterns no alert may fire for.
+    #[serde(default)]
+    pub quiet: Vec<String>,
+    /// The gateway's resident memory stays below this.
+    #[serde(default)]
+    pub max_rss_mb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertExpectation {
+    pub rule: String,
+    /// Device pattern; every device it matches must see the alert fire.
+    pub devices: String,
+    /// After the scenario started.
+    #[serde(with = "humantime_serde")]
+    pub within: Duration,
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let file = |message: String| ScenarioError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+        let scenario: Scenario = toml::from_str(&text).map_err(|e| file(e.to_string()))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |m: String| ScenarioError::Invalid(self.name.clone(), m);
+        if self.fleet.devices == 0 || !(self.fleet.rate > 0.0 && self.fleet.rate <= 100.0) {
+            return Err(bad("fleet: devices >= 1 and rate in (0, 100]".into()));
+        }
+        for f in &self.fleet.faults {
+            f.fault().map_err(bad)?;
+        }
+        let table: toml::Table = self
+            .gateway
+            .config
+            .parse()
+            .map_err(|e| bad(format!("gateway.config: {e}")))?;
+        for key in ["data_dir", "broker", "http"] {
+            if table.contains_key(key) {
+                return Err(bad(format!(
+                    "gateway.config: `{key}` is set by the testbench"
+                )));
+            }
+        }
+        for s in &self.timeline {
+            if s.action == Action::Delay && s.delay.is_none() {
+                return Err(bad("a `delay` step needs `delay`".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One expectation's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// What a scenario run found.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub scenario: String,
+    pub checks: Vec<Check>,
+    pub frames_sent: u64,
+    pub readings_sent: u64,
+    pub alerts_seen: usize,
+    pub max_rss_kb: u64,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+}
+
+/// Where the `eddy` binary is: `$EDDY_BIN`, or next to this executable
+/// (the same cargo target directory).
+pub fn find_eddy() -> Result<PathBuf, ScenarioError> {
+    if let Some(p) = std::env::var_os("EDDY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("eddy");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(ScenarioError::Binary(
+        "not found next to the testbench; build it (cargo build --bin eddy) or set EDDY_BIN".into(),
+    ))
+}
+
+fn free_port() -> Result<u16, ScenarioError> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// The gateway under test, as a child process.
+struct GatewayChild {
+    eddy: PathBuf,
+    config: PathBuf,
+    broker: SocketAddr,
+    child: Option<Child>,
+    pid: Arc<Mutex<Option<u32>>>,
+}
+
+impl GatewayChild {
+    fn start(&mut self) -> Result<(), ScenarioError> {
+        let child = Command::new(&self.eddy)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,rmqtt=error".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = Some(child.id());
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&self.broker, Duration::from_millis(100)).is_err() {
+            if Instant::now() > end {
+                return Err(ScenarioError::NotListening(self.broker));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// SIGTERM: the gateway commits what it holds and stops.
+    fn stop(&mut self) -> Result<(), ScenarioError> {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let status = c.wait()?;
+            if !status.success() {
+                warn!(%status, "gateway did not stop cleanly");
+            }
+        }
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+}
+
+impl Drop for GatewayChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// (when, rule, device, state) of every alert notification.
+type Seen = Arc<Mutex<Vec<(Instant, String, String, String)>>>;
+
+/// Watches `eddy/v1/alerts/#`, subscribing again after every reconnect
+/// (the gateway, and its broker, may restart).
+fn watch_alerts(broker: SocketAddr, stop: CancellationToken) -> Seen {
+    let seen: Seen = Arc::default();
+    let out = seen.clone();
+    let mut options = MqttOptions::new("testbench-alerts", broker.ip().to_string(), broker.port());
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = eventloop.poll() => e,
+                () = stop.cancelled() => return,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe("eddy/v1/alerts/#", QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if !p.retain => {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                        let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
+                        out.lock().unwrap_or_else(|e| e.into_inner()).push((
+                            Instant::now(),
+                            field("rule"),
+                            field("device"),
+                            field("state"),
+                        ));
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    seen
+}
+
+/// Samples the gateway's resident memory (KiB) every 200 ms.
+fn watch_rss(pid: Arc<Mutex<Option<u32>>>, stop: CancellationToken) -> Arc<Mutex<u64>> {
+    let max = Arc::new(Mutex::new(0u64));
+    let out = max.clone();
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let current = *pid.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(kb) = current.and_then(rss_kb) {
+                let mut m = out.lock().unwrap_or_else(|e| e.into_inner());
+                *m = (*m).max(kb);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    max
+}
+
+/// `VmRSS` of a process, from `/proc` (Linux).
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn malformed(broker: SocketAddr, count: usize) {
+    let (client, mut eventloop) = AsyncClient::new(
+        MqttOptions::new("testbench-garbage", broker.ip().to_string(), broker.port()),
+        count.max(1) + 8,
+    );
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let oversized = vec![b'{'; 128 * 1024];
+    for i in 0..count {
+        let payload = match i % 3 {
+            0 => b"\x00\xffnot a frame".to_vec(),
+            1 => b"{\"temperature\": [1, 2".to_vec(),
+            _ => oversized.clone(),
+        };
+        let _ = client
+            .publish(
+                format!("eddy/v1/garbage-{i}/telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = client.disconnect().await;
+}
+
+/// Runs a scenario to the end and checks its expectations.
+pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioError> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let (broker_port, http_port) = (free_port()?, free_port()?);
+    let broker = SocketAddr::from(([127, 0, 0, 1], broker_port));
+    let config = dir.path().join("eddy.toml");
+    let data_dir = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n{}\n[broker]\nlisten = \"{broker}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+            data_dir.display().to_string(),
+            scenario.gateway.config
+        ),
+    )?;
+    let pid = Arc::new(Mutex::new(None));
+    let mut gateway = GatewayChild {
+        eddy: eddy.to_path_buf(),
+        config,
+        broker,
+        child: None,
+        pid: pid.clone(),
+    };
+    tokio::task::block_in_place(|| gateway.start())?;
+    let stop = CancellationToken::new();
+    let seen = watch_alerts(broker, stop.clone());
+    let rss = watch_rss(pid, stop.clone());
+    let proxy = Proxy::start(broker).await?;
+    let fleet = FleetConfig {
+        devices: scenario.fleet.devices,
+        rate_hz: scenario.fleet.rate,
+        duration: scenario.duration,
+        host: "127.0.0.1".into(),
+        port: proxy.addr().port(),
+        hot_every: scenario.fleet.hot_every,
+        seed: scenario.fleet.seed,
+        faults: scenario
+            .fleet
+            .faults
+            .iter()
+            .filter_map(|f| Some((f.devices.clone(), f.fault().ok()?)))
+            .collect(),
+        drain_timeout: Duration::from_secs(30),
+        ..FleetConfig::default()
+    };
+    let t0 = Instant::now();
+    let fleet_task = tokio::spawn(run_fleet(fleet, CancellationToken::new()));
+    let gateway = Arc::new(Mutex::new(gateway));
+    for step in &scenario.timeline {
+        tokio::time::sleep_until((t0 + step.at).into()).await;
+        info!(at = ?step.at, action = ?step.action, "scenario step");
+        match step.action {
+            Action::Cut => proxy.set(Mode::Cut),
+            Action::Restore => proxy.set(Mode::Pass),
+            Action::Blackhole => proxy.set(Mode::Blackhole),
+            Action::Delay => proxy.set(Mode::Delay(step.delay.unwrap_or_default())),
+            Action::KillGateway => {
+                let g = gateway.clone();
+                tokio::task::block_in_place(|| g.lock().unwrap_or_else(|e| e.into_inner()).kill());
+            }
+            Action::RestartGateway => {
+                let g = gateway.clone();
+                tokio::task::block_in_place(|| {
+                    g.lock().unwrap_or_else(|e| e.into_inner()).start()
+                })?;
+            }
+            Action::Malformed => malformed(broker, step.count.unwrap_or(30)).await,
+        }
+    }
+    let report = fleet_task
+        .await
+        .map_err(|e| ScenarioError::Fleet(e.to_string()))?
+        .map_err(|e| ScenarioError::Fleet(e.to_string()))?;
+    // Windows close and alerts go out within window + lateness.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    tokio::task::block_in_place(|| gateway.lock().unwrap_or_else(|e| e.into_inner()).stop())?;
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let max_rss_kb = *rss.lock().unwrap_or_else(|e| e.into_inner());
+    let mut checks = Vec::new();
+    if scenario.expect.no_loss {
+        let store = data_dir.join("eddy.redb");
+        checks.push(tokio::task::block_in_place(|| no_loss(&store, &report))?);
+    }
+    for a in &scenario.expect.alerts {
+        checks.push(alert_within(a, &report, &seen, t0));
+    }
+    for pattern in &scenario.expect.quiet {
+        let fired: Vec<String> = seen
+            .iter()
+            .filter(|(_, _, d, s)| s == "firing" && eddy_analytics::glob(pattern, d))
+            .map(|(_, r, d, _)| format!("{r} for {d}"))
+            .collect();
+        checks.push(Check {
+            name: format!("quiet {pattern}"),
+            passed: fired.is_empty(),
+            detail: if fired.is_empty() {
+                "no alert".into()
+            } else {
+                format!("fired: {}", fired.join(", "))
+            },
+        });
+    }
+    if let Some(max) = scenario.expect.max_rss_mb {
+        checks.push(Check {
+            name: format!("gateway RSS <= {max} MB"),
+            passed: max_rss_kb <= max * 1024,
+            detail: format!("max {:.1} MB", max_rss_kb as f64 / 1024.0),
+        });
+    }
+    Ok(Outcome {
+        scenario: scenario.name.clone(),
+        checks,
+        frames_sent: report.frames_sent(),
+        readings_sent: report.readings_sent(),
+        alerts_seen: seen.len(),
+        max_rss_kb,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn alert_within(
+    a: &AlertExpectation,
+    report: &FleetReport,
+    seen: &[(Instant, String, String, String)],
+    t0: Instant,
+) -> Check {
+    let devices: Vec<&str> = report
+        .devices
+        .iter()
+        .map(|d| d.device.as_str())
+        .filter(|d| eddy_analytics::glob(&a.devices, d))
+        .collect();
+    let mut late = Vec::new();
+    let mut worst = Duration::ZERO;
+    for d in &devices {
+        let first = seen
+            .iter()
+            .filter(|(_, r, dev, s)| r == &a.rule && dev == d && s == "firing")
+            .map(|(at, ..)| at.duration_since(t0))
+            .min();
+        match first {
+            Some(after) if after <= a.within => worst = worst.max(after),
+            Some(after) => late.push(format!("{d} after {after:.1?}")),
+            None => late.push(format!("{d} never")),
+        }
+    }
+    Check {
+        name: format!("{} fires for {} within {:?}", a.rule, a.devices, a.within),
+        passed: !devices.is_empty() && late.is_empty(),
+        detail: if devices.is_empty() {
+            "no device matches".into()
+        } else if late.is_empty() {
+            format!("{} devices, latest after {worst:.1?}", devices.len())
+        } else {
+            late.join(", ")
+        },
+    }
+}
+
+/// Every device's frames `(boot, 0..sent)` stored exactly once, and as
+/// many readings as it sent.
+fn no_loss(store: &Path, report: &FleetReport) -> Result<Check, ScenarioError> {
+    let store =
+        eddy_gateway::store::Store::open(store).map_err(|e| ScenarioError::Store(e.to_string()))?;
+    let mut frames: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
+    let mut readings: BTreeMap<String, u64> = BTreeMap::new();
+    let mut previous: Option<(String, (u32, u32))> = None;
+    store
+        .for_each_sample(|_, s| {
+            *readings.entry(s.device.clone()).or_insert(0) += 1;
+            if let Some(f) = s.frame {
+                // A frame's readings are stored together: count it once.
+                let key = (s.device.clone(), f);
+                if previous.as_ref() != Some(&key) {
+                    frames.entry(s.device.clone()).or_default().push(f);
+                    previous = Some(key);
+                }
+            }
+        })
+        .map_err(|e| ScenarioError::Store(e.to_string()))?;
+    let mut problems = Vec::new();
+    for d in &report.devices {
+        let mut got = frames.remove(&d.device).unwrap_or_default();
+        got.sort_unstable();
+        let expected: Vec<(u32, u32)> = (0..d.sent).map(|s| (d.boot, s)).collect();
+        if got != expected {
+            let dups = got.windows(2).filter(|w| w[0] == w[1]).count();
+            let missing = expected.len().saturating_sub(got.len() - dups);
+            problems.push(format!(
+                "{}: sent {}, stored {} frames ({dups} duplicates, {missing} missing)",
+                d.device,
+                d.sent,
+                got.len()
+            ));
+        } else if readings.get(&d.device).copied().unwrap_or(0) != d.readings {
+            problems.push(format!("{}: stored readings differ", d.device));
+        }
+    }
+    Ok(Check {
+        name: "no sample lost or doubled".into(),
+        passed: problems.is_empty(),
+        detail: if problems.is_empty() {
+            format!(
+                "{} frames, {} readings",
+                report.frames_sent(),
+                report.readings_sent()
+            )
+        } else {
+            problems.join("; ")
+        },
+    })
+}
