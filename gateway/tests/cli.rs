@@ -147,7 +147,7 @@ fn check_accepts_the_example_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 rules)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 rules)"));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use eddy_firmware_host::replay::Series;
 use eddy_firmware_host::{FleetConfig, ReplaySource, run_fleet};
 use eddy_gateway::config::BrokerUrl;
-use eddy_testbench::scenario;
+use eddy_testbench::{bench, scenario};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -62,6 +62,18 @@ enum Command {
         #[arg(long)]
         eddy: Option<std::path::PathBuf>,
     },
+    /// End-to-end throughput, alert latency, CPU and memory of the gateway
+    /// at several fleet sizes, with the broker pass-through ceiling as
+    /// reference; bench.json and SVG plots in --out.
+    Bench {
+        /// Two small fleets for a few seconds (a smoke run).
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        eddy: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -73,6 +85,24 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Bench { quick, out, eddy } => {
+            let eddy = match eddy {
+                Some(p) => p,
+                None => scenario::find_eddy()?,
+            };
+            let options = if quick {
+                bench::BenchOptions::quick()
+            } else {
+                bench::BenchOptions::full()
+            };
+            let report = bench::run(&options, &eddy, &out).await?;
+            print!("{}", bench::summary(&report));
+            println!(
+                "\nwritten: {0}/bench.json, {0}/throughput.svg, {0}/latency_cdf.svg, {0}/rss.svg",
+                out.display()
+            );
+            Ok(())
+        }
         Command::Scenario { files, eddy } => {
             let eddy = match eddy {
                 Some(p) => p,

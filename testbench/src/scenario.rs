@@ -315,14 +315,14 @@ pub fn find_eddy() -> Result<PathBuf, ScenarioError> {
     ))
 }
 
-fn free_port() -> Result<u16, ScenarioError> {
+pub(crate) fn free_port() -> Result<u16, ScenarioError> {
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port())
 }
 
 /// The gateway under test, as a child process.
-struct GatewayChild {
+pub(crate) struct GatewayChild {
     eddy: PathBuf,
     config: PathBuf,
     broker: SocketAddr,
@@ -331,7 +331,46 @@ struct GatewayChild {
 }
 
 impl GatewayChild {
-    fn start(&mut self) -> Result<(), ScenarioError> {
+    /// Writes a config into `dir` from `config` (eddy.toml text without
+    /// data_dir, [broker] or [http]) with free ports; returns the child
+    /// (not started) and its data directory.
+    pub(crate) fn prepare(
+        dir: &Path,
+        eddy: &Path,
+        config: &str,
+    ) -> Result<(Self, PathBuf), ScenarioError> {
+        let (broker_port, http_port) = (free_port()?, free_port()?);
+        let broker = SocketAddr::from(([127, 0, 0, 1], broker_port));
+        let path = dir.join("eddy.toml");
+        let data_dir = dir.join("data");
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = {:?}\n{config}\n[broker]\nlisten = \"{broker}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+                data_dir.display().to_string(),
+            ),
+        )?;
+        Ok((
+            Self {
+                eddy: eddy.to_path_buf(),
+                config: path,
+                broker,
+                child: None,
+                pid: Arc::default(),
+            },
+            data_dir,
+        ))
+    }
+
+    pub(crate) fn broker(&self) -> SocketAddr {
+        self.broker
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn start(&mut self) -> Result<(), ScenarioError> {
         let child = Command::new(&self.eddy)
             .args(["run", "--config"])
             .arg(&self.config)
@@ -354,7 +393,7 @@ impl GatewayChild {
         Ok(())
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -363,7 +402,7 @@ impl GatewayChild {
     }
 
     /// SIGTERM: the gateway commits what it holds and stops.
-    fn stop(&mut self) -> Result<(), ScenarioError> {
+    pub(crate) fn stop(&mut self) -> Result<(), ScenarioError> {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -484,26 +523,10 @@ async fn malformed(broker: SocketAddr, count: usize) {
 pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioError> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
-    let (broker_port, http_port) = (free_port()?, free_port()?);
-    let broker = SocketAddr::from(([127, 0, 0, 1], broker_port));
-    let config = dir.path().join("eddy.toml");
-    let data_dir = dir.path().join("data");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n{}\n[broker]\nlisten = \"{broker}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
-            data_dir.display().to_string(),
-            scenario.gateway.config
-        ),
-    )?;
-    let pid = Arc::new(Mutex::new(None));
-    let mut gateway = GatewayChild {
-        eddy: eddy.to_path_buf(),
-        config,
-        broker,
-        child: None,
-        pid: pid.clone(),
-    };
+    let (mut gateway, data_dir) =
+        GatewayChild::prepare(dir.path(), eddy, &scenario.gateway.config)?;
+    let broker = gateway.broker();
+    let pid = gateway.pid.clone();
     tokio::task::block_in_place(|| gateway.start())?;
     let stop = CancellationToken::new();
     let seen = watch_alerts(broker, stop.clone());
@@ -643,7 +666,7 @@ fn alert_within(
 
 /// Every device's frames `(boot, 0..sent)` stored exactly once, and as
 /// many readings as it sent.
-fn no_loss(store: &Path, report: &FleetReport) -> Result<Check, ScenarioError> {
+pub(crate) fn no_loss(store: &Path, report: &FleetReport) -> Result<Check, ScenarioError> {
     let store =
         eddy_gateway::store::Store::open(store).map_err(|e| ScenarioError::Store(e.to_string()))?;
     let mut frames: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();

@@ -1,0 +1,707 @@
+//! `eddy-testbench bench`: the gateway under load from simulated fleets of
+//! several sizes, measured end to end, with peers on the same machine as
+//! reference.
+//!
+//! For each fleet size the real `eddy` binary runs with its embedded
+//! broker; the devices (the real firmware core, Eddy frames with three
+//! readings) sample at `rate` Hz for the run's duration. Measured:
+//!
+//! - sustained throughput: readings stored per second of the run, and
+//!   whether every frame was stored exactly once (zero loss);
+//! - alert latency: a probe device sends a threshold crossing every
+//!   200 ms while the fleet runs; the time from publishing it to the
+//!   alert's arrival goes into an HdrHistogram;
+//! - the gateway's CPU (share of one core) and resident memory over time.
+//!
+//! Peers: the broker pass-through ceiling (Mosquitto, one publisher, one
+//! subscriber, QoS 1, payloads of the same size), and Node-RED when
+//! `node-red` is on the PATH. Results go to `bench.json` and three SVG
+//! plots: throughput against fleet size, latency CDF, RSS over time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eddy_firmware_host::{FleetConfig, run_fleet};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use plotters::prelude::*;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::scenario::{GatewayChild, ScenarioError, free_port, no_loss, rss_kb};
+
+/// Bench settings.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub fleets: Vec<usize>,
+    pub rate: f64,
+    pub duration: Duration,
+    /// Messages for the Mosquitto ceiling.
+    pub peer_messages: usize,
+}
+
+impl BenchOptions {
+    pub fn quick() -> Self {
+        Self {
+            fleets: vec![5, 20],
+            rate: 10.0,
+            duration: Duration::from_secs(3),
+            peer_messages: 5_000,
+        }
+    }
+
+    pub fn full() -> Self {
+        Self {
+            fleets: vec![10, 50, 100, 200],
+            rate: 20.0,
+            duration: Duration::from_secs(15),
+            peer_messages: 100_000,
+        }
+    }
+}
+
+/// One fleet size's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Level {
+    pub devices: usize,
+    pub offered_per_s: f64,
+    pub readings_per_s: f64,
+    pub frames: u64,
+    pub zero_loss: bool,
+    pub loss_detail: String,
+    pub latency_ms: Percentiles,
+    /// (ms, cumulative fraction) for the CDF plot.
+    pub latency_cdf: Vec<(f64, f64)>,
+    pub cpu_share: f64,
+    pub max_rss_mb: f64,
+    /// (seconds since start, MB).
+    pub rss_mb: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// A peer's ceiling, or why it was not measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Peer {
+    pub name: String,
+    pub messages_per_s: Option<f64>,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub machine: String,
+    pub rate_hz: f64,
+    pub duration_s: f64,
+    pub levels: Vec<Level>,
+    pub peers: Vec<Peer>,
+}
+
+const PROBE_RULES: &str = r#"
+[engine]
+window = "1s"
+allowed_lateness = "500ms"
+
+[[rules]]
+name = "overheat"
+metric = "temperature"
+window = "1s"
+aggregate = "mean"
+above = 50
+
+[[rules]]
+name = "probe"
+sql = "SELECT device, max(temperature) FROM telemetry WHERE device = 'probe-0' GROUP BY device, COUNT(1) HAVING max(temperature) > 50"
+"#;
+
+/// Runs every fleet size and the peers; writes `bench.json` and the plots.
+pub async fn run(
+    options: &BenchOptions,
+    eddy: &Path,
+    out: &Path,
+) -> Result<BenchReport, ScenarioError> {
+    std::fs::create_dir_all(out)?;
+    let bar = ProgressBar::new(options.fleets.len() as u64 + 1);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut levels = Vec::new();
+    for &devices in &options.fleets {
+        bar.set_message(format!("{devices} devices"));
+        levels.push(level(options, devices, eddy).await?);
+        bar.inc(1);
+    }
+    bar.set_message("peers");
+    let payload = payload_size();
+    let peers = vec![
+        mosquitto_ceiling(options.peer_messages, payload).await,
+        node_red(),
+    ];
+    bar.finish_and_clear();
+    let report = BenchReport {
+        machine: machine(),
+        rate_hz: options.rate,
+        duration_s: options.duration.as_secs_f64(),
+        levels,
+        peers,
+    };
+    let json =
+        serde_json::to_vec_pretty(&report).map_err(|e| ScenarioError::Fleet(e.to_string()))?;
+    std::fs::write(out.join("bench.json"), json)?;
+    plot(&report, out).map_err(|e| ScenarioError::Fleet(format!("plot: {e}")))?;
+    Ok(report)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores, {model}")
+}
+
+/// Bytes of one device frame's JSON equivalent, for the broker peer.
+fn payload_size() -> usize {
+    r#"{"temperature":22.51,"humidity":45.2,"outputs":0,"ts":1700000000000}"#.len()
+}
+
+/// CPU seconds (user + system) of a process.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+async fn level(
+    options: &BenchOptions,
+    devices: usize,
+    eddy: &Path,
+) -> Result<Level, ScenarioError> {
+    let dir = tempfile::tempdir()?;
+    let (mut gateway, data_dir) = GatewayChild::prepare(dir.path(), eddy, PROBE_RULES)?;
+    tokio::task::block_in_place(|| gateway.start())?;
+    let broker = gateway.broker();
+    let pid = gateway.pid().unwrap_or(0);
+    let stop = CancellationToken::new();
+
+    // Resident memory and CPU while the fleet runs.
+    let rss: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+    let sampler = {
+        let (rss, stop) = (rss.clone(), stop.clone());
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            while !stop.is_cancelled() {
+                if let Some(kb) = rss_kb(pid) {
+                    rss.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((t0.elapsed().as_secs_f64(), kb as f64 / 1024.0));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let probe = tokio::spawn(probe_latency(broker, stop.clone()));
+    let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
+    let t0 = Instant::now();
+    let report = run_fleet(
+        FleetConfig {
+            devices,
+            rate_hz: options.rate,
+            duration: options.duration,
+            host: "127.0.0.1".into(),
+            port: broker.port(),
+            hot_every: Some(10),
+            drain_timeout: Duration::from_secs(30),
+            ..FleetConfig::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .map_err(|e| ScenarioError::Fleet(e.to_string()))?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid).unwrap_or(cpu0) - cpu0;
+    stop.cancel();
+    let histogram = probe
+        .await
+        .map_err(|e| ScenarioError::Fleet(e.to_string()))?;
+    let _ = sampler.await;
+    tokio::task::block_in_place(|| gateway.stop())?;
+    let check = tokio::task::block_in_place(|| no_loss(&data_dir.join("eddy.redb"), &report))?;
+    let rss = rss.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let q = |p: f64| histogram.value_at_quantile(p) as f64 / 1000.0;
+    let latency_cdf = histogram
+        .iter_quantiles(2)
+        .map(|v| {
+            (
+                v.value_iterated_to() as f64 / 1000.0,
+                v.quantile_iterated_to(),
+            )
+        })
+        .collect();
+    Ok(Level {
+        devices,
+        offered_per_s: devices as f64 * options.rate * 3.0,
+        readings_per_s: report.readings_sent() as f64 / options.duration.as_secs_f64(),
+        frames: report.frames_sent(),
+        zero_loss: check.passed,
+        loss_detail: check.detail,
+        latency_ms: Percentiles {
+            count: histogram.len(),
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            max: histogram.max() as f64 / 1000.0,
+        },
+        latency_cdf,
+        cpu_share: if wall > 0.0 { cpu / wall } else { 0.0 },
+        max_rss_mb: rss.iter().map(|r| r.1).fold(0.0, f64::max),
+        rss_mb: rss,
+    })
+}
+
+/// Sends a crossing (up, then down) for `probe-0` every 200 ms and
+/// records the time to each alert, in microseconds.
+async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) -> Histogram<u64> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+    let (sub, mut sub_loop) = AsyncClient::new(
+        MqttOptions::new("bench-alerts", broker.ip().to_string(), broker.port()),
+        256,
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, String)>();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let sub_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let _ = sub
+            .subscribe("eddy/v1/alerts/probe/#", QoS::AtLeastOnce)
+            .await;
+        loop {
+            let event = tokio::select! {
+                e = sub_loop.poll() => e,
+                () = sub_stop.cancelled() => return,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if !p.retain => {
+                    let state = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                        .ok()
+                        .and_then(|v| v["state"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let _ = tx.send((Instant::now(), state));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    if tokio::time::timeout(Duration::from_secs(5), ready)
+        .await
+        .is_err()
+    {
+        return histogram;
+    }
+    let (publisher, mut pub_loop) = AsyncClient::new(
+        MqttOptions::new("bench-probe", broker.ip().to_string(), broker.port()),
+        64,
+    );
+    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let mut hot = true;
+    while !stop.is_cancelled() {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let payload = serde_json::json!({ "temperature": if hot { 80.0 } else { 20.0 }, "ts": ts });
+        let sent = Instant::now();
+        if publisher
+            .publish(
+                "eddy/v1/probe-0/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let want = if hot { "firing" } else { "resolved" };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Some((at, state))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if state == want {
+                let us = at.duration_since(sent).as_micros() as u64;
+                let _ = histogram.record(us.max(1));
+                break;
+            }
+        }
+        hot = !hot;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    histogram
+}
+
+/// A Mosquitto on a free port: publisher -> broker -> one subscriber,
+/// QoS 1, `messages` payloads of `size` bytes; messages per second
+/// received.
+async fn mosquitto_ceiling(messages: usize, size: usize) -> Peer {
+    let name = "mosquitto pass-through (1 pub -> broker -> 1 sub, QoS 1)".to_string();
+    let Ok(port) = free_port() else {
+        return Peer {
+            name,
+            messages_per_s: None,
+            note: "no free port".into(),
+        };
+    };
+    // Queues large enough that nothing is dropped: a lossless ceiling.
+    let conf = std::env::temp_dir().join(format!("eddy-bench-mosquitto-{port}.conf"));
+    let written = std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+             max_inflight_messages 0\npersistence false\n"
+        ),
+    );
+    if written.is_err() {
+        return Peer {
+            name,
+            messages_per_s: None,
+            note: "cannot write a mosquitto config".into(),
+        };
+    }
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        return Peer {
+            name,
+            messages_per_s: None,
+            note: "mosquitto not installed".into(),
+        };
+    };
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let end = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (sub, mut sub_loop) =
+        AsyncClient::new(MqttOptions::new("ceiling-sub", "127.0.0.1", port), 1024);
+    let _ = sub.subscribe("ceiling/#", QoS::AtLeastOnce).await;
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut got, mut ready, mut done_tx) = (0usize, Some(ready_tx), Some(done_tx));
+        while let Ok(event) = sub_loop.poll().await {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(_)) => {
+                    got += 1;
+                    if got == messages
+                        && let Some(d) = done_tx.take()
+                    {
+                        let _ = d.send(Instant::now());
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    if tokio::time::timeout(Duration::from_secs(5), ready)
+        .await
+        .is_err()
+    {
+        return Peer {
+            name,
+            messages_per_s: None,
+            note: "subscriber did not connect".into(),
+        };
+    }
+    let (publisher, mut pub_loop) =
+        AsyncClient::new(MqttOptions::new("ceiling-pub", "127.0.0.1", port), 1024);
+    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let payload = vec![b'x'; size];
+    let t0 = Instant::now();
+    for _ in 0..messages {
+        if publisher
+            .publish("ceiling/t", QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(120), done).await {
+        Ok(Ok(end)) => Peer {
+            name,
+            messages_per_s: Some(messages as f64 / end.duration_since(t0).as_secs_f64()),
+            note: format!("{messages} messages of {size} bytes"),
+        },
+        _ => Peer {
+            name,
+            messages_per_s: None,
+            note: "not every message arrived within 120 s".into(),
+        },
+    }
+}
+
+fn node_red() -> Peer {
+    let installed = Command::new("node-red")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    Peer {
+        name: "Node-RED (per-device 1 s window and threshold flow)".into(),
+        messages_per_s: None,
+        note: if installed {
+            "installed, but the flow driver is not part of this bench yet".into()
+        } else {
+            "not installed (npm install -g node-red to compare)".into()
+        },
+    }
+}
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+fn plot(report: &BenchReport, out: &Path) -> PlotResult {
+    throughput_plot(report, &out.join("throughput.svg"))?;
+    latency_plot(report, &out.join("latency_cdf.svg"))?;
+    rss_plot(report, &out.join("rss.svg"))?;
+    Ok(())
+}
+
+fn throughput_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_x = report.levels.iter().map(|l| l.devices).max().unwrap_or(1) as f64;
+    let ceiling = report
+        .peers
+        .iter()
+        .find_map(|p| p.messages_per_s)
+        .unwrap_or(0.0);
+    let max_y = report
+        .levels
+        .iter()
+        .map(|l| l.readings_per_s.max(l.offered_per_s))
+        .fold(ceiling, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Throughput against fleet size", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..max_x * 1.05, 0.0..max_y.max(1.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("devices")
+        .y_desc("per second")
+        .draw()?;
+    let stored: Vec<(f64, f64)> = report
+        .levels
+        .iter()
+        .map(|l| (l.devices as f64, l.readings_per_s))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(stored.clone(), BLUE.stroke_width(2)))?
+        .label("gateway: readings stored/s")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    chart.draw_series(stored.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
+    if ceiling > 0.0 {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, ceiling), (max_x * 1.05, ceiling)],
+                RED.stroke_width(1),
+            ))?
+            .label("mosquitto pass-through ceiling (messages/s)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn latency_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_x = report
+        .levels
+        .iter()
+        .map(|l| l.latency_ms.max)
+        .fold(1.0, f64::max)
+        * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Alert latency (CDF)", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..max_x, 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms from the crossing sample's publication to the alert")
+        .y_desc("fraction")
+        .draw()?;
+    for (i, l) in report.levels.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                l.latency_cdf.clone(),
+                color.stroke_width(2),
+            ))?
+            .label(format!("{} devices", l.devices))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn rss_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_x = report
+        .levels
+        .iter()
+        .flat_map(|l| l.rss_mb.iter().map(|r| r.0))
+        .fold(1.0, f64::max);
+    let max_y = report
+        .levels
+        .iter()
+        .map(|l| l.max_rss_mb)
+        .fold(1.0, f64::max)
+        * 1.2;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Gateway resident memory over time", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("MB")
+        .draw()?;
+    for (i, l) in report.levels.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(l.rss_mb.clone(), color.stroke_width(2)))?
+            .label(format!("{} devices", l.devices))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The summary table printed at the end.
+pub fn summary(report: &BenchReport) -> String {
+    let mut out = format!(
+        "machine: {}\nfleet rate {} Hz per device, {} s per level\n\n\
+         {:>8} {:>12} {:>12} {:>6} {:>9} {:>9} {:>9} {:>6} {:>8}\n",
+        report.machine,
+        report.rate_hz,
+        report.duration_s,
+        "devices",
+        "offered/s",
+        "stored/s",
+        "loss",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "cpu",
+        "RSS MB"
+    );
+    for l in &report.levels {
+        out.push_str(&format!(
+            "{:>8} {:>12.0} {:>12.0} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>5.0}% {:>8.1}\n",
+            l.devices,
+            l.offered_per_s,
+            l.readings_per_s,
+            if l.zero_loss { "none" } else { "LOSS" },
+            l.latency_ms.p50,
+            l.latency_ms.p99,
+            l.latency_ms.max,
+            l.cpu_share * 100.0,
+            l.max_rss_mb
+        ));
+    }
+    out.push('\n');
+    for p in &report.peers {
+        match p.messages_per_s {
+            Some(rate) => {
+                let best = report
+                    .levels
+                    .iter()
+                    .map(|l| l.readings_per_s / 3.0)
+                    .fold(0.0, f64::max);
+                out.push_str(&format!(
+                    "{}: {:.0} messages/s ({}); the gateway's best level stored {:.0} frames/s = {:.3}x of it \
+                     (offered load, not its limit)\n",
+                    p.name,
+                    rate,
+                    p.note,
+                    best,
+                    best / rate
+                ));
+            }
+            None => out.push_str(&format!("{}: {}\n", p.name, p.note)),
+        }
+    }
+    out
+}
