@@ -182,6 +182,9 @@ pub struct Step {
     /// For `malformed`: how many bad messages.
     #[serde(default)]
     pub count: Option<usize>,
+    /// For `duplicate` and `reorder`: how long frames are captured.
+    #[serde(default, with = "humantime_serde")]
+    pub duration: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -201,6 +204,11 @@ pub enum Action {
     RestartGateway,
     /// Publish `count` malformed and oversized messages on telemetry topics.
     Malformed,
+    /// For `duration`, publish every device frame a second time.
+    Duplicate,
+    /// Capture device frames for `duration`, then publish them again in
+    /// reverse order.
+    Reorder,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -217,6 +225,10 @@ pub struct Expect {
     /// The gateway's resident memory stays below this.
     #[serde(default)]
     pub max_rss_mb: Option<u64>,
+    /// The gateway dropped at least this many duplicate frames (proof
+    /// that `duplicate`/`reorder` steps reached it).
+    #[serde(default)]
+    pub min_duplicates_dropped: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -326,6 +338,7 @@ pub(crate) struct GatewayChild {
     eddy: PathBuf,
     config: PathBuf,
     broker: SocketAddr,
+    http: SocketAddr,
     child: Option<Child>,
     pid: Arc<Mutex<Option<u32>>>,
 }
@@ -355,6 +368,7 @@ impl GatewayChild {
                 eddy: eddy.to_path_buf(),
                 config: path,
                 broker,
+                http: SocketAddr::from(([127, 0, 0, 1], http_port)),
                 child: None,
                 pid: Arc::default(),
             },
@@ -493,6 +507,83 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Captures device frames for `duration` and publishes them again: each
+/// at once (`reorder` false), or all at the end in reverse order.
+async fn replay_frames(broker: SocketAddr, duration: Duration, reorder: bool) {
+    let (client, mut eventloop) = AsyncClient::new(
+        MqttOptions::new(
+            format!("testbench-replay-{reorder}"),
+            broker.ip().to_string(),
+            broker.port(),
+        ),
+        1024,
+    );
+    if client
+        .subscribe("eddy/v1/+/telemetry", QoS::AtLeastOnce)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let end = tokio::time::Instant::now() + duration;
+    let mut seen = std::collections::HashSet::new();
+    let mut held = Vec::new();
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            () = tokio::time::sleep_until(end) => break,
+        };
+        match event {
+            // Our own copies come back too: each frame is replayed once.
+            Ok(Event::Incoming(Packet::Publish(p))) if seen.insert(p.payload.to_vec()) => {
+                if reorder {
+                    held.push((p.topic, p.payload.to_vec()));
+                } else {
+                    let _ =
+                        client.try_publish(p.topic, QoS::AtLeastOnce, false, p.payload.to_vec());
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let _ = client.unsubscribe("eddy/v1/+/telemetry").await;
+    for (topic, payload) in held.into_iter().rev() {
+        let _ = client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await;
+    }
+    // Let the event loop deliver what is queued.
+    let flush = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < flush {
+        if tokio::time::timeout_at(flush, eventloop.poll())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+/// A counter from the gateway's `/metrics`.
+async fn metric(http: SocketAddr, name: &str) -> Option<u64> {
+    let addr = http.to_string();
+    let (_, body) = eddy_gateway::client::exchange(
+        &addr,
+        hyper::Method::GET,
+        "/metrics",
+        "text/plain",
+        Vec::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .ok()?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 async fn malformed(broker: SocketAddr, count: usize) {
     let (client, mut eventloop) = AsyncClient::new(
         MqttOptions::new("testbench-garbage", broker.ip().to_string(), broker.port()),
@@ -526,6 +617,7 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
     let (mut gateway, data_dir) =
         GatewayChild::prepare(dir.path(), eddy, &scenario.gateway.config)?;
     let broker = gateway.broker();
+    let http = gateway.http;
     let pid = gateway.pid.clone();
     tokio::task::block_in_place(|| gateway.start())?;
     let stop = CancellationToken::new();
@@ -552,6 +644,7 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
     let t0 = Instant::now();
     let fleet_task = tokio::spawn(run_fleet(fleet, CancellationToken::new()));
     let gateway = Arc::new(Mutex::new(gateway));
+    let mut replays = Vec::new();
     for step in &scenario.timeline {
         tokio::time::sleep_until((t0 + step.at).into()).await;
         info!(at = ?step.at, action = ?step.action, "scenario step");
@@ -571,14 +664,26 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
                 })?;
             }
             Action::Malformed => malformed(broker, step.count.unwrap_or(30)).await,
+            Action::Duplicate | Action::Reorder => {
+                let duration = step.duration.unwrap_or(Duration::from_secs(2));
+                replays.push(tokio::spawn(replay_frames(
+                    broker,
+                    duration,
+                    step.action == Action::Reorder,
+                )));
+            }
         }
     }
     let report = fleet_task
         .await
         .map_err(|e| ScenarioError::Fleet(e.to_string()))?
         .map_err(|e| ScenarioError::Fleet(e.to_string()))?;
+    for r in replays {
+        let _ = r.await;
+    }
     // Windows close and alerts go out within window + lateness.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let duplicates = metric(http, "eddy_frames_duplicate_total").await;
     stop.cancel();
     tokio::task::block_in_place(|| gateway.lock().unwrap_or_else(|e| e.into_inner()).stop())?;
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -605,6 +710,13 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
             } else {
                 format!("fired: {}", fired.join(", "))
             },
+        });
+    }
+    if let Some(min) = scenario.expect.min_duplicates_dropped {
+        checks.push(Check {
+            name: format!("at least {min} duplicate frames dropped"),
+            passed: duplicates.is_some_and(|d| d >= min),
+            detail: duplicates.map_or("no /metrics".into(), |d| format!("{d} dropped")),
         });
     }
     if let Some(max) = scenario.expect.max_rss_mb {
