@@ -322,8 +322,12 @@ impl Pipeline {
                 }
                 _ = idle.tick() => {
                     // Event time moves on with the wall clock while the
-                    // fleet is silent, so the last windows close.
-                    if let Some(max) = self.engine.max_event_ms() {
+                    // fleet is silent, so the last windows close. Not while
+                    // data flows: then each device's own watermark rules
+                    // (a lagging clock within max_source_skew is analysed).
+                    if let Some(max) = self.engine.max_event_ms()
+                        && last_arrival.elapsed() >= IDLE_TICK
+                    {
                         let silent = i64::try_from(last_arrival.elapsed().as_millis()).unwrap_or(i64::MAX);
                         let lateness = i64::try_from(self.engine.config().allowed_lateness_ms).unwrap_or(i64::MAX);
                         out.clear();

@@ -375,6 +375,7 @@ async fn damaged_chunks_are_sent_again_and_an_interrupted_transfer_resumes() {
                 start_offset: Duration::ZERO,
                 duration: Duration::from_secs(600),
                 drain_timeout: Duration::from_secs(5),
+                clock_offset_ms: 0,
             },
             Vec::new(),
         )

@@ -101,6 +101,16 @@ pub struct FleetSpec {
     pub seed: u64,
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
+    /// Devices whose clock is off: `{ devices = "sim-0001", offset_ms = -30000 }`.
+    #[serde(default)]
+    pub clock_skew: Vec<SkewSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkewSpec {
+    pub devices: String,
+    pub offset_ms: i64,
 }
 
 fn default_seed() -> u64 {
@@ -639,6 +649,12 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
             .filter_map(|f| Some((f.devices.clone(), f.fault().ok()?)))
             .collect(),
         drain_timeout: Duration::from_secs(30),
+        clock_skew: scenario
+            .fleet
+            .clock_skew
+            .iter()
+            .map(|s| (s.devices.clone(), s.offset_ms))
+            .collect(),
         ..FleetConfig::default()
     };
     let t0 = Instant::now();

@@ -29,6 +29,9 @@ pub struct SimDeviceConfig {
     pub duration: Duration,
     /// How long to wait at the end for outstanding acks.
     pub drain_timeout: Duration,
+    /// Added to the wall clock the device stamps its frames with (a
+    /// skewed real-time clock).
+    pub clock_offset_ms: i64,
 }
 
 /// What a device did, counted on the device side.
@@ -373,7 +376,8 @@ impl SimDevice {
             .map(|s| s.as_mut() as &mut dyn Sensor)
             .collect();
         sensors.push(&mut self.outputs);
-        self.node.poll(now_ms, wall_ms(), &mut sensors)
+        let wall = wall_ms().saturating_add_signed(self.config.clock_offset_ms);
+        self.node.poll(now_ms, wall, &mut sensors)
     }
 
     fn on_frame(&mut self, client: &AsyncClient, topics: &Topics, payload: &[u8], now_ms: u64) {

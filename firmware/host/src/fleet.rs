@@ -38,6 +38,9 @@ pub struct FleetConfig {
     /// Sensor faults on the temperature of the devices a pattern matches
     /// (a device id, or a prefix ending in `*`).
     pub faults: Vec<(String, Fault)>,
+    /// Clock offsets (ms, added to the wall clock) of the devices a
+    /// pattern matches.
+    pub clock_skew: Vec<(String, i64)>,
 }
 
 /// A recorded series every device plays as its `temperature`.
@@ -64,11 +67,30 @@ impl Default for FleetConfig {
             replay: None,
             ota: None,
             faults: Vec::new(),
+            clock_skew: Vec::new(),
         }
     }
 }
 
+/// A device id, or a prefix ending in `*`.
+fn matches_id(pattern: &str, id: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => id.starts_with(prefix),
+        None => pattern == id,
+    }
+}
+
 impl FleetConfig {
+    /// The clock offset of device `index`.
+    pub fn clock_offset_ms(&self, index: usize) -> i64 {
+        let id = self.device_id(index);
+        self.clock_skew
+            .iter()
+            .filter(|(pattern, _)| matches_id(pattern, &id))
+            .map(|(_, ms)| *ms)
+            .sum()
+    }
+
     pub fn device_id(&self, index: usize) -> String {
         format!("{}-{index:04}", self.id_prefix)
     }
@@ -117,10 +139,7 @@ impl FleetConfig {
         let faults: Vec<Fault> = self
             .faults
             .iter()
-            .filter(|(pattern, _)| match pattern.strip_suffix('*') {
-                Some(prefix) => id.starts_with(prefix),
-                None => *pattern == id,
-            })
+            .filter(|(pattern, _)| matches_id(pattern, &id))
             .map(|(_, f)| *f)
             .collect();
         let temperature: SimSensor = if faults.is_empty() {
@@ -186,6 +205,7 @@ pub async fn run_fleet(
                 ),
                 duration: config.duration,
                 drain_timeout: config.drain_timeout,
+                clock_offset_ms: config.clock_offset_ms(index),
             },
             config.sensors(index)?,
         )?;
