@@ -177,6 +177,18 @@ pub struct GatewaySpec {
     /// `eddy.toml` text for the gateway under test.
     #[serde(default)]
     pub config: String,
+    /// `embedded` (default): the gateway's own broker; `mosquitto`: an
+    /// external Mosquitto the testbench runs (and can stop and start).
+    #[serde(default)]
+    pub broker: BrokerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    #[default]
+    Embedded,
+    Mosquitto,
 }
 
 /// One fault on the timeline.
@@ -219,6 +231,10 @@ pub enum Action {
     /// Capture device frames for `duration`, then publish them again in
     /// reverse order.
     Reorder,
+    /// Stop the external Mosquitto (SIGTERM; it keeps its persistence).
+    StopBroker,
+    /// Start it again on the same port.
+    StartBroker,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -287,6 +303,13 @@ impl Scenario {
         for s in &self.timeline {
             if s.action == Action::Delay && s.delay.is_none() {
                 return Err(bad("a `delay` step needs `delay`".into()));
+            }
+            if matches!(s.action, Action::StopBroker | Action::StartBroker)
+                && self.gateway.broker != BrokerKind::Mosquitto
+            {
+                return Err(bad(
+                    "stop_broker/start_broker need gateway.broker = \"mosquitto\"".into(),
+                ));
             }
         }
         Ok(())
@@ -357,19 +380,27 @@ impl GatewayChild {
     /// Writes a config into `dir` from `config` (eddy.toml text without
     /// data_dir, [broker] or [http]) with free ports; returns the child
     /// (not started) and its data directory.
+    /// `external`: the broker the gateway uses instead of its own.
     pub(crate) fn prepare(
         dir: &Path,
         eddy: &Path,
         config: &str,
+        external: Option<SocketAddr>,
     ) -> Result<(Self, PathBuf), ScenarioError> {
         let (broker_port, http_port) = (free_port()?, free_port()?);
-        let broker = SocketAddr::from(([127, 0, 0, 1], broker_port));
+        let (broker, broker_section) = match external {
+            Some(addr) => (addr, format!("url = \"mqtt://{addr}\"")),
+            None => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], broker_port));
+                (addr, format!("listen = \"{addr}\""))
+            }
+        };
         let path = dir.join("eddy.toml");
         let data_dir = dir.join("data");
         std::fs::write(
             &path,
             format!(
-                "data_dir = {:?}\n{config}\n[broker]\nlisten = \"{broker}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+                "data_dir = {:?}\n{config}\n[broker]\n{broker_section}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
                 data_dir.display().to_string(),
             ),
         )?;
@@ -407,12 +438,16 @@ impl GatewayChild {
             .spawn()?;
         *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = Some(child.id());
         self.child = Some(child);
+        // The HTTP port opens last; with the embedded broker, its public
+        // listener opens once ingest subscribed.
         let end = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&self.broker, Duration::from_millis(100)).is_err() {
-            if Instant::now() > end {
-                return Err(ScenarioError::NotListening(self.broker));
+        for addr in [self.http, self.broker] {
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                if Instant::now() > end {
+                    return Err(ScenarioError::NotListening(addr));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     }
@@ -445,6 +480,84 @@ impl GatewayChild {
 impl Drop for GatewayChild {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// An external Mosquitto with the recommended settings
+/// (`deploy/mosquitto.conf`: persistence, deep queues), on a free port.
+struct Mosquitto {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+const MOSQUITTO_CONF: &str = include_str!("../../deploy/mosquitto.conf");
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Result<Self, ScenarioError> {
+        std::fs::create_dir_all(dir)?;
+        // Started as root, Mosquitto drops to its own user, which must be
+        // able to write its persistence file here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+        let mut m = Self {
+            dir: dir.to_path_buf(),
+            port: free_port()?,
+            child: None,
+        };
+        m.launch()?;
+        Ok(m)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn launch(&mut self) -> Result<(), ScenarioError> {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\npersistence_location {}/\n{MOSQUITTO_CONF}\n",
+                self.port,
+                self.dir.display()
+            ),
+        )?;
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| ScenarioError::Binary(format!("mosquitto: {e}")))?;
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_err() {
+            if Instant::now() > end {
+                return Err(ScenarioError::NotListening(self.addr()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -624,8 +737,18 @@ async fn malformed(broker: SocketAddr, count: usize) {
 pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioError> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
-    let (mut gateway, data_dir) =
-        GatewayChild::prepare(dir.path(), eddy, &scenario.gateway.config)?;
+    let mut mosquitto = match scenario.gateway.broker {
+        BrokerKind::Mosquitto => Some(tokio::task::block_in_place(|| {
+            Mosquitto::start(&dir.path().join("mosquitto"))
+        })?),
+        BrokerKind::Embedded => None,
+    };
+    let (mut gateway, data_dir) = GatewayChild::prepare(
+        dir.path(),
+        eddy,
+        &scenario.gateway.config,
+        mosquitto.as_ref().map(Mosquitto::addr),
+    )?;
     let broker = gateway.broker();
     let http = gateway.http;
     let pid = gateway.pid.clone();
@@ -680,6 +803,18 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
                 })?;
             }
             Action::Malformed => malformed(broker, step.count.unwrap_or(30)).await,
+            Action::StopBroker | Action::StartBroker => {
+                if let Some(m) = mosquitto.as_mut() {
+                    tokio::task::block_in_place(|| {
+                        if step.action == Action::StopBroker {
+                            m.stop();
+                            Ok(())
+                        } else {
+                            m.launch()
+                        }
+                    })?;
+                }
+            }
             Action::Duplicate | Action::Reorder => {
                 let duration = step.duration.unwrap_or(Duration::from_secs(2));
                 replays.push(tokio::spawn(replay_frames(
