@@ -71,6 +71,15 @@ enum Command {
         quick: bool,
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Fleet sizes, e.g. 10,100,400 (instead of the preset's).
+        #[arg(long, value_delimiter = ',')]
+        fleets: Vec<usize>,
+        /// Samples per second per device (instead of the preset's).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seconds per fleet size (instead of the preset's).
+        #[arg(long)]
+        duration: Option<u64>,
         #[arg(long)]
         eddy: Option<std::path::PathBuf>,
     },
@@ -85,16 +94,34 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Bench { quick, out, eddy } => {
+        Command::Bench {
+            quick,
+            out,
+            fleets,
+            rate,
+            duration,
+            eddy,
+        } => {
             let eddy = match eddy {
                 Some(p) => p,
                 None => scenario::find_eddy()?,
             };
-            let options = if quick {
+            let mut options = if quick {
                 bench::BenchOptions::quick()
             } else {
                 bench::BenchOptions::full()
             };
+            if !fleets.is_empty() {
+                anyhow::ensure!(fleets.iter().all(|&n| n > 0), "--fleets: sizes >= 1");
+                options.fleets = fleets;
+            }
+            if let Some(r) = rate {
+                anyhow::ensure!(r > 0.0 && r <= 100.0, "--rate must be in (0, 100]");
+                options.rate = r;
+            }
+            if let Some(d) = duration {
+                options.duration = Duration::from_secs(d.max(1));
+            }
             let report = bench::run(&options, &eddy, &out).await?;
             print!("{}", bench::summary(&report));
             println!(
