@@ -149,10 +149,12 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
                 println!(
-                    "  {} frames, {} readings, {} alert notifications, gateway max RSS {:.1} MB, {:.1?}",
+                    "  {} frames, {} readings, {} alert notifications, {} device reboots, \
+                     gateway max RSS {:.1} MB, {:.1?}",
                     outcome.frames_sent,
                     outcome.readings_sent,
                     outcome.alerts_seen,
+                    outcome.reboots,
                     outcome.max_rss_kb as f64 / 1024.0,
                     outcome.elapsed
                 );

@@ -207,6 +207,9 @@ pub struct Step {
     /// For `duplicate` and `reorder`: how long frames are captured.
     #[serde(default, with = "humantime_serde")]
     pub duration: Option<Duration>,
+    /// For `reboot`: the devices told (an id, or a prefix ending in `*`).
+    #[serde(default)]
+    pub devices: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -231,6 +234,9 @@ pub enum Action {
     /// Capture device frames for `duration`, then publish them again in
     /// reverse order.
     Reorder,
+    /// Send `devices` a `Reboot` command: each drains its backlog and
+    /// comes back with the next boot number.
+    Reboot,
     /// Stop the external Mosquitto (SIGTERM; it keeps its persistence).
     StopBroker,
     /// Start it again on the same port.
@@ -304,6 +310,9 @@ impl Scenario {
             if s.action == Action::Delay && s.delay.is_none() {
                 return Err(bad("a `delay` step needs `delay`".into()));
             }
+            if s.action == Action::Reboot && s.devices.is_none() {
+                return Err(bad("a `reboot` step needs `devices`".into()));
+            }
             if matches!(s.action, Action::StopBroker | Action::StartBroker)
                 && self.gateway.broker != BrokerKind::Mosquitto
             {
@@ -332,6 +341,8 @@ pub struct Outcome {
     pub frames_sent: u64,
     pub readings_sent: u64,
     pub alerts_seen: usize,
+    /// Device restarts (boots beyond each device's first).
+    pub reboots: usize,
     pub max_rss_kb: u64,
     pub elapsed: Duration,
 }
@@ -689,6 +700,40 @@ async fn replay_frames(broker: SocketAddr, duration: Duration, reorder: bool) {
     let _ = client.disconnect().await;
 }
 
+/// Publishes a `Reboot` command to each device.
+async fn command_reboot(broker: SocketAddr, devices: &[String]) {
+    let (client, mut eventloop) = AsyncClient::new(
+        MqttOptions::new("testbench-reboot", broker.ip().to_string(), broker.port()),
+        devices.len() + 8,
+    );
+    let task = tokio::spawn(async move {
+        let end = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::timeout_at(end, eventloop.poll()).await.is_ok() {}
+    });
+    for (i, device) in devices.iter().enumerate() {
+        let Ok(id) = eddy_proto::DeviceId::try_from(device.as_str()) else {
+            continue;
+        };
+        let frame = eddy_proto::Frame::Command(eddy_proto::CommandFrame {
+            device: id,
+            id: i as u32,
+            command: eddy_proto::Command::Reboot,
+        });
+        let mut buf = [0u8; 128];
+        if let Ok(bytes) = eddy_proto::encode(&frame, &mut buf) {
+            let _ = client
+                .publish(
+                    format!("eddy/v1/{device}/cmd"),
+                    QoS::AtLeastOnce,
+                    false,
+                    bytes.to_vec(),
+                )
+                .await;
+        }
+    }
+    let _ = task.await;
+}
+
 /// A counter from the gateway's `/metrics`.
 async fn metric(http: SocketAddr, name: &str) -> Option<u64> {
     let addr = http.to_string();
@@ -780,6 +825,7 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
             .collect(),
         ..FleetConfig::default()
     };
+    let fleet_ids = fleet.clone();
     let t0 = Instant::now();
     let fleet_task = tokio::spawn(run_fleet(fleet, CancellationToken::new()));
     let gateway = Arc::new(Mutex::new(gateway));
@@ -814,6 +860,14 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
                         }
                     })?;
                 }
+            }
+            Action::Reboot => {
+                let pattern = step.devices.clone().unwrap_or_default();
+                let ids: Vec<String> = (0..scenario.fleet.devices)
+                    .map(|i| fleet_ids.device_id(i))
+                    .filter(|id| eddy_analytics::glob(&pattern, id))
+                    .collect();
+                command_reboot(broker, &ids).await;
             }
             Action::Duplicate | Action::Reorder => {
                 let duration = step.duration.unwrap_or(Duration::from_secs(2));
@@ -883,6 +937,11 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
         frames_sent: report.frames_sent(),
         readings_sent: report.readings_sent(),
         alerts_seen: seen.len(),
+        reboots: report
+            .devices
+            .iter()
+            .map(|d| d.boots.len().saturating_sub(1))
+            .sum(),
         max_rss_kb,
         elapsed: started.elapsed(),
     })
@@ -952,7 +1011,12 @@ pub(crate) fn no_loss(store: &Path, report: &FleetReport) -> Result<Check, Scena
     for d in &report.devices {
         let mut got = frames.remove(&d.device).unwrap_or_default();
         got.sort_unstable();
-        let expected: Vec<(u32, u32)> = (0..d.sent).map(|s| (d.boot, s)).collect();
+        let mut expected: Vec<(u32, u32)> = d
+            .boots
+            .iter()
+            .flat_map(|&(boot, n)| (0..n).map(move |s| (boot, s)))
+            .collect();
+        expected.sort_unstable();
         if got != expected {
             let dups = got.windows(2).filter(|w| w[0] == w[1]).count();
             let missing = expected.len().saturating_sub(got.len() - dups);

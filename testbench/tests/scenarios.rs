@@ -34,6 +34,10 @@ async fn every_shipped_scenario_meets_its_expectations() {
         println!("{}: {:?}", s.name, outcome.checks);
         assert!(!outcome.checks.is_empty(), "{}: nothing checked", s.name);
         assert!(outcome.frames_sent > 0);
+        if s.name == "reboot" {
+            // sim-0001 twice, the other three once.
+            assert_eq!(outcome.reboots, 5, "{}", s.name);
+        }
         for c in outcome.checks.iter().filter(|c| !c.passed) {
             failures.push(format!("{}: {} ({})", s.name, c.name, c.detail));
         }

@@ -38,9 +38,10 @@ pub struct SimDeviceConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceReport {
     pub device: String,
-    /// Boot number its frames carried.
+    /// Boot number of its last boot.
     pub boot: u32,
-    /// Telemetry frames produced (sequence numbers 0..sent of `boot`).
+    /// Telemetry frames produced, over all boots (without a reboot:
+    /// sequence numbers 0..sent of `boot`; see `boots`).
     pub sent: u32,
     /// Of those, frames the gateway confirmed as durably stored (its
     /// end-to-end `Ack`s), whatever broker sat in between.
@@ -58,6 +59,10 @@ pub struct DeviceReport {
     pub commands_refused: u32,
     /// The update side, for devices that take updates.
     pub ota: Option<OtaReport>,
+    /// Every boot and the frames it produced (sequence numbers
+    /// `0..frames`), the last one being `boot`. More than one after a
+    /// `Reboot` command.
+    pub boots: Vec<(u32, u32)>,
 }
 
 /// The simulated board's digital outputs, reported back as a reading
@@ -115,7 +120,15 @@ pub struct SimDevice {
     outputs: SimOutputs,
     ota: Option<SimOta>,
     report: DeviceReport,
+    /// Frames of the current boot.
+    boot_sent: u32,
+    /// Of earlier boots' frames: acknowledged, and evicted unacknowledged.
+    acked_before: u32,
+    dropped_before: u32,
 }
+
+/// Longest a rebooting device waits for its backlog to be acknowledged.
+const REBOOT_DRAIN: Duration = Duration::from_secs(3);
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -198,7 +211,37 @@ impl SimDevice {
             outputs: SimOutputs::default(),
             ota: None,
             report,
+            boot_sent: 0,
+            acked_before: 0,
+            dropped_before: 0,
         })
+    }
+
+    /// A graceful restart after a `Reboot` command: sampling stopped and
+    /// the backlog drained (bounded by `REBOOT_DRAIN`), the device comes
+    /// back with the next boot number, sequence numbers from 0, an empty
+    /// backlog and its configured interval.
+    fn reboot(&mut self) -> Result<(), SimError> {
+        let boot = self.report.boot.wrapping_add(1);
+        let node = Node::new(&self.config.device, boot, self.config.interval_ms).map_err(|e| {
+            SimError::Setup {
+                device: self.config.device.clone(),
+                reason: format!("{e:?}"),
+            }
+        })?;
+        let dropped = self.backlog.dropped();
+        self.dropped_before += dropped;
+        self.acked_before += self
+            .boot_sent
+            .saturating_sub(dropped)
+            .saturating_sub(self.backlog.len() as u32);
+        self.report.boots.push((self.report.boot, self.boot_sent));
+        self.report.boot = boot;
+        self.node = node;
+        *self.backlog = Backlog::new(boot);
+        self.boot_sent = 0;
+        debug!(device = %self.config.device, boot, "rebooted");
+        Ok(())
     }
 
     /// The device also takes firmware updates on `{prefix}/{device}/ota`.
@@ -272,6 +315,8 @@ impl SimDevice {
         let mut sampling = true;
         // Draining starts when sampling stops (deadline or `stop`).
         let mut drain_deadline = deadline + cfg.drain_timeout;
+        // Set while a reboot waits for the backlog to drain.
+        let mut rebooting: Option<Instant> = None;
         loop {
             if sampling && (stop.is_cancelled() || Instant::now() >= deadline) {
                 sampling = false;
@@ -280,13 +325,28 @@ impl SimDevice {
             if !sampling && (self.backlog.is_empty() || Instant::now() >= drain_deadline) {
                 break;
             }
-            let wait = if sampling {
+            if rebooting.is_none() && self.node.reboot_requested() {
+                rebooting = Some(Instant::now() + REBOOT_DRAIN);
+            }
+            if let Some(until) = rebooting
+                && (self.backlog.is_empty() || Instant::now() >= until)
+            {
+                rebooting = None;
+                if let Err(e) = self.reboot() {
+                    warn!(device = %cfg.device, error = %e, "reboot failed");
+                    break;
+                }
+            }
+            let sample_now = sampling && rebooting.is_none();
+            let wait = if sample_now {
                 Duration::from_millis(self.node.due_in(now_ms()))
             } else {
                 Duration::MAX
             };
+            let reboot_until = rebooting.unwrap_or(deadline);
             tokio::select! {
-                () = tokio::time::sleep(wait), if sampling => {
+                () = tokio::time::sleep_until(reboot_until), if rebooting.is_some() => {}
+                () = tokio::time::sleep(wait), if sample_now => {
                     self.sample_and_send(&client, &topics, &connected, now_ms());
                 }
                 Some(event) = link_rx.recv() => match event {
@@ -313,11 +373,14 @@ impl SimDevice {
 
         let mut report = self.report;
         report.ota = self.ota.as_ref().map(|o| o.report().clone());
-        report.dropped = self.backlog.dropped();
-        report.acked = report
-            .sent
-            .saturating_sub(report.dropped)
-            .saturating_sub(self.backlog.len() as u32);
+        let dropped = self.backlog.dropped();
+        report.dropped = self.dropped_before + dropped;
+        report.acked = self.acked_before
+            + self
+                .boot_sent
+                .saturating_sub(dropped)
+                .saturating_sub(self.backlog.len() as u32);
+        report.boots.push((report.boot, self.boot_sent));
         let _ = client
             .publish(&topics.status, QoS::AtMostOnce, true, "offline")
             .await;
@@ -354,6 +417,7 @@ impl SimDevice {
         };
         self.backlog.push(&mut telemetry, now_ms);
         self.report.sent += 1;
+        self.boot_sent += 1;
         self.report.readings += telemetry.readings.len() as u64;
         if connected.load(Ordering::Relaxed) {
             Self::publish(client, &topics.telemetry, &telemetry);
