@@ -202,7 +202,7 @@ async fn level(
     eddy: &Path,
 ) -> Result<Level, ScenarioError> {
     let dir = tempfile::tempdir()?;
-    let (mut gateway, data_dir) = GatewayChild::prepare(dir.path(), eddy, PROBE_RULES, None)?;
+    let (mut gateway, data_dir) = GatewayChild::prepare(dir.path(), eddy, PROBE_RULES, None, None)?;
     tokio::task::block_in_place(|| gateway.start())?;
     let broker = gateway.broker();
     let pid = gateway.pid().unwrap_or(0);

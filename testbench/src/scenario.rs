@@ -181,6 +181,21 @@ pub struct GatewaySpec {
     /// external Mosquitto the testbench runs (and can stop and start).
     #[serde(default)]
     pub broker: BrokerKind,
+    /// Run an upstream Mosquitto behind its own proxy (link `upstream`)
+    /// and point the gateway's `[upstream]` at it.
+    #[serde(default)]
+    pub upstream: bool,
+}
+
+/// Which connection a proxy step acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    /// Devices to the broker.
+    #[default]
+    Devices,
+    /// The gateway to its upstream broker.
+    Upstream,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -210,6 +225,9 @@ pub struct Step {
     /// For `reboot`: the devices told (an id, or a prefix ending in `*`).
     #[serde(default)]
     pub devices: Option<String>,
+    /// For `cut`, `restore`, `blackhole`, `delay`: which link.
+    #[serde(default)]
+    pub link: Link,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -261,6 +279,10 @@ pub struct Expect {
     /// that `duplicate`/`reorder` steps reached it).
     #[serde(default)]
     pub min_duplicates_dropped: Option<u64>,
+    /// Every outbox record reached the upstream broker: `seq` 0..=N
+    /// without a gap, and nothing left unacknowledged.
+    #[serde(default)]
+    pub upstream_complete: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,7 +321,7 @@ impl Scenario {
             .config
             .parse()
             .map_err(|e| bad(format!("gateway.config: {e}")))?;
-        for key in ["data_dir", "broker", "http"] {
+        for key in ["data_dir", "broker", "http", "upstream"] {
             if table.contains_key(key) {
                 return Err(bad(format!(
                     "gateway.config: `{key}` is set by the testbench"
@@ -313,6 +335,11 @@ impl Scenario {
             if s.action == Action::Reboot && s.devices.is_none() {
                 return Err(bad("a `reboot` step needs `devices`".into()));
             }
+            if s.link == Link::Upstream && !self.gateway.upstream {
+                return Err(bad(
+                    "link = \"upstream\" needs gateway.upstream = true".into()
+                ));
+            }
             if matches!(s.action, Action::StopBroker | Action::StartBroker)
                 && self.gateway.broker != BrokerKind::Mosquitto
             {
@@ -320,6 +347,9 @@ impl Scenario {
                     "stop_broker/start_broker need gateway.broker = \"mosquitto\"".into(),
                 ));
             }
+        }
+        if self.expect.upstream_complete && !self.gateway.upstream {
+            return Err(bad("upstream_complete needs gateway.upstream = true".into()));
         }
         Ok(())
     }
@@ -391,13 +421,18 @@ impl GatewayChild {
     /// Writes a config into `dir` from `config` (eddy.toml text without
     /// data_dir, [broker] or [http]) with free ports; returns the child
     /// (not started) and its data directory.
-    /// `external`: the broker the gateway uses instead of its own.
+    /// `external`: the broker the gateway uses instead of its own;
+    /// `upstream`: where it forwards results.
     pub(crate) fn prepare(
         dir: &Path,
         eddy: &Path,
         config: &str,
         external: Option<SocketAddr>,
+        upstream: Option<SocketAddr>,
     ) -> Result<(Self, PathBuf), ScenarioError> {
+        let upstream = upstream
+            .map(|u| format!("[upstream]\nurl = \"mqtt://{u}\"\nclient_id = \"eddy-scenario\"\n"))
+            .unwrap_or_default();
         let (broker_port, http_port) = (free_port()?, free_port()?);
         let (broker, broker_section) = match external {
             Some(addr) => (addr, format!("url = \"mqtt://{addr}\"")),
@@ -411,7 +446,7 @@ impl GatewayChild {
         std::fs::write(
             &path,
             format!(
-                "data_dir = {:?}\n{config}\n[broker]\n{broker_section}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+                "data_dir = {:?}\n{config}\n[broker]\n{broker_section}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n{upstream}",
                 data_dir.display().to_string(),
             ),
         )?;
@@ -612,6 +647,41 @@ fn watch_alerts(broker: SocketAddr, stop: CancellationToken) -> Seen {
     seen
 }
 
+/// Every `seq` the upstream broker delivers (results forwarded by the
+/// gateway carry their outbox offset as `seq`).
+fn watch_upstream(broker: SocketAddr, stop: CancellationToken) -> Arc<Mutex<Vec<u64>>> {
+    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let out = seqs.clone();
+    let mut options =
+        MqttOptions::new("testbench-upstream", broker.ip().to_string(), broker.port());
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = eventloop.poll() => e,
+                () = stop.cancelled() => return,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe("#", QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(seq) = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                        .ok()
+                        .and_then(|v| v["seq"].as_u64())
+                    {
+                        out.lock().unwrap_or_else(|e| e.into_inner()).push(seq);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    seqs
+}
+
 /// Samples the gateway's resident memory (KiB) every 200 ms.
 fn watch_rss(pid: Arc<Mutex<Option<u32>>>, stop: CancellationToken) -> Arc<Mutex<u64>> {
     let max = Arc::new(Mutex::new(0u64));
@@ -788,11 +858,26 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
         })?),
         BrokerKind::Embedded => None,
     };
+    let upstream_broker = match scenario.gateway.upstream {
+        true => Some(tokio::task::block_in_place(|| {
+            Mosquitto::start(&dir.path().join("upstream"))
+        })?),
+        false => None,
+    };
+    let upstream_proxy = match &upstream_broker {
+        Some(m) => Some(Proxy::start(m.addr()).await?),
+        None => None,
+    };
+    let upstream_stop = CancellationToken::new();
+    let upstream_seqs = upstream_broker
+        .as_ref()
+        .map(|m| watch_upstream(m.addr(), upstream_stop.clone()));
     let (mut gateway, data_dir) = GatewayChild::prepare(
         dir.path(),
         eddy,
         &scenario.gateway.config,
         mosquitto.as_ref().map(Mosquitto::addr),
+        upstream_proxy.as_ref().map(Proxy::addr),
     )?;
     let broker = gateway.broker();
     let http = gateway.http;
@@ -833,11 +918,15 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
     for step in &scenario.timeline {
         tokio::time::sleep_until((t0 + step.at).into()).await;
         info!(at = ?step.at, action = ?step.action, "scenario step");
+        let link = match (step.link, &upstream_proxy) {
+            (Link::Upstream, Some(p)) => p,
+            _ => &proxy,
+        };
         match step.action {
-            Action::Cut => proxy.set(Mode::Cut),
-            Action::Restore => proxy.set(Mode::Pass),
-            Action::Blackhole => proxy.set(Mode::Blackhole),
-            Action::Delay => proxy.set(Mode::Delay(step.delay.unwrap_or_default())),
+            Action::Cut => link.set(Mode::Cut),
+            Action::Restore => link.set(Mode::Pass),
+            Action::Blackhole => link.set(Mode::Blackhole),
+            Action::Delay => link.set(Mode::Delay(step.delay.unwrap_or_default())),
             Action::KillGateway => {
                 let g = gateway.clone();
                 tokio::task::block_in_place(|| g.lock().unwrap_or_else(|e| e.into_inner()).kill());
@@ -889,8 +978,23 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
     // Windows close and alerts go out within window + lateness.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let duplicates = metric(http, "eddy_frames_duplicate_total").await;
+    // The upstream sink catches up once its link is back.
+    let mut upstream_lag = None;
+    if scenario.expect.upstream_complete {
+        let end = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            upstream_lag = metric(http, "eddy_sink_lag_records{sink=\"upstream\"}").await;
+            if upstream_lag == Some(0) || tokio::time::Instant::now() > end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Delivered to the subscriber, too.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     stop.cancel();
     tokio::task::block_in_place(|| gateway.lock().unwrap_or_else(|e| e.into_inner()).stop())?;
+    upstream_stop.cancel();
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let max_rss_kb = *rss.lock().unwrap_or_else(|e| e.into_inner());
     let mut checks = Vec::new();
@@ -922,6 +1026,25 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
             name: format!("at least {min} duplicate frames dropped"),
             passed: duplicates.is_some_and(|d| d >= min),
             detail: duplicates.map_or("no /metrics".into(), |d| format!("{d} dropped")),
+        });
+    }
+    if scenario.expect.upstream_complete {
+        let seqs = upstream_seqs
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        let distinct: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+        let last = distinct.iter().next_back().copied();
+        let contiguous = last.is_some_and(|l| distinct.len() as u64 == l + 1);
+        checks.push(Check {
+            name: "every outbox record reached upstream".into(),
+            passed: contiguous && upstream_lag == Some(0),
+            detail: format!(
+                "{} records (seq 0..={}), {} resent, lag {}",
+                distinct.len(),
+                last.map_or("-".into(), |l| l.to_string()),
+                seqs.len() - distinct.len(),
+                upstream_lag.map_or("unknown".into(), |l| l.to_string())
+            ),
         });
     }
     if let Some(max) = scenario.expect.max_rss_mb {
