@@ -7,3 +7,4 @@
 pub mod bench;
 pub mod proxy;
 pub mod scenario;
+pub mod serial_fleet;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use eddy_firmware_host::replay::Series;
 use eddy_firmware_host::{FleetConfig, ReplaySource, run_fleet};
 use eddy_gateway::config::BrokerUrl;
-use eddy_testbench::{bench, scenario};
+use eddy_testbench::{bench, scenario, serial_fleet};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +52,10 @@ enum Command {
         /// Replay speed: series time per real time (300: 5 min per second).
         #[arg(long, default_value_t = 1.0)]
         speedup: f64,
+        /// Devices on serial lines instead of MQTT: one pty per device,
+        /// linked as DIR/{device id}, for the gateway's `[[serial]]` ports.
+        #[arg(long)]
+        serial_dir: Option<std::path::PathBuf>,
     },
     /// Run scenario files (fleet, faults on a timeline, expectations) against
     /// the real `eddy` binary; exits non-zero when an expectation fails.
@@ -174,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
             id_prefix,
             replay,
             speedup,
+            serial_dir,
         } => {
             anyhow::ensure!(speedup > 0.0, "--speedup must be positive");
             let replay = match replay {
@@ -201,23 +206,32 @@ async fn main() -> anyhow::Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
                 ctrl_c.cancel();
             });
-            println!("simulating {devices} devices at {rate} Hz for {duration} s against {broker}");
-            let report = run_fleet(
-                FleetConfig {
-                    devices,
-                    rate_hz: rate,
-                    duration: Duration::from_secs(duration),
-                    host: url.host,
-                    port: url.port,
-                    hot_every: (hot_every > 0).then_some(hot_every),
-                    id_prefix,
-                    replay,
-                    ..FleetConfig::default()
-                },
-                stop,
-            )
-            .await
-            .context("fleet failed")?;
+            let fleet = FleetConfig {
+                devices,
+                rate_hz: rate,
+                duration: Duration::from_secs(duration),
+                host: url.host,
+                port: url.port,
+                hot_every: (hot_every > 0).then_some(hot_every),
+                id_prefix,
+                replay,
+                ..FleetConfig::default()
+            };
+            let report = match serial_dir {
+                Some(dir) => {
+                    println!(
+                        "simulating {devices} devices at {rate} Hz for {duration} s on ptys in {}",
+                        dir.display()
+                    );
+                    serial_fleet::run(&fleet, &dir, stop).await?
+                }
+                None => {
+                    println!(
+                        "simulating {devices} devices at {rate} Hz for {duration} s against {broker}"
+                    );
+                    run_fleet(fleet, stop).await.context("fleet failed")?
+                }
+            };
             println!(
                 "frames sent {}, stored (acknowledged by the gateway) {}, retransmitted {}, \
                  evicted from full backlogs {}, readings {}",

@@ -134,3 +134,73 @@ async fn a_recorded_series_is_replayed_as_the_devices_temperature() {
     );
     gateway.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_serial_ptys_is_stored_exactly_once() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let ptys = data.path().join("ptys");
+    let mut config = demo_config(data.path().join("store"));
+    // The ports appear once the testbench makes them; the gateway
+    // reopens them with backoff until then.
+    config.serial = (0..3)
+        .map(|i| eddy_gateway::sources::serial::SerialConfig {
+            path: ptys.join(format!("sim-{i:04}")),
+            baud: 115_200,
+        })
+        .collect();
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    let dir = ptys.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
+            .args([
+                "simulate",
+                "--devices",
+                "3",
+                "--rate",
+                "10",
+                "--duration",
+                "3",
+            ])
+            .arg("--serial-dir")
+            .arg(&dir)
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "every frame acknowledged over the line: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("on ptys in"), "{stdout}");
+    let stats = gateway.stats().clone();
+    assert!(
+        stats.snapshot().serial_frames >= 3 * 25,
+        "{:?}",
+        stats.snapshot()
+    );
+    // Every device's frames, each once: (boot, 0..n) per device.
+    let mut frames: std::collections::BTreeMap<String, Vec<(u32, u32)>> = Default::default();
+    gateway
+        .store()
+        .for_each_sample(|_, s| {
+            if s.metric == "outputs" {
+                frames
+                    .entry(s.device)
+                    .or_default()
+                    .push(s.frame.expect("an Eddy frame"));
+            }
+        })
+        .expect("store readable");
+    assert_eq!(frames.len(), 3, "{:?}", frames.keys());
+    for (device, mut got) in frames {
+        got.sort_unstable();
+        let boot = got[0].0;
+        let expected: Vec<(u32, u32)> = (0..got.len() as u32).map(|s| (boot, s)).collect();
+        assert_eq!(got, expected, "{device}");
+        assert!(got.len() >= 25, "{device}: {} frames", got.len());
+    }
+    gateway.shutdown().await.expect("clean shutdown");
+}

@@ -68,7 +68,7 @@ pub struct DeviceReport {
 /// The simulated board's digital outputs, reported back as a reading
 /// (`outputs`, a bit mask) so a command's effect is visible upstream.
 #[derive(Debug, Clone, Default)]
-struct SimOutputs(Arc<AtomicU32>);
+pub struct SimOutputs(Arc<AtomicU32>);
 
 impl Outputs for SimOutputs {
     fn set(&mut self, pin: u8, on: bool) -> bool {

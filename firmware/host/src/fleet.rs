@@ -100,7 +100,9 @@ impl FleetConfig {
             .is_some_and(|n| n > 0 && index.is_multiple_of(n))
     }
 
-    fn sensors(&self, index: usize) -> Result<Vec<SimSensor>, SimError> {
+    /// Device `index`'s sensors: temperature (hot excursions, replay,
+    /// faults as configured) and humidity.
+    pub fn sensors(&self, index: usize) -> Result<Vec<SimSensor>, SimError> {
         let seed = self.seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
         let setup = |metric: &str| SimError::Setup {
             device: self.device_id(index),

@@ -9,6 +9,7 @@ pub mod faults;
 mod fleet;
 pub mod ota;
 pub mod replay;
+pub mod serial;
 pub mod sim;
 
 pub use device::{DeviceReport, MqttLink, MqttLinkError, SimDevice, SimDeviceConfig};
