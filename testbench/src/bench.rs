@@ -150,7 +150,7 @@ pub async fn run(
     let payload = payload_size();
     let peers = vec![
         mosquitto_ceiling(options.peer_messages, payload).await,
-        node_red(),
+        node_red(options.peer_messages / 5).await,
     ];
     bar.finish_and_clear();
     let report = BenchReport {
@@ -371,57 +371,60 @@ async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) ->
 /// A Mosquitto on a free port: publisher -> broker -> one subscriber,
 /// QoS 1, `messages` payloads of `size` bytes; messages per second
 /// received.
-async fn mosquitto_ceiling(messages: usize, size: usize) -> Peer {
-    let name = "mosquitto pass-through (1 pub -> broker -> 1 sub, QoS 1)".to_string();
-    let Ok(port) = free_port() else {
-        return Peer {
-            name,
-            messages_per_s: None,
-            note: "no free port".into(),
-        };
-    };
-    // Queues large enough that nothing is dropped: a lossless ceiling.
+/// A child process killed when dropped.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Mosquitto on a free port with queues deep enough that nothing is
+/// dropped; `Err` says why it could not start.
+async fn lossless_mosquitto() -> Result<(Kill, u16), String> {
+    let port = free_port().map_err(|e| e.to_string())?;
     let conf = std::env::temp_dir().join(format!("eddy-bench-mosquitto-{port}.conf"));
-    let written = std::fs::write(
+    std::fs::write(
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
              max_inflight_messages 0\npersistence false\n"
         ),
-    );
-    if written.is_err() {
-        return Peer {
-            name,
-            messages_per_s: None,
-            note: "cannot write a mosquitto config".into(),
-        };
-    }
+    )
+    .map_err(|e| format!("cannot write a mosquitto config: {e}"))?;
     let child = Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn();
-    let Ok(child) = child else {
-        return Peer {
-            name,
-            messages_per_s: None,
-            note: "mosquitto not installed".into(),
-        };
-    };
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+        .spawn()
+        .map_err(|_| "mosquitto not installed".to_string())?;
+    let child = Kill(child);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let end = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(addr).is_err() && Instant::now() < end {
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > end {
+            return Err("mosquitto did not listen".into());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok((child, port))
+}
+
+async fn mosquitto_ceiling(messages: usize, size: usize) -> Peer {
+    let name = "mosquitto pass-through (1 pub -> broker -> 1 sub, QoS 1)".to_string();
+    let (_child, port) = match lossless_mosquitto().await {
+        Ok(m) => m,
+        Err(note) => {
+            return Peer {
+                name,
+                messages_per_s: None,
+                note,
+            };
+        }
+    };
     let (sub, mut sub_loop) =
         AsyncClient::new(MqttOptions::new("ceiling-sub", "127.0.0.1", port), 1024);
     let _ = sub.subscribe("ceiling/#", QoS::AtLeastOnce).await;
@@ -486,22 +489,164 @@ async fn mosquitto_ceiling(messages: usize, size: usize) -> Peer {
     }
 }
 
-fn node_red() -> Peer {
-    let installed = Command::new("node-red")
+/// The Node-RED flow: MQTT in, a function keeping a 1 s tumbling mean
+/// of `temperature` per device and alerting above 50 when a window
+/// closes, MQTT out; it says `ready` to a warm-up device and `done` after
+/// `TOTAL` messages.
+const NODE_RED_FUNCTION: &str = r#"
+const dev = msg.topic.split('/')[2];
+if (dev === 'warmup') { return { topic: 'bench/ready', payload: 'ready' }; }
+const w = context.get('w') || {};
+const n = (context.get('n') || 0) + 1;
+context.set('n', n);
+const ts = msg.payload.ts, v = msg.payload.temperature;
+const start = ts - (ts % 1000);
+let s = w[dev];
+let out = null;
+if (!s || s.start !== start) {
+  if (s && s.count > 0 && s.sum / s.count > 50) {
+    out = { topic: 'bench/alerts/' + dev, payload: JSON.stringify({ device: dev, mean: s.sum / s.count }) };
+  }
+  s = { start: start, sum: 0, count: 0 };
+  w[dev] = s;
+}
+s.sum += v; s.count += 1;
+context.set('w', w);
+if (n === TOTAL) { node.send({ topic: 'bench/done', payload: String(n) }); }
+return out;
+"#;
+
+/// `node-red` on the PATH, or `$NODE_RED`.
+fn node_red_command() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NODE_RED") {
+        return Some(PathBuf::from(p));
+    }
+    let ok = Command::new("node-red")
         .arg("--help")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok();
-    Peer {
-        name: "Node-RED (per-device 1 s window and threshold flow)".into(),
-        messages_per_s: None,
-        note: if installed {
-            "installed, but the flow driver is not part of this bench yet".into()
-        } else {
-            "not installed (npm install -g node-red to compare)".into()
-        },
+    ok.then(|| PathBuf::from("node-red"))
+}
+
+/// The same job through Node-RED: `messages` JSON readings from 100
+/// devices through a Mosquitto into the flow; messages per second until
+/// the flow has seen them all.
+async fn node_red(messages: usize) -> Peer {
+    let name = "Node-RED (per-device 1 s window and threshold flow, JSON over MQTT)".to_string();
+    let peer = |rate: Option<f64>, note: String| Peer {
+        name: name.clone(),
+        messages_per_s: rate,
+        note,
+    };
+    let Some(command) = node_red_command() else {
+        return peer(
+            None,
+            "not installed (npm install -g node-red, or set NODE_RED, to compare)".into(),
+        );
+    };
+    let (_broker, port) = match lossless_mosquitto().await {
+        Ok(m) => m,
+        Err(note) => return peer(None, note),
+    };
+    let (Ok(dir), Ok(http)) = (tempfile::tempdir(), free_port()) else {
+        return peer(None, "no temp dir or port".into());
+    };
+    let function = NODE_RED_FUNCTION.replace("TOTAL", &messages.to_string());
+    let flow = serde_json::json!([
+        { "id": "b1", "type": "mqtt-broker", "name": "bench", "broker": "127.0.0.1",
+          "port": port.to_string(), "clientid": "nodered-bench", "autoConnect": true,
+          "usetls": false, "protocolVersion": "4", "keepalive": "60", "cleansession": true },
+        { "id": "t1", "type": "tab", "label": "bench" },
+        { "id": "in1", "type": "mqtt in", "z": "t1", "topic": "eddy/v1/+/telemetry", "qos": "1",
+          "datatype": "json", "broker": "b1", "nl": false, "rap": true, "rh": 0, "inputs": 0,
+          "wires": [["fn1"]] },
+        { "id": "fn1", "type": "function", "z": "t1", "name": "window", "func": function,
+          "outputs": 1, "wires": [["out1"]] },
+        { "id": "out1", "type": "mqtt out", "z": "t1", "topic": "", "qos": "0",
+          "retain": "false", "broker": "b1", "wires": [] }
+    ]);
+    if std::fs::write(dir.path().join("flows.json"), flow.to_string()).is_err() {
+        return peer(None, "cannot write the flow".into());
     }
+    let child = Command::new(&command)
+        .arg("--userDir")
+        .arg(dir.path())
+        .arg("--port")
+        .arg(http.to_string())
+        .arg("flows.json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        return peer(None, format!("{} did not start", command.display()));
+    };
+    let _node_red = Kill(child);
+
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("nodered-driver", "127.0.0.1", port), 4096);
+    let _ = client.subscribe("bench/#", QoS::AtLeastOnce).await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let _ = tx.send((p.topic, Instant::now()));
+            }
+        }
+    });
+    // Warm up until the flow answers (it connects to the broker after start).
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    let mut ready = false;
+    while !ready && Instant::now() < ready_by {
+        let _ = client
+            .publish("eddy/v1/warmup/telemetry", QoS::AtLeastOnce, false, "{}")
+            .await;
+        if let Ok(Some((topic, _))) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+        {
+            ready = topic == "bench/ready";
+        }
+    }
+    if !ready {
+        return peer(None, "the flow did not answer within 60 s".into());
+    }
+    while rx.try_recv().is_ok() {}
+    let t0 = Instant::now();
+    let ts0 = 1_700_000_000_000i64;
+    for i in 0..messages {
+        let device = format!("nr-{:03}", i % 100);
+        let payload = serde_json::json!({
+            "temperature": if (i / 100) % 20 < 3 { 80.0 } else { 22.0 },
+            "ts": ts0 + (i / 100) as i64 * 50,
+        });
+        if client
+            .publish(
+                format!("eddy/v1/{device}/telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let done_by = tokio::time::Instant::now() + Duration::from_secs(300);
+    while let Ok(Some((topic, at))) = tokio::time::timeout_at(done_by, rx.recv()).await {
+        if topic == "bench/done" {
+            let rate = messages as f64 / at.duration_since(t0).as_secs_f64();
+            return peer(
+                Some(rate),
+                format!("{messages} JSON messages from 100 devices, no durable storage"),
+            );
+        }
+    }
+    peer(
+        None,
+        "the flow did not see every message within 300 s".into(),
+    )
 }
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
@@ -557,6 +702,15 @@ fn throughput_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
             ))?
             .label("mosquitto pass-through ceiling (messages/s)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    }
+    if let Some(node_red) = report.peers.get(1).and_then(|p| p.messages_per_s) {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, node_red), (max_x * 1.05, node_red)],
+                GREEN.stroke_width(1),
+            ))?
+            .label("Node-RED flow, same job without storage (messages/s)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
     }
     chart
         .configure_series_labels()
@@ -707,9 +861,10 @@ pub fn summary(report: &BenchReport) -> String {
                     .max_by(|a, b| a.readings_per_s.total_cmp(&b.readings_per_s))
                 {
                     let frames = best.readings_per_s / 3.0;
+                    let peer = p.name.split(" (").next().unwrap_or(&p.name);
                     out.push_str(&format!(
-                        "  gateway at {} devices: {:.0} frames/s stored without loss = {:.2}x the \
-                         broker's pass-through, p99 alert latency {:.0} ms\n",
+                        "  gateway at {} devices: {:.0} frames/s stored without loss = {:.2}x \
+                         {peer}, p99 alert latency {:.0} ms\n",
                         best.devices,
                         frames,
                         frames / rate,
