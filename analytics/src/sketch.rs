@@ -34,20 +34,21 @@ fn ln_gamma() -> f64 {
 /// so a window rarely allocates twice.
 const FIRST_BUCKETS: usize = 64;
 
-/// Contiguous bucket counts from `offset`.
+/// Contiguous bucket counts from `offset`. Counts are 32-bit (saturating):
+/// half the memory per window, which is what the hot path waits on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Buckets {
     offset: i32,
-    counts: Vec<u64>,
+    counts: Vec<u32>,
 }
 
 impl Buckets {
-    fn add(&mut self, index: i32, n: u64) {
+    fn add(&mut self, index: i32, n: u32) {
         if self.counts.is_empty() {
             let half = (FIRST_BUCKETS / 2) as i32;
             self.offset = index.saturating_sub(half);
             self.counts.resize(FIRST_BUCKETS, 0);
-            self.counts[(index - self.offset) as usize] += n;
+            self.counts[(index - self.offset) as usize] = n;
             return;
         }
         if index < self.offset {
@@ -55,7 +56,7 @@ impl Buckets {
             if self.counts.len() + need > MAX_BUCKETS {
                 // Too wide a range: the low end collapses into its lowest
                 // bucket kept.
-                self.counts[0] += n;
+                self.counts[0] = self.counts[0].saturating_add(n);
                 return;
             }
             // Grow the front with slack (as `Vec` grows its back), so a
@@ -68,7 +69,7 @@ impl Buckets {
             counts.extend_from_slice(&self.counts);
             self.counts = counts;
             self.offset -= grow as i32;
-            self.counts[(index - self.offset) as usize] += n;
+            self.counts[(index - self.offset) as usize] = n;
             return;
         }
         let at = (index - self.offset) as usize;
@@ -78,17 +79,22 @@ impl Buckets {
                 // lowest one kept.
                 let new_offset = index - MAX_BUCKETS as i32 + 1;
                 let drop = (new_offset - self.offset) as usize;
-                let folded: u64 = self.counts.iter().take(drop).sum();
+                let folded = self
+                    .counts
+                    .iter()
+                    .take(drop)
+                    .fold(0u32, |a, &c| a.saturating_add(c));
                 self.counts.drain(..drop.min(self.counts.len()));
                 self.offset = new_offset;
                 self.counts.resize(MAX_BUCKETS, 0);
-                self.counts[0] += folded;
-                self.counts[MAX_BUCKETS - 1] += n;
+                self.counts[0] = self.counts[0].saturating_add(folded);
+                let last = &mut self.counts[MAX_BUCKETS - 1];
+                *last = last.saturating_add(n);
                 return;
             }
             self.counts.resize(at + 1, 0);
         }
-        self.counts[at] += n;
+        self.counts[at] = self.counts[at].saturating_add(n);
     }
 
     fn merge(&mut self, other: &Buckets) {
@@ -100,7 +106,7 @@ impl Buckets {
     }
 
     fn bytes(&self) -> usize {
-        self.counts.capacity() * std::mem::size_of::<u64>()
+        self.counts.capacity() * std::mem::size_of::<u32>()
     }
 }
 
@@ -160,7 +166,7 @@ impl Sketch {
         // Most negative first: the negative buckets from the highest
         // magnitude down.
         for (i, &n) in self.negative.counts.iter().enumerate().rev() {
-            seen += n;
+            seen += u64::from(n);
             if seen > rank {
                 return -value(self.negative.offset + i as i32);
             }
@@ -170,7 +176,7 @@ impl Sketch {
             return 0.0;
         }
         for (i, &n) in self.positive.counts.iter().enumerate() {
-            seen += n;
+            seen += u64::from(n);
             if seen > rank {
                 return value(self.positive.offset + i as i32);
             }
