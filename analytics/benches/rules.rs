@@ -10,7 +10,7 @@
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
 use eddy_analytics::{
-    Aggregate, Condition, Engine, EngineConfig, Output, Rule, Sample, SeriesKey, Test, sql,
+    Aggregate, Condition, Engine, EngineConfig, Output, Rule, Sample, SeriesKey, sql,
 };
 
 const DEVICES: usize = 2_500;
@@ -42,21 +42,7 @@ fn rules(n: usize) -> Vec<Rule> {
                     40 + i % 20
                 ))
                 .expect("valid SQL");
-                return Rule {
-                    name: format!("sql-{i}").into(),
-                    window: q.window,
-                    group_by: q.group_by,
-                    metric: q.metric,
-                    filter: q.filter,
-                    test: Test::Window {
-                        condition: q.condition,
-                        clear: None,
-                        value: q.value,
-                    },
-                    lifecycle: Default::default(),
-                    severity: eddy_analytics::Severity::Warning,
-                    allowed_lateness_ms: None,
-                };
+                return Rule::from_query(&format!("sql-{i}"), q);
             }
             Rule::threshold(
                 &format!("rule-{i}"),

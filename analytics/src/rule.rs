@@ -421,6 +421,26 @@ impl Rule {
         }
     }
 
+    /// The rule a parsed SQL query describes, notifying at once, with
+    /// severity `warning` (set the other fields after).
+    pub fn from_query(name: &str, q: crate::sql::Query) -> Self {
+        Rule {
+            name: name.into(),
+            window: q.window,
+            group_by: q.group_by,
+            metric: q.metric,
+            filter: q.filter,
+            test: Test::Window {
+                condition: q.condition,
+                clear: None,
+                value: q.value,
+            },
+            lifecycle: Lifecycle::default(),
+            severity: Severity::Warning,
+            allowed_lateness_ms: None,
+        }
+    }
+
     /// Whether the rule's windows need a quantile sketch.
     pub fn needs_quantiles(&self) -> bool {
         let mut aggs = Vec::new();

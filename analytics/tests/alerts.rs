@@ -261,22 +261,9 @@ fn a_deadman_longer_than_the_idle_timeout_is_refused() {
 }
 
 fn sql_rule(name: &str, text: &str) -> Rule {
-    let q = sql::parse(text).expect("valid SQL");
-    Rule {
-        name: name.into(),
-        window: q.window,
-        group_by: q.group_by,
-        metric: q.metric,
-        filter: q.filter,
-        test: Test::Window {
-            condition: q.condition,
-            clear: None,
-            value: q.value,
-        },
-        lifecycle: Default::default(),
-        severity: eddy_analytics::Severity::Critical,
-        allowed_lateness_ms: None,
-    }
+    let mut rule = Rule::from_query(name, sql::parse(text).expect("valid SQL"));
+    rule.severity = eddy_analytics::Severity::Critical;
+    rule
 }
 
 #[test]

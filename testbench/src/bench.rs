@@ -750,13 +750,25 @@ fn latency_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
         .x_desc("ms from the crossing sample's publication to the alert (log scale)")
         .y_desc("fraction")
         .draw()?;
+    level_lines(&mut chart, report, |l| l.latency_cdf.clone())?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line per fleet size, in palette colours, with a legend.
+fn level_lines<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    report: &BenchReport,
+    points: impl Fn(&Level) -> Vec<(f64, f64)>,
+) -> PlotResult
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
     for (i, l) in report.levels.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(
-                l.latency_cdf.clone(),
-                color.stroke_width(2),
-            ))?
+            .draw_series(LineSeries::new(points(l), color.stroke_width(2)))?
             .label(format!("{} devices", l.devices))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
@@ -766,7 +778,6 @@ fn latency_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -795,19 +806,7 @@ fn rss_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
         .x_desc("seconds")
         .y_desc("MB")
         .draw()?;
-    for (i, l) in report.levels.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(l.rss_mb.clone(), color.stroke_width(2)))?
-            .label(format!("{} devices", l.devices))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    level_lines(&mut chart, report, |l| l.rss_mb.clone())?;
     root.present()?;
     Ok(())
 }

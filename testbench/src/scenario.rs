@@ -610,50 +610,17 @@ impl Drop for Mosquitto {
 /// (when, rule, device, state) of every alert notification.
 type Seen = Arc<Mutex<Vec<(Instant, String, String, String)>>>;
 
-/// Watches `eddy/v1/alerts/#`, subscribing again after every reconnect
-/// (the gateway, and its broker, may restart).
-fn watch_alerts(broker: SocketAddr, stop: CancellationToken) -> Seen {
-    let seen: Seen = Arc::default();
-    let out = seen.clone();
-    let mut options = MqttOptions::new("testbench-alerts", broker.ip().to_string(), broker.port());
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                e = eventloop.poll() => e,
-                () = stop.cancelled() => return,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe("eddy/v1/alerts/#", QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) if !p.retain => {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                        let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
-                        out.lock().unwrap_or_else(|e| e.into_inner()).push((
-                            Instant::now(),
-                            field("rule"),
-                            field("device"),
-                            field("state"),
-                        ));
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    seen
-}
-
-/// Every `seq` the upstream broker delivers (results forwarded by the
-/// gateway carry their outbox offset as `seq`).
-fn watch_upstream(broker: SocketAddr, stop: CancellationToken) -> Arc<Mutex<Vec<u64>>> {
-    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let out = seqs.clone();
-    let mut options =
-        MqttOptions::new("testbench-upstream", broker.ip().to_string(), broker.port());
+/// Subscribes `client_id` to `filter` on `broker`, again after every
+/// reconnect (brokers restart in scenarios), and hands each message that
+/// is not a retained one to `on_message` until `stop`.
+fn watch(
+    broker: SocketAddr,
+    client_id: &str,
+    filter: &'static str,
+    stop: CancellationToken,
+    mut on_message: impl FnMut(&[u8]) + Send + 'static,
+) {
+    let mut options = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     tokio::spawn(async move {
@@ -664,19 +631,51 @@ fn watch_upstream(broker: SocketAddr, stop: CancellationToken) -> Arc<Mutex<Vec<
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe("#", QoS::AtLeastOnce);
+                    let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(seq) = serde_json::from_slice::<serde_json::Value>(&p.payload)
-                        .ok()
-                        .and_then(|v| v["seq"].as_u64())
-                    {
-                        out.lock().unwrap_or_else(|e| e.into_inner()).push(seq);
-                    }
-                }
+                Ok(Event::Incoming(Packet::Publish(p))) if !p.retain => on_message(&p.payload),
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
+        }
+    });
+}
+
+/// Alert notifications on `eddy/v1/alerts/#`.
+fn watch_alerts(broker: SocketAddr, stop: CancellationToken) -> Seen {
+    let seen: Seen = Arc::default();
+    let out = seen.clone();
+    watch(
+        broker,
+        "testbench-alerts",
+        "eddy/v1/alerts/#",
+        stop,
+        move |payload| {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
+                let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
+                out.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    Instant::now(),
+                    field("rule"),
+                    field("device"),
+                    field("state"),
+                ));
+            }
+        },
+    );
+    seen
+}
+
+/// Every `seq` the upstream broker delivers (results forwarded by the
+/// gateway carry their outbox offset as `seq`).
+fn watch_upstream(broker: SocketAddr, stop: CancellationToken) -> Arc<Mutex<Vec<u64>>> {
+    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let out = seqs.clone();
+    watch(broker, "testbench-upstream", "#", stop, move |payload| {
+        if let Some(seq) = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v["seq"].as_u64())
+        {
+            out.lock().unwrap_or_else(|e| e.into_inner()).push(seq);
         }
     });
     seqs
