@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{
     Collector, Mosquitto, free_port, http_get, json_publisher, send_reading, test_config,
-    wait_until,
+    wait_committed, wait_until,
 };
 use eddy_firmware_host::{FleetConfig, run_fleet};
 use eddy_gateway::Gateway;
@@ -123,19 +123,6 @@ fn base_config(dir: &Path) -> Config {
     config
 }
 
-async fn committed(gateway: &Gateway, samples: u64) {
-    let stats = gateway.stats().clone();
-    assert!(
-        wait_until(Duration::from_secs(10), || stats
-            .snapshot()
-            .samples_committed
-            >= samples)
-        .await,
-        "committed {} of {samples}",
-        stats.snapshot().samples_committed
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_files_reload_while_ingest_goes_on_and_an_invalid_change_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -207,7 +194,7 @@ async fn rule_files_reload_while_ingest_goes_on_and_an_invalid_change_is_refused
     );
 
     let sent = feeder.stop().await;
-    committed(&gateway, sent).await;
+    wait_committed(&gateway, sent).await;
     assert_eq!(
         gateway.stats().snapshot().samples_committed,
         sent,
@@ -426,7 +413,7 @@ async fn a_device_command_reaches_a_simulated_device_which_switches_its_output()
     let report = run_fleet(fleet, CancellationToken::new())
         .await
         .expect("fleet ran");
-    committed(&gateway, report.readings_sent()).await;
+    wait_committed(&gateway, report.readings_sent()).await;
     assert!(gateway.stats().snapshot().commands_sent >= 2);
     // The outputs each device reported, in order.
     let mut outputs: std::collections::BTreeMap<String, Vec<f64>> = Default::default();

@@ -8,7 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Collector, http_get, json_publisher, send_reading, test_config, wait_until};
+use common::{
+    Collector, http_get, json_publisher, send_reading, test_config, wait_committed, wait_until,
+};
 use eddy_gateway::Gateway;
 use eddy_gateway::config::{Config, ViewConfig};
 use rumqttc::AsyncClient;
@@ -68,18 +70,6 @@ async fn live(gateway: &Gateway, query: &str) -> serde_json::Value {
     serde_json::from_str(&body).expect("JSON")
 }
 
-async fn committed(gateway: &Gateway, samples: u64) {
-    let stats = gateway.stats().clone();
-    assert!(
-        wait_until(Duration::from_secs(10), || stats
-            .snapshot()
-            .samples_committed
-            >= samples)
-        .await,
-        "samples not committed"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_queries_answer_open_windows_by_hierarchy_prefix() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -92,7 +82,7 @@ async fn live_queries_answer_open_windows_by_hierarchy_prefix() {
             n += 1;
         }
     }
-    committed(&gateway, n).await;
+    wait_committed(&gateway, n).await;
 
     let started = Instant::now();
     let site = live(&gateway, "view=site&prefix=plant-1&metric=power").await;
@@ -187,7 +177,7 @@ async fn views_publish_sessions_and_count_windows() {
     assert_eq!(first["ts"], T0 - 60_000);
     assert_eq!(first["value"], 99.0);
     assert!(gateway.stats().snapshot().samples_late >= 1);
-    committed(&gateway, 6).await;
+    wait_committed(&gateway, 6).await;
     gateway.shutdown().await.expect("clean shutdown");
 }
 
@@ -199,7 +189,7 @@ async fn open_windows_survive_a_restart() {
     for i in 0..10 {
         send(&client, "m1", T0 + i * 1000, 1.0).await;
     }
-    committed(&gateway, 10).await;
+    wait_committed(&gateway, 10).await;
     gateway.shutdown().await.expect("clean shutdown");
     drop(client);
 
@@ -210,7 +200,7 @@ async fn open_windows_survive_a_restart() {
     for i in 10..15 {
         send(&client, "m1", T0 + i * 1000, 1.0).await;
     }
-    committed(&gateway, 5).await;
+    wait_committed(&gateway, 5).await;
     let rows = live(&gateway, "view=default&prefix=m1").await;
     let rows = rows["windows"].as_array().expect("rows").clone();
     assert_eq!(rows.len(), 1, "{rows:?}");
