@@ -2,7 +2,6 @@
 //! event-time state, watermarks per source, rules on closed windows,
 //! live queries, idle eviction and snapshots.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +10,7 @@ use smallvec::SmallVec;
 use crate::rule::{ActiveAlert, Alert, Phase, Rule, SeriesFilter, Test};
 use crate::series::Symbols;
 use crate::state::{Emitted, WindowState};
-use crate::{AlertEvent, GroupKey, SeriesFull, SeriesKey, WindowKind, WindowResult};
+use crate::{AlertEvent, GroupKey, HashMap, SeriesFull, SeriesKey, WindowKind, WindowResult};
 
 /// One reading of one series at an event time.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -200,6 +199,57 @@ struct CompiledRule {
 /// Not in this view.
 const NONE: u32 = u32::MAX;
 
+/// Views with the same window, grouping, metric, series filter and
+/// lateness hold the same windows over the same samples, so they share
+/// one state: the first such view (the owner) keeps the groups, and its
+/// closed windows go out once per view. A sample then updates each
+/// distinct window once, however many views and rules read it (the
+/// default view and a p99 view over the same windows; rules on the same
+/// window).
+#[derive(Debug, Clone, Default)]
+struct Sharing {
+    /// The view whose state each view reads (itself for an owner).
+    owner: Vec<usize>,
+    /// Per owner, the other views reading its state.
+    followers: Vec<Vec<usize>>,
+    /// Per owner, whether any of its views wants quantiles.
+    quantiles: Vec<bool>,
+}
+
+/// Whether two views hold the same windows over the same samples.
+fn same_state(a: &ViewSpec, b: &ViewSpec) -> bool {
+    a.window == b.window
+        && a.group_by == b.group_by
+        && a.metric == b.metric
+        && a.filter == b.filter
+        && a.allowed_lateness_ms == b.allowed_lateness_ms
+}
+
+impl Sharing {
+    fn of(views: &[ViewSpec]) -> Self {
+        let mut sharing = Sharing {
+            owner: Vec::with_capacity(views.len()),
+            followers: vec![Vec::new(); views.len()],
+            quantiles: vec![false; views.len()],
+        };
+        for (v, spec) in views.iter().enumerate() {
+            let owner = (0..v)
+                .find(|&u| sharing.owner[u] == u && same_state(&views[u], spec))
+                .unwrap_or(v);
+            sharing.owner.push(owner);
+            sharing.quantiles[owner] |= spec.quantiles;
+            if owner != v {
+                sharing.followers[owner].push(v);
+            }
+        }
+        sharing
+    }
+
+    fn owns(&self, v: usize) -> bool {
+        self.owner[v] == v
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SeriesEntry {
     device: u32,
@@ -256,7 +306,7 @@ struct State {
 }
 
 /// Format of [`Engine::snapshot`].
-const SNAPSHOT_VERSION: u8 = 2;
+const SNAPSHOT_VERSION: u8 = 3;
 
 /// The stream engine. Single threaded by design: shard by series to scale.
 #[derive(Debug)]
@@ -266,6 +316,8 @@ pub struct Engine {
     rules: Vec<CompiledRule>,
     /// Views before the rules' hidden views: the default and configured.
     base_views: usize,
+    /// Which views share window state (see [`Sharing`]).
+    sharing: Sharing,
     st: State,
     /// Scratch for emitted windows.
     emitted: Vec<Emitted>,
@@ -367,10 +419,10 @@ impl Engine {
             devices: Symbols::new(config.max_series),
             metrics: Symbols::new(config.max_series),
             labels: Symbols::new(config.max_series.saturating_mul(views.len().max(1))),
-            paths: HashMap::new(),
+            paths: HashMap::default(),
             series: Vec::new(),
             free_series: Vec::new(),
-            series_index: HashMap::new(),
+            series_index: HashMap::default(),
             views: views
                 .iter()
                 .map(|_| ViewGroups {
@@ -381,12 +433,13 @@ impl Engine {
             source_max: Vec::new(),
             max_event_ms: None,
             idle_watermark: i64::MIN,
-            alerts: HashMap::new(),
+            alerts: HashMap::default(),
             last_evict_ms: i64::MIN,
             stats: EngineStats::default(),
         };
         Ok(Self {
             config,
+            sharing: Sharing::of(&views),
             views,
             rules: compiled,
             base_views,
@@ -522,6 +575,9 @@ impl Engine {
 
     fn join_group(&mut self, v: usize, device: &str, d: u32, metric: &str, m: u32) -> u32 {
         let spec = &self.views[v];
+        if !self.sharing.owns(v) {
+            return NONE;
+        }
         if spec.metric.as_deref().is_some_and(|only| only != metric) {
             return NONE;
         }
@@ -689,17 +745,19 @@ impl Engine {
                     };
                     if sample.ts_ms < wm {
                         late = true;
-                        out.late.push(Late {
-                            view: v,
-                            sample: *sample,
-                        });
+                        for &view in std::iter::once(&v).chain(&self.sharing.followers[v]) {
+                            out.late.push(Late {
+                                view,
+                                sample: *sample,
+                            });
+                        }
                         continue;
                     }
                 }
                 group.last_ms = group.last_ms.max(sample.ts_ms);
                 let (close, dropped) = group.state.add(
                     &spec.window,
-                    spec.quantiles,
+                    self.sharing.quantiles[v],
                     sample.ts_ms,
                     sample.value,
                     &mut emitted,
@@ -724,16 +782,19 @@ impl Engine {
             );
         }
         self.emitted = emitted;
-        let mut closed: Vec<WindowResult> = immediate
-            .into_iter()
-            .map(|(view, key, (start_ms, end_ms, aggregates))| WindowResult {
-                view,
-                key,
-                start_ms,
-                end_ms,
-                aggregates,
-            })
-            .collect();
+        let mut closed: Vec<Option<WindowResult>> = Vec::new();
+        for (view, key, (start_ms, end_ms, aggregates)) in immediate {
+            self.fan_out(
+                WindowResult {
+                    view,
+                    key,
+                    start_ms,
+                    end_ms,
+                    aggregates,
+                },
+                &mut closed,
+            );
+        }
         self.close_all(&mut closed);
         self.finish(closed, out);
     }
@@ -752,7 +813,19 @@ impl Engine {
         self.finish(closed, out);
     }
 
-    fn close_all(&mut self, closed: &mut Vec<WindowResult>) {
+    /// A closed window of an owner's state, for the owner and each view
+    /// sharing it.
+    fn fan_out(&self, window: WindowResult, closed: &mut Vec<Option<WindowResult>>) {
+        for &view in &self.sharing.followers[window.view] {
+            closed.push(Some(WindowResult {
+                view,
+                ..window.clone()
+            }));
+        }
+        closed.push(Some(window));
+    }
+
+    fn close_all(&mut self, closed: &mut Vec<Option<WindowResult>>) {
         let mut emitted = std::mem::take(&mut self.emitted);
         for v in 0..self.views.len() {
             let global = self.global_watermark(v);
@@ -770,23 +843,27 @@ impl Engine {
                 let Some(group) = self.st.views[v].slots[slot].as_mut() else {
                     continue;
                 };
-                next = next.min(
-                    group
-                        .state
-                        .close(&spec.window, spec.quantiles, wm, &mut emitted),
-                );
+                next = next.min(group.state.close(
+                    &spec.window,
+                    self.sharing.quantiles[v],
+                    wm,
+                    &mut emitted,
+                ));
                 let key = group.key;
-                closed.extend(emitted.drain(..).map(|(start_ms, end_ms, aggregates)| {
-                    WindowResult {
-                        view: v,
-                        key,
-                        start_ms,
-                        end_ms,
-                        aggregates,
-                    }
-                }));
                 if group.members == 0 && group.state.is_empty() {
                     empties.push(slot as u32);
+                }
+                for (start_ms, end_ms, aggregates) in emitted.drain(..) {
+                    self.fan_out(
+                        WindowResult {
+                            view: v,
+                            key,
+                            start_ms,
+                            end_ms,
+                            aggregates,
+                        },
+                        closed,
+                    );
                 }
             }
             self.st.views[v].next_close = next;
@@ -817,9 +894,9 @@ impl Engine {
             groups.index.remove(&g.key);
             groups.free.push(slot);
             self.st.labels.release(g.key.label);
-            let rules = &self.rules;
+            let (rules, owner) = (&self.rules, &self.sharing.owner);
             self.st.alerts.retain(|(r, k), _| {
-                !(*k == g.key && rules.get(*r as usize).is_some_and(|c| c.view == v))
+                !(*k == g.key && rules.get(*r as usize).is_some_and(|c| owner[c.view] == v))
             });
         }
     }
@@ -875,16 +952,15 @@ impl Engine {
         }
     }
 
-    fn finish(&mut self, closed: Vec<WindowResult>, out: &mut Output) {
+    fn finish(&mut self, mut slots: Vec<Option<WindowResult>>, out: &mut Output) {
         // Order by end time, then view, group and start; sorting keys,
         // not the (large) results, which then move once.
-        let mut order: Vec<(i64, usize, GroupKey, i64, usize)> = closed
+        let mut order: Vec<(i64, usize, GroupKey, i64, usize)> = slots
             .iter()
             .enumerate()
-            .map(|(i, w)| (w.end_ms, w.view, w.key, w.start_ms, i))
+            .filter_map(|(i, w)| w.as_ref().map(|w| (w.end_ms, w.view, w.key, w.start_ms, i)))
             .collect();
         order.sort_unstable();
-        let mut slots: Vec<Option<WindowResult>> = closed.into_iter().map(Some).collect();
         self.st.stats.windows_closed += slots.len() as u64;
         out.windows.reserve(slots.len());
         for (.., i) in order {
@@ -975,7 +1051,7 @@ impl Engine {
             // The fleet's clock, not the silent device's own (which
             // stands still while it is silent).
             let wm = global;
-            for g in self.st.views[v].slots.iter().flatten() {
+            for g in self.st.views[self.sharing.owner[v]].slots.iter().flatten() {
                 if g.last_ms == i64::MIN {
                     continue;
                 }
@@ -1038,52 +1114,73 @@ impl Engine {
         self.rules.iter().map(|c| &c.rule)
     }
 
-    /// Replaces the rules at once. A rule whose plan is unchanged keeps
-    /// its open windows and alerts; a changed or new one starts empty; a
-    /// removed one's state goes. On error nothing changes.
+    /// Replaces the rules at once. Windows whose plan (window, grouping,
+    /// metric, filter, lateness) is still read by some view keep their
+    /// open state, so an unchanged rule keeps its windows, and its alerts
+    /// too; a rule with a new plan starts empty; state nothing reads any
+    /// more goes. On error nothing changes.
     pub fn set_rules(&mut self, rules: Vec<Rule>) -> Result<(), EngineError> {
-        let mut views: Vec<ViewSpec> = self.views[..self.base_views].to_vec();
+        let base = self.base_views;
+        let mut views: Vec<ViewSpec> = self.views[..base].to_vec();
         let compiled = compile_rules(&self.config, rules, &mut views)?;
-        // Old view index per new view, when the rule's plan is unchanged.
-        let reuse: Vec<Option<(usize, usize)>> = compiled
+        let sharing = Sharing::of(&views);
+        // Old rule index per new rule, when the rule is unchanged.
+        let same_rule: Vec<Option<usize>> = compiled
             .iter()
-            .map(|c| {
-                self.rules
-                    .iter()
-                    .enumerate()
-                    .find(|(_, o)| o.rule == c.rule)
-                    .map(|(i, o)| (i, o.view))
-            })
+            .map(|c| self.rules.iter().position(|o| o.rule == c.rule))
             .collect();
-        let mut old_groups = std::mem::take(&mut self.st.views);
-        let mut new_groups: Vec<ViewGroups> = old_groups.drain(..self.base_views).collect();
-        for r in &reuse {
-            new_groups.push(match r {
-                Some((_, v)) => std::mem::take(&mut old_groups[*v - self.base_views]),
-                None => ViewGroups {
-                    next_close: i64::MAX,
-                    ..ViewGroups::default()
-                },
-            });
+        // The old state each new owner takes over: the old owner of the
+        // same windows. The base views keep theirs.
+        let mut old_groups: Vec<Option<ViewGroups>> = std::mem::take(&mut self.st.views)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let fresh = || ViewGroups {
+            next_close: i64::MAX,
+            ..ViewGroups::default()
+        };
+        let mut from: Vec<Option<usize>> = Vec::with_capacity(views.len());
+        let mut new_groups = Vec::with_capacity(views.len());
+        for (v, spec) in views.iter().enumerate() {
+            let taken = if v < base {
+                Some(v)
+            } else if sharing.owns(v) {
+                (base..self.views.len()).find(|&o| {
+                    self.sharing.owns(o)
+                        && old_groups[o].is_some()
+                        && same_state(&self.views[o], spec)
+                })
+            } else {
+                None
+            };
+            from.push(taken);
+            new_groups.push(
+                taken
+                    .and_then(|o| old_groups[o].take())
+                    .unwrap_or_else(fresh),
+            );
         }
-        // Labels held by groups of views that go.
-        for g in old_groups.iter().flat_map(|v| v.slots.iter().flatten()) {
+        // Labels held by groups of state that goes.
+        for g in old_groups
+            .iter()
+            .flatten()
+            .flat_map(|v| v.slots.iter().flatten())
+        {
             self.st.labels.release(g.key.label);
         }
         let alerts = std::mem::take(&mut self.st.alerts);
         self.st.alerts = alerts
             .into_iter()
             .filter_map(|((r, key), a)| {
-                let new = reuse
-                    .iter()
-                    .position(|x| x.is_some_and(|(old, _)| old == r as usize))?;
+                let new = same_rule.iter().position(|x| *x == Some(r as usize))?;
                 Some(((new as u32, key), a))
             })
             .collect();
         self.views = views;
+        self.sharing = sharing;
         self.st.views = new_groups;
-        let old_rules = std::mem::replace(&mut self.rules, compiled);
-        // Re-join every series: kept views keep their slots.
+        self.rules = compiled;
+        // Re-join every series: state taken over keeps its slots.
         for id in 0..self.st.series.len() {
             let Some(entry) = self.st.series[id].as_ref() else {
                 continue;
@@ -1092,11 +1189,10 @@ impl Engine {
             let old: SmallVec<[u32; 4]> = entry.groups.clone();
             let device = self.st.devices.name(d).to_string();
             let metric = self.st.metrics.name(m).to_string();
-            let mut groups: SmallVec<[u32; 4]> = old[..self.base_views].into();
-            for (i, r) in reuse.iter().enumerate() {
-                let v = self.base_views + i;
-                groups.push(match r {
-                    Some((_, ov)) => old.get(*ov).copied().unwrap_or(NONE),
+            let mut groups: SmallVec<[u32; 4]> = SmallVec::with_capacity(self.views.len());
+            for (v, taken) in from.iter().enumerate() {
+                groups.push(match taken {
+                    Some(o) => old.get(*o).copied().unwrap_or(NONE),
                     None => self.join_group(v, &device, d, &metric, m),
                 });
             }
@@ -1104,7 +1200,6 @@ impl Engine {
                 e.groups = groups;
             }
         }
-        drop(old_rules);
         Ok(())
     }
 
@@ -1118,7 +1213,8 @@ impl Engine {
                 None if !spec.publish => continue,
                 _ => {}
             }
-            for group in self.st.views[v].slots.iter().flatten() {
+            let owner = self.sharing.owner[v];
+            for group in self.st.views[owner].slots.iter().flatten() {
                 if rows.len() >= query.limit {
                     return rows;
                 }
@@ -1132,7 +1228,9 @@ impl Engine {
                 {
                     continue;
                 }
-                group.state.open(&spec.window, spec.quantiles, &mut open);
+                group
+                    .state
+                    .open(&spec.window, self.sharing.quantiles[owner], &mut open);
                 for (start_ms, end_ms, aggregates) in open.drain(..) {
                     rows.push(LiveRow {
                         view: spec.name.clone(),

@@ -40,3 +40,8 @@ pub use rule::{
 pub use series::{GroupKey, SeriesFull, SeriesKey};
 pub use state::MAX_RETAINED;
 pub use window::{Aggregate, Aggregates, WindowKind, WindowResult};
+
+/// The engine's maps: foldhash, seeded per process (names come from the
+/// network, so the seed matters), several times faster than SipHash on
+/// the short keys looked up per sample.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

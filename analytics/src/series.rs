@@ -2,10 +2,11 @@
 //! released again when nothing refers to them, so churn of names never
 //! grows the tables past their caps.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::HashMap;
 
 /// A live series (one metric of one device), as the engine admitted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,7 +47,7 @@ impl Symbols {
         Self {
             names: Vec::new(),
             refs: Vec::new(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             free: Vec::new(),
             max,
         }

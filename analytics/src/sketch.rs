@@ -1,10 +1,24 @@
 //! A mergeable quantile sketch with a relative-error guarantee (the
-//! DDSketch construction): every value is counted in the bucket
-//! `ceil(log_γ |x|)` with `γ = (1 + α) / (1 - α)`, so the value a bucket
-//! reports is within a relative error `α` of every value counted in it.
-//! A quantile is then within `α` of the true quantile's value, whatever
-//! the distribution. Two sketches merge by adding bucket counts, so
-//! windows, panes and hierarchy levels combine exactly.
+//! DDSketch construction): every value is counted in a bucket whose
+//! bounds are within a factor `γ = (1 + α) / (1 - α)` of each other, and
+//! the bucket reports the value within a relative error `α` of both
+//! bounds. A quantile is then within `α` of the true quantile's value,
+//! whatever the distribution. Two sketches merge by adding bucket counts,
+//! so windows, panes and hierarchy levels combine exactly.
+//!
+//! The bucket of `x` is `ceil(M · f(x))`, where `f` is `log2` with its
+//! mantissa part replaced by a cubic (`x = 2^e · (1 + s)`,
+//! `f(x) = e + P(s)`): a few multiply-adds on the float's bits instead
+//! of a logarithm. `f` is monotone and `d ln x / d f ≤ 0.7` everywhere,
+//! so `M = 0.7 / ln γ` keeps every bucket within a factor `γ`, with about
+//! 1 % more buckets than an exact logarithm would use.
+//!
+//! Two stores. Most windows hold positive values from a narrow range
+//! (a sensor over seconds), so a sketch starts **inline**: 58 byte-sized
+//! counters covering a 3x range, inside the window's state, with no
+//! allocation and no pointer to chase per sample. A value outside that
+//! range, a negative value or a 256th value in one bucket moves the
+//! sketch to the **full** store on the heap: 32-bit counts per sign.
 //!
 //! Memory is bounded: each sign keeps at most [`MAX_BUCKETS`] contiguous
 //! buckets. Values spanning a wider dynamic range (more than about
@@ -19,23 +33,69 @@ pub const ALPHA: f64 = 0.01;
 pub const MAX_BUCKETS: usize = 2048;
 /// Magnitudes below this count as zero.
 const MIN_MAGNITUDE: f64 = 1e-12;
+/// `ln γ` for [`ALPHA`] (checked against `ln` in the tests).
+const LN_GAMMA: f64 = 0.020_000_666_706_669_435;
+/// Buckets per unit of `f` (see the module documentation).
+const MULTIPLIER: f64 = 0.7 / LN_GAMMA;
+/// The cubic `P(s) = ((A s + B) s + C) s`: `P(0) = 0`, `P(1) = 1`, and
+/// `(1 + s) P'(s) ≥ C = 10/7` on `[0, 1]`.
+const A: f64 = 6.0 / 35.0;
+const B: f64 = -3.0 / 5.0;
+const C: f64 = 10.0 / 7.0;
+/// Counters in the inline store.
+const INLINE: usize = 58;
 
-fn gamma() -> f64 {
-    (1.0 + ALPHA) / (1.0 - ALPHA)
+/// `f(x)` for a positive normal `x`.
+#[inline]
+fn log2_approx(x: f64) -> f64 {
+    let bits = x.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let s = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000) - 1.0;
+    ((A * s + B) * s + C) * s + e as f64
 }
 
-fn ln_gamma() -> f64 {
-    // ln((1 + α) / (1 - α)), computed once per call site by the optimiser.
-    gamma().ln()
+/// The inverse of [`log2_approx`].
+fn exp2_approx(y: f64) -> f64 {
+    let e = y.floor();
+    let t = y - e;
+    // Newton on the monotone cubic from s = t, kept within [0, 1].
+    let mut s = t;
+    for _ in 0..8 {
+        let p = ((A * s + B) * s + C) * s - t;
+        let dp = (3.0 * A * s + 2.0 * B) * s + C;
+        s = (s - p / dp).clamp(0.0, 1.0);
+    }
+    (1.0 + s) * 2f64.powi(e as i32)
 }
 
-/// Buckets allocated at the first value, centred on it: a sensor's
-/// values usually stay within a factor of 3 (about 55 buckets at α = 1 %),
-/// so a window rarely allocates twice.
+#[inline]
+fn index(magnitude: f64) -> i32 {
+    // Clamped so absurd magnitudes (1e308) stay in range.
+    ceil_i32((MULTIPLIER * log2_approx(magnitude)).clamp(-1e6, 1e6))
+}
+
+/// The value a bucket reports: its bounds' harmonic mean, within `α` of
+/// every value between them.
+fn value(index: i32) -> f64 {
+    let lo = exp2_approx(f64::from(index - 1) / MULTIPLIER);
+    let hi = exp2_approx(f64::from(index) / MULTIPLIER);
+    // 2 lo hi / (lo + hi), without overflowing at the top of the range.
+    2.0 * lo / (1.0 + lo / hi)
+}
+
+/// Ceiling of a float already clamped to the `i32` range, without a call
+/// to `ceil` (not an instruction on baseline x86-64).
+#[inline]
+fn ceil_i32(y: f64) -> i32 {
+    let t = y as i32;
+    t + i32::from(y > f64::from(t))
+}
+
+/// Buckets allocated at the first value of the full store, centred on
+/// it.
 const FIRST_BUCKETS: usize = 64;
 
-/// Contiguous bucket counts from `offset`. Counts are 32-bit (saturating):
-/// half the memory per window, which is what the hot path waits on.
+/// Contiguous 32-bit (saturating) bucket counts from `offset`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Buckets {
     offset: i32,
@@ -110,43 +170,266 @@ impl Buckets {
     }
 }
 
-/// A quantile sketch over f64 values (see the module documentation).
+/// The full store: any sign, any range, 32-bit counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Sketch {
+struct Full {
     positive: Buckets,
     negative: Buckets,
     zeros: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Store {
+    /// Positive values only, byte counts from `offset`.
+    Inline {
+        offset: i32,
+        counts: [u8; INLINE],
+    },
+    Full(Box<Full>),
+}
+
+/// The positive buckets of either store.
+#[derive(Clone, Copy)]
+enum Counts<'a> {
+    Narrow(&'a [u8]),
+    Wide(&'a [u32]),
+}
+
+impl Counts<'_> {
+    fn len(self) -> usize {
+        match self {
+            Self::Narrow(c) => c.len(),
+            Self::Wide(c) => c.len(),
+        }
+    }
+
+    fn get(self, k: usize) -> u32 {
+        match self {
+            Self::Narrow(c) => u32::from(c[k]),
+            Self::Wide(c) => c[k],
+        }
+    }
+}
+
+/// Adds `n` at `index` to an inline store, re-centring it when the
+/// occupied buckets and `index` still fit; false when they do not, or
+/// when the count would pass 255 (the store is then unchanged or only
+/// re-centred).
+fn inline_add(offset: &mut i32, counts: &mut [u8; INLINE], index: i32, n: u32) -> bool {
+    let bump = |c: &mut u8| match u32::from(*c).checked_add(n).map(u8::try_from) {
+        Some(Ok(v)) => {
+            *c = v;
+            true
+        }
+        _ => false,
+    };
+    let at = index.wrapping_sub(*offset) as u32 as usize;
+    if at < INLINE {
+        return bump(&mut counts[at]);
+    }
+    let occupied = counts
+        .iter()
+        .position(|&c| c > 0)
+        .zip(counts.iter().rposition(|&c| c > 0));
+    let (lo, hi) = match occupied {
+        None => (index, index),
+        Some((first, last)) => (
+            (*offset + first as i32).min(index),
+            (*offset + last as i32).max(index),
+        ),
+    };
+    let span = i64::from(hi) - i64::from(lo) + 1;
+    if span > INLINE as i64 {
+        return false;
+    }
+    let new_offset = lo - (INLINE as i32 - span as i32) / 2;
+    let mut moved = [0u8; INLINE];
+    if let Some((first, last)) = occupied {
+        for (k, &c) in counts.iter().enumerate().take(last + 1).skip(first) {
+            moved[(*offset + k as i32 - new_offset) as usize] = c;
+        }
+    }
+    *counts = moved;
+    *offset = new_offset;
+    bump(&mut counts[(index - new_offset) as usize])
+}
+
+/// A quantile sketch over f64 values (see the module documentation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(into = "Wire", from = "Wire")]
+pub struct Sketch {
     count: u64,
+    store: Store,
 }
 
-fn index(magnitude: f64) -> i32 {
-    // Clamped so absurd magnitudes (1e308) stay in range.
-    (magnitude.ln() / ln_gamma()).ceil().clamp(-1e6, 1e6) as i32
+impl Default for Sketch {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            store: Store::Inline {
+                offset: 0,
+                counts: [0; INLINE],
+            },
+        }
+    }
 }
 
-fn value(index: i32) -> f64 {
-    2.0 * gamma().powi(index) / (gamma() + 1.0)
+/// How a sketch is stored in snapshots: the full store's form, whatever
+/// the sketch used in memory.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    count: u64,
+    zeros: u64,
+    positive: Buckets,
+    negative: Buckets,
+}
+
+impl From<Sketch> for Wire {
+    fn from(s: Sketch) -> Self {
+        let (zeros, negative) = match &s.store {
+            Store::Full(f) => (f.zeros, f.negative.clone()),
+            Store::Inline { .. } => (0, Buckets::default()),
+        };
+        let mut positive = Buckets::default();
+        for (index, n) in s.positives() {
+            positive.add(index, n);
+        }
+        Self {
+            count: s.count,
+            zeros,
+            positive,
+            negative,
+        }
+    }
+}
+
+impl From<Wire> for Sketch {
+    fn from(w: Wire) -> Self {
+        let mut s = Sketch {
+            count: w.count,
+            ..Sketch::default()
+        };
+        if w.zeros > 0 || w.negative.counts.iter().any(|&n| n > 0) {
+            let full = s.full();
+            full.zeros = w.zeros;
+            full.negative = w.negative;
+        }
+        for (i, &n) in w.positive.counts.iter().enumerate() {
+            if n > 0 {
+                s.add_positive(w.positive.offset.saturating_add(i as i32), n);
+            }
+        }
+        s
+    }
+}
+
+/// Equal when they count the same values in the same buckets, whichever
+/// store holds them.
+impl PartialEq for Sketch {
+    fn eq(&self, other: &Self) -> bool {
+        let rest = |s: &Sketch| match &s.store {
+            Store::Full(f) => (
+                f.zeros,
+                f.negative
+                    .counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(i, &n)| (f.negative.offset + i as i32, n))
+                    .collect::<Vec<_>>(),
+            ),
+            Store::Inline { .. } => (0, Vec::new()),
+        };
+        self.count == other.count
+            && self.positives().eq(other.positives())
+            && rest(self) == rest(other)
+    }
 }
 
 impl Sketch {
+    #[inline]
     pub fn add(&mut self, x: f64) {
         if !x.is_finite() {
             return;
         }
         self.count += 1;
         if x > MIN_MAGNITUDE {
-            self.positive.add(index(x), 1);
+            self.add_positive(index(x), 1);
         } else if x < -MIN_MAGNITUDE {
-            self.negative.add(index(-x), 1);
+            self.full().negative.add(index(-x), 1);
         } else {
-            self.zeros += 1;
+            self.full().zeros += 1;
         }
     }
 
+    #[inline]
+    fn add_positive(&mut self, index: i32, n: u32) {
+        if let Store::Inline { offset, counts } = &mut self.store {
+            let at = index.wrapping_sub(*offset) as u32 as usize;
+            if let Some(c) = counts.get_mut(at)
+                && u32::from(*c) + n <= u32::from(u8::MAX)
+            {
+                *c += n as u8;
+                return;
+            }
+        }
+        self.add_positive_slow(index, n);
+    }
+
+    #[cold]
+    fn add_positive_slow(&mut self, index: i32, n: u32) {
+        if let Store::Inline { offset, counts } = &mut self.store
+            && inline_add(offset, counts, index, n)
+        {
+            return;
+        }
+        self.full().positive.add(index, n);
+    }
+
+    /// The full store, moving an inline one there first.
+    fn full(&mut self) -> &mut Full {
+        if let Store::Inline { offset, counts } = &self.store {
+            let mut full = Full::default();
+            for (k, &c) in counts.iter().enumerate() {
+                if c > 0 {
+                    full.positive.add(offset + k as i32, u32::from(c));
+                }
+            }
+            self.store = Store::Full(Box::new(full));
+        }
+        match &mut self.store {
+            Store::Full(full) => full,
+            Store::Inline { .. } => unreachable!("moved to the full store above"),
+        }
+    }
+
+    fn positive_counts(&self) -> (i32, Counts<'_>) {
+        match &self.store {
+            Store::Inline { offset, counts } => (*offset, Counts::Narrow(counts)),
+            Store::Full(f) => (f.positive.offset, Counts::Wide(&f.positive.counts)),
+        }
+    }
+
+    /// Non-empty positive buckets, lowest first.
+    fn positives(&self) -> impl Iterator<Item = (i32, u32)> + '_ {
+        let (offset, counts) = self.positive_counts();
+        (0..counts.len()).filter_map(move |k| {
+            let n = counts.get(k);
+            (n > 0).then_some((offset + k as i32, n))
+        })
+    }
+
     pub fn merge(&mut self, other: &Sketch) {
-        self.positive.merge(&other.positive);
-        self.negative.merge(&other.negative);
-        self.zeros += other.zeros;
+        if let Store::Full(o) = &other.store
+            && (o.zeros > 0 || !o.negative.counts.is_empty())
+        {
+            let full = self.full();
+            full.negative.merge(&o.negative);
+            full.zeros += o.zeros;
+        }
+        for (index, n) in other.positives() {
+            self.add_positive(index, n);
+        }
         self.count += other.count;
     }
 
@@ -163,31 +446,38 @@ impl Sketch {
         }
         let rank = (q * (self.count - 1) as f64).floor() as u64;
         let mut seen = 0u64;
-        // Most negative first: the negative buckets from the highest
-        // magnitude down.
-        for (i, &n) in self.negative.counts.iter().enumerate().rev() {
-            seen += u64::from(n);
+        if let Store::Full(f) = &self.store {
+            // Most negative first: the negative buckets from the highest
+            // magnitude down.
+            for (i, &n) in f.negative.counts.iter().enumerate().rev() {
+                seen += u64::from(n);
+                if seen > rank {
+                    return -value(f.negative.offset + i as i32);
+                }
+            }
+            seen += f.zeros;
             if seen > rank {
-                return -value(self.negative.offset + i as i32);
+                return 0.0;
             }
         }
-        seen += self.zeros;
-        if seen > rank {
-            return 0.0;
-        }
-        for (i, &n) in self.positive.counts.iter().enumerate() {
+        let mut top = None;
+        for (index, n) in self.positives() {
             seen += u64::from(n);
             if seen > rank {
-                return value(self.positive.offset + i as i32);
+                return value(index);
             }
+            top = Some(index);
         }
         // Unreachable while counts add up; the largest bucket otherwise.
-        value(self.positive.offset + self.positive.counts.len() as i32 - 1)
+        top.map_or(f64::NAN, value)
     }
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.positive.bytes() + self.negative.bytes()
+        match &self.store {
+            Store::Inline { .. } => 0,
+            Store::Full(f) => std::mem::size_of::<Full>() + f.positive.bytes() + f.negative.bytes(),
+        }
     }
 }
 
@@ -199,6 +489,57 @@ mod tests {
         sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
     }
 
+    fn assert_quantiles(values: &mut [f64], s: &Sketch) {
+        values.sort_by(f64::total_cmp);
+        for q in [0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            let (got, want) = (s.quantile(q), exact(values, q));
+            assert!(
+                (got - want).abs() <= ALPHA * want.abs() + 1e-9,
+                "q{q}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_constants_are_what_they_claim() {
+        assert_eq!(LN_GAMMA, ((1.0 + ALPHA) / (1.0 - ALPHA)).ln());
+        let p = |s: f64| ((A * s + B) * s + C) * s;
+        assert_eq!(p(0.0), 0.0);
+        assert!((p(1.0) - 1.0).abs() < 1e-15);
+        for k in 0..=100_000 {
+            let s = f64::from(k) / 100_000.0;
+            let dp = (3.0 * A * s + 2.0 * B) * s + C;
+            assert!((1.0 + s) * dp >= C - 1e-12, "at {s}");
+        }
+        assert!(std::mem::size_of::<Sketch>() <= 72);
+    }
+
+    #[test]
+    fn every_bucket_spans_at_most_gamma_and_its_value_lies_within_alpha() {
+        let gamma = (1.0 + ALPHA) / (1.0 - ALPHA);
+        for i in (-1_500..35_800).step_by(7) {
+            let lo = exp2_approx(f64::from(i - 1) / MULTIPLIER);
+            let hi = exp2_approx(f64::from(i) / MULTIPLIER);
+            assert!(hi / lo <= gamma * (1.0 + 1e-12), "bucket {i}: {lo}..{hi}");
+            let v = value(i);
+            assert!(
+                (v - lo) / lo <= ALPHA + 1e-12 && (hi - v) / hi <= ALPHA + 1e-12,
+                "bucket {i}: {lo} {v} {hi}"
+            );
+            // Values inside the bucket map to it.
+            let mid = lo * (hi / lo).sqrt();
+            assert_eq!(index(mid), i, "{mid}");
+        }
+        for x in [1e-11, 0.3, 1.0, 2.0, 3.999, 17.25, 1e6, 1e300] {
+            let i = index(x);
+            let (lo, hi) = (
+                exp2_approx(f64::from(i - 1) / MULTIPLIER),
+                exp2_approx(f64::from(i) / MULTIPLIER),
+            );
+            assert!(lo <= x * (1.0 + 1e-12) && x <= hi * (1.0 + 1e-12), "{x}");
+        }
+    }
+
     #[test]
     fn quantiles_are_within_the_relative_error() {
         let mut values: Vec<f64> = (1..=10_000)
@@ -208,14 +549,47 @@ mod tests {
         for &v in &values {
             s.add(v);
         }
-        values.sort_by(f64::total_cmp);
-        for q in [0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0] {
-            let (got, want) = (s.quantile(q), exact(&values, q));
-            assert!(
-                (got - want).abs() <= ALPHA * want.abs() + 1e-9,
-                "q{q}: {got} vs {want}"
-            );
+        assert_quantiles(&mut values, &s);
+    }
+
+    #[test]
+    fn a_narrow_positive_window_stays_inline_and_exact_to_alpha() {
+        let mut values: Vec<f64> = (0..200).map(|i| 20.0 + f64::from(i % 40)).collect();
+        let mut s = Sketch::default();
+        for &v in &values {
+            s.add(v);
         }
+        assert!(matches!(s.store, Store::Inline { .. }));
+        assert_eq!(s.heap_bytes(), 0);
+        assert_quantiles(&mut values, &s);
+        // A value far outside, then a crowded bucket: the full store.
+        let mut wide = s.clone();
+        wide.add(1e6);
+        assert!(matches!(wide.store, Store::Full(_)));
+        values.push(1e6);
+        assert_quantiles(&mut values, &wide);
+        let mut crowded = Sketch::default();
+        for _ in 0..1000 {
+            crowded.add(42.0);
+        }
+        assert!(matches!(crowded.store, Store::Full(_)));
+        assert_eq!(crowded.count(), 1000);
+        assert!((crowded.quantile(0.5) - 42.0).abs() <= ALPHA * 42.0);
+    }
+
+    #[test]
+    fn an_inline_store_recentres_on_a_drifting_signal() {
+        // Decreasing then increasing within a 3x range: moves, no spill.
+        let mut values: Vec<f64> = (0..50)
+            .map(|i| 30.0 - f64::from(i) * 0.3)
+            .chain((0..50).map(|i| 15.0 + f64::from(i) * 0.5))
+            .collect();
+        let mut s = Sketch::default();
+        for &v in &values {
+            s.add(v);
+        }
+        assert!(matches!(s.store, Store::Inline { .. }));
+        assert_quantiles(&mut values, &s);
     }
 
     #[test]
@@ -228,9 +602,38 @@ mod tests {
         }
         a.merge(&b);
         assert_eq!(a.count(), all.count());
+        assert_eq!(a, all);
         for q in 0..=100 {
             let q = f64::from(q) / 100.0;
             assert_eq!(a.quantile(q), all.quantile(q), "q{q}");
+        }
+        // Inline into inline, and inline into full.
+        let (mut x, mut y) = (Sketch::default(), Sketch::default());
+        for i in 0..40 {
+            x.add(10.0 + f64::from(i) * 0.1);
+            y.add(12.0 + f64::from(i) * 0.1);
+        }
+        let mut xy = x.clone();
+        xy.merge(&y);
+        assert!(matches!(xy.store, Store::Inline { .. }));
+        let mut full = all.clone();
+        full.merge(&x);
+        assert_eq!(full.count(), all.count() + 40);
+    }
+
+    #[test]
+    fn the_snapshot_form_round_trips_either_store() {
+        let mut inline = Sketch::default();
+        let mut full = Sketch::default();
+        for i in 0..100 {
+            inline.add(5.0 + f64::from(i) * 0.05);
+            full.add(f64::from(i) - 50.0);
+        }
+        for s in [inline, full] {
+            let bytes = postcard::to_allocvec(&s).expect("encodes");
+            let back: Sketch = postcard::from_bytes(&bytes).expect("decodes");
+            assert_eq!(back, s);
+            assert_eq!(back.quantile(0.9), s.quantile(0.9));
         }
     }
 
@@ -242,7 +645,10 @@ mod tests {
         }
         s.add(0.0);
         s.add(f64::NAN);
-        assert!(s.positive.counts.len() <= MAX_BUCKETS);
+        let Store::Full(f) = &s.store else {
+            panic!("a huge range leaves the inline store")
+        };
+        assert!(f.positive.counts.len() <= MAX_BUCKETS);
         assert_eq!(s.count(), 601);
         let top = s.quantile(1.0);
         assert!((top - 1e299).abs() <= ALPHA * 1e299, "{top}");

@@ -685,3 +685,99 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn views_and_rules_on_the_same_windows_share_one_state() {
+    // The default view and a p99 view read tumbling 1 s windows of every
+    // series: one state, two readers. Rules read one metric each, so
+    // rules on the same metric and windows share another.
+    let p99 = ViewSpec {
+        allowed_lateness_ms: 0,
+        ..view(
+            "p99",
+            WindowKind::Tumbling { size_ms: 1000 },
+            GroupBy::SERIES,
+            0,
+        )
+    };
+    let shared = |rules: Vec<Rule>| {
+        let config = EngineConfig {
+            views: vec![p99.clone()],
+            ..config(1000, 0)
+        };
+        Engine::new(config, rules).expect("valid")
+    };
+    let alone = {
+        let mut e = shared(vec![hot_rule(1000)]);
+        let k = e.series_key("d1", "temperature").expect("admitted");
+        let mut out = Output::default();
+        e.ingest(&[at(k, 0, 60.0), at(k, 500, 70.0)], &mut out);
+        e.heap_bytes()
+    };
+    let mut e = shared(vec![hot_rule(1000)]);
+    let k = e.series_key("d1", "temperature").expect("admitted");
+    let mut out = Output::default();
+    e.ingest(
+        &[at(k, 0, 60.0), at(k, 500, 70.0), at(k, 1000, 1.0)],
+        &mut out,
+    );
+    let by_view: BTreeMap<usize, &WindowResult> = out.windows.iter().map(|w| (w.view, w)).collect();
+    assert_eq!(by_view.len(), 2, "default and p99 each publish the window");
+    for w in by_view.values() {
+        assert_eq!((w.start_ms, w.end_ms, w.aggregates.count), (0, 1000, 2));
+        assert_eq!(w.aggregates.mean(), 65.0);
+    }
+    let p99_of = by_view[&1].aggregates.get(Aggregate::Quantile(9900));
+    assert!((p99_of - 60.0).abs() <= 60.0 * sketch::ALPHA, "{p99_of}");
+    assert_eq!(out.alerts.len(), 1, "the rule read the same window");
+    // A late sample is reported to every view that reads the windows.
+    out.clear();
+    e.ingest(&[at(k, 10, 5.0)], &mut out);
+    let mut late: Vec<usize> = out.late.iter().map(|l| l.view).collect();
+    late.sort_unstable();
+    assert_eq!(late, vec![0, 1, 2]);
+    // The p99 view costs no state of its own.
+    let one_view = {
+        let mut e = Engine::new(config(1000, 0), vec![hot_rule(1000)]).expect("valid");
+        let k = e.series_key("d1", "temperature").expect("admitted");
+        e.ingest(&[at(k, 0, 60.0), at(k, 500, 70.0)], &mut Output::default());
+        e.heap_bytes()
+    };
+    assert_eq!(alone, one_view);
+
+    // Adding a rule on the same windows keeps the open window and the
+    // firing alert; removing the first rule hands the state on.
+    out.clear();
+    e.ingest(&[at(k, 1200, 80.0)], &mut out);
+    let mut warm = hot_rule(1000);
+    warm.name = "warm".into();
+    e.set_rules(vec![hot_rule(1000), warm.clone()])
+        .expect("valid");
+    assert_eq!(e.alerts().len(), 1, "hot still firing, warm not yet");
+    e.ingest(&[at(k, 1400, 90.0), at(k, 2000, 90.0)], &mut out);
+    let window = out
+        .windows
+        .iter()
+        .find(|w| w.start_ms == 1000 && w.view == 0)
+        .expect("window [1000, 2000) closed");
+    assert_eq!(
+        window.aggregates.count, 3,
+        "1000, 1200 and 1400 all counted"
+    );
+    let fired: Vec<&str> = out.alerts.iter().map(|a| &*a.rule).collect();
+    assert_eq!(fired, vec!["warm"], "hot fired already; warm fires now");
+    e.set_rules(vec![warm]).expect("valid");
+    out.clear();
+    e.ingest(&[at(k, 2500, 10.0), at(k, 3000, 10.0)], &mut out);
+    let resolved: Vec<(&str, AlertState)> =
+        out.alerts.iter().map(|a| (&*a.rule, a.state)).collect();
+    assert_eq!(resolved, vec![("warm", AlertState::Resolved)]);
+    assert_eq!(
+        out.windows
+            .iter()
+            .find(|w| w.view == 0)
+            .map(|w| w.aggregates.count),
+        Some(2),
+        "[2000, 3000) holds 2000 and 2500"
+    );
+}

@@ -13,7 +13,7 @@ use eddy_gateway::config::PayloadFormat;
 use eddy_gateway::decode::decode;
 
 const DEVICES: usize = 50_000;
-const SECONDS: i64 = 4;
+const SECONDS: i64 = 20;
 const T0: i64 = 1_700_000_000_000;
 
 fn main() {

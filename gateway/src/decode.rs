@@ -3,8 +3,11 @@
 //! Every error names what was wrong; a rejected message never affects the
 //! other messages of its batch.
 
+use std::borrow::Cow;
+use std::fmt;
+
 use eddy_proto::{Frame, MAX_DEVICE_ID_LEN, MAX_METRIC_LEN, valid_name};
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::config::PayloadFormat;
 use crate::sequencer::FrameSeq;
@@ -144,25 +147,49 @@ fn decode_frame(device: &str, payload: &[u8], now_ms: i64) -> Result<Decoded, De
 const SECONDS_LIMIT: f64 = 1e11;
 
 fn decode_json(device: &str, payload: &[u8], now_ms: i64) -> Result<Decoded, DecodeError> {
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let Value::Object(object) = value else {
-        return Err(DecodeError::NotAnObject);
-    };
-    let mut ts_ms = now_ms;
-    let mut readings = Vec::new();
-    for (key, value) in &object {
-        if key == "ts" {
-            let t = value.as_f64().filter(|t| t.is_finite() && *t >= 0.0);
-            let t = t.ok_or(DecodeError::BadTimestamp)?;
-            ts_ms = if t < SECONDS_LIMIT { t * 1000.0 } else { t } as i64;
-            continue;
-        }
-        flatten(key, value, 1, &mut readings)?;
+    let opens_object = payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
+    if !opens_object {
+        // Valid JSON of another kind, or not JSON at all.
+        return Err(match serde_json::from_slice::<IgnoredAny>(payload) {
+            Ok(_) => DecodeError::NotAnObject,
+            Err(e) => DecodeError::Json(e.to_string()),
+        });
     }
+    // Streamed straight into readings: no tree of values is built.
+    let mut sink = JsonSink::default();
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let parsed = Members {
+        sink: &mut sink,
+        prefix: None,
+        depth: 1,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    if let Some(rejected) = sink.rejected {
+        return Err(rejected);
+    }
+    parsed.map_err(|e| DecodeError::Json(e.to_string()))?;
+    let mut readings = sink.readings;
     if readings.is_empty() {
         return Err(DecodeError::NoReadings);
     }
+    // In name order; a name given twice keeps its last value.
+    readings.sort_by(|a, b| a.metric.cmp(&b.metric));
+    readings.dedup_by(|later, kept| {
+        let same = later.metric == kept.metric;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    let ts_ms = match sink.ts {
+        None => now_ms,
+        Some(t) if t < SECONDS_LIMIT => (t * 1000.0) as i64,
+        Some(t) => t as i64,
+    };
     Ok(Decoded {
         device: device.to_string(),
         seq: None,
@@ -171,45 +198,239 @@ fn decode_json(device: &str, payload: &[u8], now_ms: i64) -> Result<Decoded, Dec
     })
 }
 
-/// Numbers and booleans become readings; nested objects are flattened with
-/// `.` (`ENERGY.Power`); strings, nulls and arrays are not readings and are
-/// passed over (devices mix status text with measurements).
-fn flatten(
-    key: &str,
-    value: &Value,
-    depth: usize,
-    out: &mut Vec<Reading>,
-) -> Result<(), DecodeError> {
-    let number = match value {
-        Value::Number(n) => n.as_f64(),
-        Value::Bool(b) => Some(f64::from(u8::from(*b))),
-        Value::Object(inner) if depth < MAX_JSON_DEPTH => {
-            for (k, v) in inner {
-                flatten(&format!("{key}.{k}"), v, depth + 1, out)?;
-            }
+/// What the streaming JSON decoder collected.
+#[derive(Default)]
+struct JsonSink {
+    /// The top level's `ts`, as given.
+    ts: Option<f64>,
+    readings: Vec<Reading>,
+    /// Why the message was refused, when it was for its content (the
+    /// parser is stopped with a placeholder error).
+    rejected: Option<DecodeError>,
+}
+
+impl JsonSink {
+    fn reject<E: de::Error>(&mut self, why: DecodeError) -> E {
+        self.rejected = Some(why);
+        E::custom("rejected")
+    }
+
+    /// Numbers and booleans become readings.
+    fn reading<E: de::Error>(&mut self, name: &str, value: f64) -> Result<(), E> {
+        if !value.is_finite() {
             return Ok(());
         }
-        _ => None,
-    };
-    let Some(number) = number.filter(|n| n.is_finite()) else {
-        return Ok(());
-    };
-    valid_name(key, MAX_METRIC_LEN).map_err(|e| DecodeError::BadMetric {
-        key: key.chars().take(64).collect(),
-        reason: e.to_string(),
-    })?;
-    if out.len() >= MAX_JSON_READINGS {
-        return Err(DecodeError::TooManyReadings);
+        if let Err(e) = valid_name(name, MAX_METRIC_LEN) {
+            return Err(self.reject(DecodeError::BadMetric {
+                key: name.chars().take(64).collect(),
+                reason: e.to_string(),
+            }));
+        }
+        if self.readings.len() >= MAX_JSON_READINGS {
+            return Err(self.reject(DecodeError::TooManyReadings));
+        }
+        self.readings.push(Reading {
+            metric: name.to_string(),
+            value,
+        });
+        Ok(())
     }
-    out.push(Reading {
-        metric: key.to_string(),
-        value: number,
-    });
-    Ok(())
+}
+
+/// An object's members: `ts` (top level only), readings, and nested
+/// objects flattened with `.` (`ENERGY.Power`) down to
+/// [`MAX_JSON_DEPTH`]; strings, nulls and arrays are passed over
+/// (devices mix status text with measurements).
+struct Members<'s> {
+    sink: &'s mut JsonSink,
+    prefix: Option<&'s str>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Members<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Members<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of readings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(Key)? {
+            let name = match self.prefix {
+                None => key,
+                Some(p) => Cow::Owned(format!("{p}.{key}")),
+            };
+            if self.depth == 1 && name == "ts" {
+                match map.next_value_seed(Number)? {
+                    Some(t) if t.is_finite() && t >= 0.0 => self.sink.ts = Some(t),
+                    _ => return Err(self.sink.reject(DecodeError::BadTimestamp)),
+                }
+                continue;
+            }
+            map.next_value_seed(Member {
+                sink: self.sink,
+                name: &name,
+                depth: self.depth,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the payload unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+}
+
+/// One member's value.
+struct Member<'s> {
+    sink: &'s mut JsonSink,
+    name: &'s str,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Member<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Member<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a reading")
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.sink.reading(self.name, v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.sink.reading(self.name, v as f64)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.sink.reading(self.name, v as f64)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.sink.reading(self.name, f64::from(u8::from(v)))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        if self.depth + 1 > MAX_JSON_DEPTH {
+            return IgnoredAny.visit_map(map).map(|_| ());
+        }
+        Members {
+            sink: self.sink,
+            prefix: Some(self.name),
+            depth: self.depth + 1,
+        }
+        .visit_map(map)
+    }
+}
+
+/// A number, or `None` for any other value.
+struct Number;
+
+impl<'de> DeserializeSeed<'de> for Number {
+    type Value = Option<f64>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Number {
+    type Value = Option<f64>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number")
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v as f64))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v as f64))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        IgnoredAny.visit_map(map).map(|_| None)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn json(payload: &str) -> Result<Decoded, DecodeError> {
@@ -261,6 +482,124 @@ mod tests {
             json(&format!("{{{many}}}")),
             Err(DecodeError::TooManyReadings)
         );
+    }
+
+    #[test]
+    fn json_edge_cases_read_as_a_tree_would() {
+        // A key given twice keeps its last value; escaped keys decode.
+        let d = json(r#"{"t": 1, "t": 2, "h\u0075m": 3}"#).expect("decodes");
+        let got: Vec<_> = d
+            .readings
+            .iter()
+            .map(|r| (r.metric.as_str(), r.value))
+            .collect();
+        assert_eq!(got, vec![("hum", 3.0), ("t", 2.0)]);
+        // Arrays, strings and null are passed over; large integers and
+        // exponents are numbers.
+        let d = json(r#"{"a": [1, {"b": 2}], "s": "x", "n": null, "big": 18446744073709551615, "e": -1.5e3}"#)
+            .expect("decodes");
+        let got: Vec<_> = d
+            .readings
+            .iter()
+            .map(|r| (r.metric.as_str(), r.value))
+            .collect();
+        assert_eq!(got, vec![("big", u64::MAX as f64), ("e", -1500.0)]);
+        // Objects nested deeper than the limit are passed over whole.
+        let d = json(r#"{"a": {"b": {"c": {"d": 1, "e": {"f": 2}}}}, "x": 0}"#).expect("decodes");
+        let names: Vec<_> = d.readings.iter().map(|r| r.metric.as_str()).collect();
+        assert_eq!(names, vec!["a.b.c.d", "x"]);
+        // `ts` counts at the top level only.
+        let d = json(r#"{"a": {"ts": 5}, "ts": 1700000000}"#).expect("decodes");
+        assert_eq!(d.ts_ms, 1_700_000_000_000);
+        assert_eq!(d.readings[0].metric, "a.ts");
+        // Trailing bytes and a truncated object are JSON errors, found
+        // even after readings were read.
+        assert!(matches!(json(r#"{"t": 1} x"#), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            json(r#"{"t": 1, "h": "#),
+            Err(DecodeError::Json(_))
+        ));
+        let as_json = |p: &str| decode(PayloadFormat::Json, "dev-1", p.as_bytes(), 1024, 42);
+        assert_eq!(as_json(r#"  "text""#), Err(DecodeError::NotAnObject));
+        assert!(matches!(as_json("  [1, "), Err(DecodeError::Json(_))));
+    }
+
+    type Named = (String, f64);
+
+    /// The tree-building decoder this module used to have: the reference
+    /// for the streaming one.
+    fn reference(payload: &[u8]) -> Option<(Option<f64>, Vec<Named>)> {
+        fn walk(key: &str, v: &serde_json::Value, depth: usize, out: &mut Vec<Named>) {
+            match v {
+                serde_json::Value::Number(n) => {
+                    out.push((key.to_string(), n.as_f64().unwrap_or(f64::NAN)))
+                }
+                serde_json::Value::Bool(b) => out.push((key.to_string(), f64::from(u8::from(*b)))),
+                serde_json::Value::Object(o) if depth < MAX_JSON_DEPTH => {
+                    for (k, v) in o {
+                        walk(&format!("{key}.{k}"), v, depth + 1, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let serde_json::Value::Object(o) = serde_json::from_slice(payload).ok()? else {
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ts = None;
+        for (k, v) in &o {
+            if k == "ts" {
+                ts = v.as_f64();
+                continue;
+            }
+            walk(k, v, 1, &mut out);
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Some((ts, out))
+    }
+
+    fn arb_value(depth: u32) -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            any::<i32>().prop_map(serde_json::Value::from),
+            (-1e9f64..1e9).prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+            "[a-z ]{0,6}".prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        leaf.prop_recursive(depth, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::btree_map("[a-z]{1,3}", inner.clone(), 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                prop::collection::vec(inner, 0..3).prop_map(serde_json::Value::Array),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn streaming_json_reads_what_the_tree_reads(
+            members in prop::collection::btree_map("[a-z]{1,3}|ts", arb_value(5), 1..8)
+        ) {
+            let payload = serde_json::to_vec(&serde_json::Value::Object(members.into_iter().collect()))
+                .expect("encodes");
+            let Some((ts, want)) = reference(&payload) else {
+                return Err(TestCaseError::fail("the reference reads objects"));
+            };
+            match decode(PayloadFormat::Json, "dev-1", &payload, 1 << 20, 42) {
+                Ok(d) => {
+                    let got: Vec<_> = d.readings.iter().map(|r| (r.metric.clone(), r.value)).collect();
+                    prop_assert_eq!(got, want);
+                    let ts_ms = ts.map_or(42, |t| if t < SECONDS_LIMIT { (t * 1000.0) as i64 } else { t as i64 });
+                    prop_assert_eq!(d.ts_ms, ts_ms);
+                }
+                Err(DecodeError::NoReadings) => prop_assert!(want.is_empty()),
+                Err(DecodeError::BadTimestamp) => {
+                    prop_assert!(ts.is_none_or(|t| t < 0.0));
+                }
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
     }
 
     #[test]
