@@ -637,6 +637,50 @@ mod tests {
         }
     }
 
+    fn values() -> impl proptest::strategy::Strategy<Value = Vec<f64>> {
+        use proptest::prelude::*;
+        // Narrow positive windows (the inline store), wide ones, zeros
+        // and negatives, crowded buckets (repeats).
+        let value = prop_oneof![
+            4 => 20.0f64..60.0,
+            1 => -1e6f64..1e6,
+            1 => Just(0.0),
+            1 => 1e-9f64..1e9,
+        ];
+        (prop::collection::vec(value, 1..400), 1usize..4).prop_map(|(mut v, repeat)| {
+            let n = v.len();
+            v.extend_from_within(..n.min(repeat * 100));
+            v
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_quantile_is_within_alpha_and_merges_are_exact(
+            values in values(),
+            split in 0usize..400,
+        ) {
+            let mut all = Sketch::default();
+            let (mut a, mut b) = (Sketch::default(), Sketch::default());
+            for (i, &v) in values.iter().enumerate() {
+                all.add(v);
+                if i < split { &mut a } else { &mut b }.add(v);
+            }
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            for q in [0.0, 0.1, 0.5, 0.9, 0.99, 1.0] {
+                let (got, want) = (all.quantile(q), exact(&sorted, q));
+                let bound = ALPHA * want.abs() + MIN_MAGNITUDE;
+                proptest::prop_assert!((got - want).abs() <= bound, "q{}: {} vs {}", q, got, want);
+            }
+            a.merge(&b);
+            proptest::prop_assert_eq!(&a, &all);
+            let back: Sketch = postcard::from_bytes(&postcard::to_allocvec(&all).expect("encodes"))
+                .expect("decodes");
+            proptest::prop_assert_eq!(&back, &all);
+        }
+    }
+
     #[test]
     fn a_huge_dynamic_range_stays_bounded_and_keeps_the_top() {
         let mut s = Sketch::default();
