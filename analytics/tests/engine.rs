@@ -639,8 +639,13 @@ proptest! {
         batch in 1usize..20,
     ) {
         const LATENESS: i64 = 20;
+        // A second view on the same windows shares the first one's state
+        // and must publish exactly its windows.
         let cfg = EngineConfig {
-            views: vec![view("v", kind, GroupBy::SERIES, LATENESS as u64)],
+            views: vec![
+                view("v", kind, GroupBy::SERIES, LATENESS as u64),
+                ViewSpec { quantiles: false, ..view("w", kind, GroupBy::SERIES, LATENESS as u64) },
+            ],
             ..config(1_000_000, LATENESS as u64)
         };
         let mut e = Engine::new(cfg, vec![]).expect("valid");
@@ -668,6 +673,14 @@ proptest! {
             let device: u8 = e.label(w.key)[1..].parse().expect("d<n>");
             got.entry((device, w.start_ms, w.end_ms)).or_default().push(w.aggregates.clone());
         }
+        let of_view = |v: usize| -> Vec<(i64, i64, eddy_analytics::GroupKey, &Aggregates)> {
+            out.windows
+                .iter()
+                .filter(|w| w.view == v)
+                .map(|w| (w.start_ms, w.end_ms, w.key, &w.aggregates))
+                .collect()
+        };
+        prop_assert_eq!(of_view(2), of_view(1));
         let want = model(kind, &model_in);
         prop_assert_eq!(
             got.keys().collect::<Vec<_>>(),
