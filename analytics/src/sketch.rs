@@ -13,12 +13,14 @@
 //! so `M = 0.7 / ln γ` keeps every bucket within a factor `γ`, with about
 //! 1 % more buckets than an exact logarithm would use.
 //!
-//! Two stores. Most windows hold positive values from a narrow range
-//! (a sensor over seconds), so a sketch starts **inline**: 58 byte-sized
-//! counters covering a 3x range, inside the window's state, with no
-//! allocation and no pointer to chase per sample. A value outside that
-//! range, a negative value or a 256th value in one bucket moves the
-//! sketch to the **full** store on the heap: 32-bit counts per sign.
+//! Two stores. Most windows hold values of one sign from a narrow range
+//! (a sensor over seconds), so a sketch starts **inline**: 64 byte-sized
+//! counters covering a 3.5x range of one sign, plus a count of zeros,
+//! inside the window's state, with no allocation and no pointer to chase
+//! per sample. It re-centres in place as the signal drifts. A value
+//! outside that range, a value of the other sign, or a 256th value in one
+//! bucket moves the sketch to the **full** store on the heap: 32-bit
+//! counts per sign.
 //!
 //! Memory is bounded: each sign keeps at most [`MAX_BUCKETS`] contiguous
 //! buckets. Values spanning a wider dynamic range (more than about
@@ -43,7 +45,7 @@ const A: f64 = 6.0 / 35.0;
 const B: f64 = -3.0 / 5.0;
 const C: f64 = 10.0 / 7.0;
 /// Counters in the inline store.
-const INLINE: usize = 58;
+const INLINE: usize = 64;
 
 /// `f(x)` for a positive normal `x`.
 #[inline]
@@ -157,14 +159,6 @@ impl Buckets {
         self.counts[at] = self.counts[at].saturating_add(n);
     }
 
-    fn merge(&mut self, other: &Buckets) {
-        for (i, &n) in other.counts.iter().enumerate() {
-            if n > 0 {
-                self.add(other.offset + i as i32, n);
-            }
-        }
-    }
-
     fn bytes(&self) -> usize {
         self.counts.capacity() * std::mem::size_of::<u32>()
     }
@@ -180,15 +174,18 @@ struct Full {
 
 #[derive(Debug, Clone)]
 enum Store {
-    /// Positive values only, byte counts from `offset`.
+    /// Values of one sign (`negative`), byte counts of their magnitudes
+    /// from `offset`, and zeros.
     Inline {
         offset: i32,
+        negative: bool,
+        zeros: u8,
         counts: [u8; INLINE],
     },
     Full(Box<Full>),
 }
 
-/// The positive buckets of either store.
+/// The buckets of one sign in either store.
 #[derive(Clone, Copy)]
 enum Counts<'a> {
     Narrow(&'a [u8]),
@@ -216,16 +213,9 @@ impl Counts<'_> {
 /// when the count would pass 255 (the store is then unchanged or only
 /// re-centred).
 fn inline_add(offset: &mut i32, counts: &mut [u8; INLINE], index: i32, n: u32) -> bool {
-    let bump = |c: &mut u8| match u32::from(*c).checked_add(n).map(u8::try_from) {
-        Some(Ok(v)) => {
-            *c = v;
-            true
-        }
-        _ => false,
-    };
     let at = index.wrapping_sub(*offset) as u32 as usize;
     if at < INLINE {
-        return bump(&mut counts[at]);
+        return bump(&mut counts[at], n);
     }
     let occupied = counts
         .iter()
@@ -251,7 +241,18 @@ fn inline_add(offset: &mut i32, counts: &mut [u8; INLINE], index: i32, n: u32) -
     }
     *counts = moved;
     *offset = new_offset;
-    bump(&mut counts[(index - new_offset) as usize])
+    bump(&mut counts[(index - new_offset) as usize], n)
+}
+
+/// Adds `n` to a byte counter; false (and unchanged) past 255.
+fn bump(c: &mut u8, n: u32) -> bool {
+    match u32::from(*c).checked_add(n).map(u8::try_from) {
+        Some(Ok(v)) => {
+            *c = v;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A quantile sketch over f64 values (see the module documentation).
@@ -268,6 +269,8 @@ impl Default for Sketch {
             count: 0,
             store: Store::Inline {
                 offset: 0,
+                negative: false,
+                zeros: 0,
                 counts: [0; INLINE],
             },
         }
@@ -286,19 +289,18 @@ struct Wire {
 
 impl From<Sketch> for Wire {
     fn from(s: Sketch) -> Self {
-        let (zeros, negative) = match &s.store {
-            Store::Full(f) => (f.zeros, f.negative.clone()),
-            Store::Inline { .. } => (0, Buckets::default()),
+        let buckets = |negative: bool| {
+            let mut b = Buckets::default();
+            for (index, n) in s.nonzero(negative) {
+                b.add(index, n);
+            }
+            b
         };
-        let mut positive = Buckets::default();
-        for (index, n) in s.positives() {
-            positive.add(index, n);
-        }
         Self {
             count: s.count,
-            zeros,
-            positive,
-            negative,
+            zeros: s.zeros(),
+            positive: buckets(false),
+            negative: buckets(true),
         }
     }
 }
@@ -309,14 +311,12 @@ impl From<Wire> for Sketch {
             count: w.count,
             ..Sketch::default()
         };
-        if w.zeros > 0 || w.negative.counts.iter().any(|&n| n > 0) {
-            let full = s.full();
-            full.zeros = w.zeros;
-            full.negative = w.negative;
-        }
-        for (i, &n) in w.positive.counts.iter().enumerate() {
-            if n > 0 {
-                s.add_positive(w.positive.offset.saturating_add(i as i32), n);
+        s.add_zeros(w.zeros);
+        for (negative, b) in [(true, &w.negative), (false, &w.positive)] {
+            for (i, &n) in b.counts.iter().enumerate() {
+                if n > 0 {
+                    s.add_magnitude(negative, b.offset.saturating_add(i as i32), n);
+                }
             }
         }
         s
@@ -327,22 +327,10 @@ impl From<Wire> for Sketch {
 /// store holds them.
 impl PartialEq for Sketch {
     fn eq(&self, other: &Self) -> bool {
-        let rest = |s: &Sketch| match &s.store {
-            Store::Full(f) => (
-                f.zeros,
-                f.negative
-                    .counts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(i, &n)| (f.negative.offset + i as i32, n))
-                    .collect::<Vec<_>>(),
-            ),
-            Store::Inline { .. } => (0, Vec::new()),
-        };
         self.count == other.count
-            && self.positives().eq(other.positives())
-            && rest(self) == rest(other)
+            && self.zeros() == other.zeros()
+            && self.nonzero(false).eq(other.nonzero(false))
+            && self.nonzero(true).eq(other.nonzero(true))
     }
 }
 
@@ -354,17 +342,25 @@ impl Sketch {
         }
         self.count += 1;
         if x > MIN_MAGNITUDE {
-            self.add_positive(index(x), 1);
+            self.add_magnitude(false, index(x), 1);
         } else if x < -MIN_MAGNITUDE {
-            self.full().negative.add(index(-x), 1);
+            self.add_magnitude(true, index(-x), 1);
         } else {
-            self.full().zeros += 1;
+            self.add_zeros(1);
         }
     }
 
+    /// Counts `n` values of one sign in bucket `index`.
     #[inline]
-    fn add_positive(&mut self, index: i32, n: u32) {
-        if let Store::Inline { offset, counts } = &mut self.store {
+    fn add_magnitude(&mut self, negative: bool, index: i32, n: u32) {
+        if let Store::Inline {
+            offset,
+            negative: sign,
+            counts,
+            ..
+        } = &mut self.store
+            && *sign == negative
+        {
             let at = index.wrapping_sub(*offset) as u32 as usize;
             if let Some(c) = counts.get_mut(at)
                 && u32::from(*c) + n <= u32::from(u8::MAX)
@@ -373,26 +369,65 @@ impl Sketch {
                 return;
             }
         }
-        self.add_positive_slow(index, n);
+        self.add_magnitude_slow(negative, index, n);
     }
 
     #[cold]
-    fn add_positive_slow(&mut self, index: i32, n: u32) {
-        if let Store::Inline { offset, counts } = &mut self.store
-            && inline_add(offset, counts, index, n)
+    fn add_magnitude_slow(&mut self, negative: bool, index: i32, n: u32) {
+        if let Store::Inline {
+            offset,
+            negative: sign,
+            counts,
+            ..
+        } = &mut self.store
+        {
+            // An inline store without magnitudes takes either sign.
+            if counts.iter().all(|&c| c == 0) {
+                *sign = negative;
+            }
+            if *sign == negative && inline_add(offset, counts, index, n) {
+                return;
+            }
+        }
+        let full = self.full();
+        if negative {
+            full.negative.add(index, n);
+        } else {
+            full.positive.add(index, n);
+        }
+    }
+
+    fn add_zeros(&mut self, n: u64) {
+        if let Store::Inline { zeros, .. } = &mut self.store
+            && let Ok(n) = u32::try_from(n)
+            && bump(zeros, n)
         {
             return;
         }
-        self.full().positive.add(index, n);
+        self.full().zeros += n;
     }
 
     /// The full store, moving an inline one there first.
     fn full(&mut self) -> &mut Full {
-        if let Store::Inline { offset, counts } = &self.store {
-            let mut full = Full::default();
+        if let Store::Inline {
+            offset,
+            negative,
+            zeros,
+            counts,
+        } = &self.store
+        {
+            let mut full = Full {
+                zeros: u64::from(*zeros),
+                ..Full::default()
+            };
+            let side = if *negative {
+                &mut full.negative
+            } else {
+                &mut full.positive
+            };
             for (k, &c) in counts.iter().enumerate() {
                 if c > 0 {
-                    full.positive.add(offset + k as i32, u32::from(c));
+                    side.add(offset + k as i32, u32::from(c));
                 }
             }
             self.store = Store::Full(Box::new(full));
@@ -403,16 +438,33 @@ impl Sketch {
         }
     }
 
-    fn positive_counts(&self) -> (i32, Counts<'_>) {
+    fn zeros(&self) -> u64 {
         match &self.store {
-            Store::Inline { offset, counts } => (*offset, Counts::Narrow(counts)),
-            Store::Full(f) => (f.positive.offset, Counts::Wide(&f.positive.counts)),
+            Store::Inline { zeros, .. } => u64::from(*zeros),
+            Store::Full(f) => f.zeros,
         }
     }
 
-    /// Non-empty positive buckets, lowest first.
-    fn positives(&self) -> impl Iterator<Item = (i32, u32)> + '_ {
-        let (offset, counts) = self.positive_counts();
+    /// The buckets of one sign: offset and counts.
+    fn counts(&self, negative: bool) -> (i32, Counts<'_>) {
+        match &self.store {
+            Store::Inline {
+                offset,
+                negative: sign,
+                counts,
+                ..
+            } if *sign == negative => (*offset, Counts::Narrow(counts)),
+            Store::Inline { .. } => (0, Counts::Narrow(&[])),
+            Store::Full(f) => {
+                let b = if negative { &f.negative } else { &f.positive };
+                (b.offset, Counts::Wide(&b.counts))
+            }
+        }
+    }
+
+    /// Non-empty buckets of one sign, lowest magnitude first.
+    fn nonzero(&self, negative: bool) -> impl DoubleEndedIterator<Item = (i32, u32)> + '_ {
+        let (offset, counts) = self.counts(negative);
         (0..counts.len()).filter_map(move |k| {
             let n = counts.get(k);
             (n > 0).then_some((offset + k as i32, n))
@@ -420,15 +472,11 @@ impl Sketch {
     }
 
     pub fn merge(&mut self, other: &Sketch) {
-        if let Store::Full(o) = &other.store
-            && (o.zeros > 0 || !o.negative.counts.is_empty())
-        {
-            let full = self.full();
-            full.negative.merge(&o.negative);
-            full.zeros += o.zeros;
-        }
-        for (index, n) in other.positives() {
-            self.add_positive(index, n);
+        self.add_zeros(other.zeros());
+        for negative in [true, false] {
+            for (index, n) in other.nonzero(negative) {
+                self.add_magnitude(negative, index, n);
+            }
         }
         self.count += other.count;
     }
@@ -446,22 +494,20 @@ impl Sketch {
         }
         let rank = (q * (self.count - 1) as f64).floor() as u64;
         let mut seen = 0u64;
-        if let Store::Full(f) = &self.store {
-            // Most negative first: the negative buckets from the highest
-            // magnitude down.
-            for (i, &n) in f.negative.counts.iter().enumerate().rev() {
-                seen += u64::from(n);
-                if seen > rank {
-                    return -value(f.negative.offset + i as i32);
-                }
-            }
-            seen += f.zeros;
+        // Most negative first: the negative buckets from the highest
+        // magnitude down.
+        for (index, n) in self.nonzero(true).rev() {
+            seen += u64::from(n);
             if seen > rank {
-                return 0.0;
+                return -value(index);
             }
         }
+        seen += self.zeros();
+        if seen > rank {
+            return 0.0;
+        }
         let mut top = None;
-        for (index, n) in self.positives() {
+        for (index, n) in self.nonzero(false) {
             seen += u64::from(n);
             if seen > rank {
                 return value(index);
@@ -511,7 +557,7 @@ mod tests {
             let dp = (3.0 * A * s + 2.0 * B) * s + C;
             assert!((1.0 + s) * dp >= C - 1e-12, "at {s}");
         }
-        assert!(std::mem::size_of::<Sketch>() <= 72);
+        assert!(std::mem::size_of::<Sketch>() <= 80);
     }
 
     #[test]
@@ -575,6 +621,32 @@ mod tests {
         assert!(matches!(crowded.store, Store::Full(_)));
         assert_eq!(crowded.count(), 1000);
         assert!((crowded.quantile(0.5) - 42.0).abs() <= ALPHA * 42.0);
+    }
+
+    #[test]
+    fn zeros_and_a_narrow_negative_window_stay_inline() {
+        let mut values: Vec<f64> = (0..100)
+            .map(|i| -20.0 + f64::from(i % 10) * 0.5)
+            .chain([0.0; 30])
+            .collect();
+        let mut s = Sketch::default();
+        for &v in &values {
+            s.add(v);
+        }
+        assert!(matches!(s.store, Store::Inline { negative: true, .. }));
+        assert_quantiles(&mut values, &s);
+        // The other sign moves it to the full store, counts intact.
+        s.add(5.0);
+        values.push(5.0);
+        assert!(matches!(s.store, Store::Full(_)));
+        assert_quantiles(&mut values, &s);
+        // A 256th zero too.
+        let mut z = Sketch::default();
+        for _ in 0..300 {
+            z.add(0.0);
+        }
+        assert!(matches!(z.store, Store::Full(_)));
+        assert_eq!(z.quantile(0.5), 0.0);
     }
 
     #[test]
