@@ -13,15 +13,14 @@
 
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
-use eddy_analytics::{
-    Engine, EngineConfig, GroupBy, Output, Sample, SeriesKey, ViewSpec, WindowKind,
-};
+use eddy_analytics::{Engine, EngineConfig, Output, Sample, SeriesKey, ViewSpec, WindowKind};
 use polars::prelude::*;
+
+mod common;
 
 const SERIES: usize = 100_000;
 const SECONDS: i64 = 20;
 const BATCH: usize = 10_000;
-const T0: i64 = 1_700_000_000_000;
 
 fn main() {
     let (mut engine, keys) = engine();
@@ -43,14 +42,8 @@ fn config() -> EngineConfig {
         allowed_lateness_ms: 0,
         max_series: SERIES,
         views: vec![ViewSpec {
-            name: "p99".into(),
-            window: WindowKind::Tumbling { size_ms: 10_000 },
-            group_by: GroupBy::SERIES,
-            metric: None,
             quantiles: true,
-            allowed_lateness_ms: 0,
-            publish: true,
-            filter: Default::default(),
+            ..ViewSpec::new("p99", WindowKind::Tumbling { size_ms: 10_000 })
         }],
         ..EngineConfig::default()
     }
@@ -58,28 +51,12 @@ fn config() -> EngineConfig {
 
 fn engine() -> (Engine, Vec<SeriesKey>) {
     let mut e = Engine::new(config(), vec![]).expect("valid");
-    let keys = (0..SERIES)
-        .map(|i| {
-            e.series_key(&format!("dev-{:05}", i / 4), &format!("m{}", i % 4))
-                .expect("admitted")
-        })
-        .collect();
+    let keys = common::admit(&mut e, SERIES / 4, 4);
     (e, keys)
 }
 
-/// Second by second, every series once; values wander within 20..60.
 fn samples(keys: &[SeriesKey]) -> Vec<Sample> {
-    let mut out = Vec::with_capacity(keys.len() * SECONDS as usize);
-    for s in 0..SECONDS {
-        for (i, &series) in keys.iter().enumerate() {
-            out.push(Sample {
-                series,
-                ts_ms: T0 + s * 1000 + (i % 1000) as i64,
-                value: 20.0 + ((i as i64 * 7 + s * 13) % 400) as f64 / 10.0,
-            });
-        }
-    }
-    out
+    common::samples(keys, SECONDS)
 }
 
 #[divan::bench(sample_count = 10)]
@@ -168,7 +145,7 @@ fn polars_from_samples(bencher: Bencher) {
 }
 
 /// A live query while 100,000 series have open windows: the groups of
-/// one device prefix (`dev-012`: 40 series) in every published view.
+/// one device prefix (`dev-012`: 100 devices, 400 series) in every published view.
 #[divan::bench(sample_count = 20)]
 fn live_query_by_prefix(bencher: Bencher) {
     let (mut engine, keys) = engine();

@@ -9,15 +9,14 @@
 
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
-use eddy_analytics::{
-    Aggregate, Condition, Engine, EngineConfig, Output, Rule, Sample, SeriesKey, sql,
-};
+use eddy_analytics::{Aggregate, Condition, Engine, EngineConfig, Output, Rule, SeriesKey, sql};
+
+mod common;
 
 const DEVICES: usize = 2_500;
 const METRICS: usize = 4;
 const SECONDS: i64 = 30;
 const BATCH: usize = 10_000;
-const T0: i64 = 1_700_000_000_000;
 
 fn main() {
     divan::main();
@@ -64,39 +63,16 @@ fn engine(n: usize) -> (Engine, Vec<SeriesKey>) {
     };
     let mut e = Engine::new(config, rules(n)).expect("valid rules");
     for d in 0..DEVICES {
-        e.set_path(&format!("dev-{d:04}"), &format!("site-{}/hall", d % 10));
+        e.set_path(&common::device(d), &format!("site-{}/hall", d % 10));
     }
-    let keys = (0..DEVICES * METRICS)
-        .map(|i| {
-            e.series_key(
-                &format!("dev-{:04}", i / METRICS),
-                &format!("m{}", i % METRICS),
-            )
-            .expect("admitted")
-        })
-        .collect();
+    let keys = common::admit(&mut e, DEVICES, METRICS);
     (e, keys)
-}
-
-/// Values wander within 20..60, so some rules fire and resolve.
-fn samples(keys: &[SeriesKey]) -> Vec<Sample> {
-    let mut out = Vec::with_capacity(keys.len() * SECONDS as usize);
-    for s in 0..SECONDS {
-        for (i, &series) in keys.iter().enumerate() {
-            out.push(Sample {
-                series,
-                ts_ms: T0 + s * 1000 + (i % 1000) as i64,
-                value: 20.0 + ((i as i64 * 7 + s * 13) % 400) as f64 / 10.0,
-            });
-        }
-    }
-    out
 }
 
 #[divan::bench(args = [1, 10, 100], sample_count = 10)]
 fn rules_on_one_stream(bencher: Bencher, n: usize) {
     let (_, keys) = engine(n);
-    let samples = samples(&keys);
+    let samples = common::samples(&keys, SECONDS);
     bencher
         .counter(ItemsCount::new(samples.len()))
         .with_inputs(|| (engine(n).0, Output::default()))

@@ -69,6 +69,23 @@ pub struct ViewSpec {
     pub filter: SeriesFilter,
 }
 
+impl ViewSpec {
+    /// A published view of `window` per series, over every metric, with
+    /// no quantiles and no lateness: the fields to change from.
+    pub fn new(name: &str, window: WindowKind) -> Self {
+        Self {
+            name: name.into(),
+            window,
+            group_by: GroupBy::SERIES,
+            metric: None,
+            quantiles: false,
+            allowed_lateness_ms: 0,
+            publish: true,
+            filter: SeriesFilter::default(),
+        }
+    }
+}
+
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -392,16 +409,13 @@ impl Engine {
             return Err(EngineError::ZeroWindow);
         }
         let mut views = vec![ViewSpec {
-            name: "default".into(),
-            window: WindowKind::Tumbling {
-                size_ms: config.window_ms,
-            },
-            group_by: GroupBy::SERIES,
-            metric: None,
-            quantiles: false,
             allowed_lateness_ms: config.allowed_lateness_ms,
-            publish: true,
-            filter: SeriesFilter::default(),
+            ..ViewSpec::new(
+                "default",
+                WindowKind::Tumbling {
+                    size_ms: config.window_ms,
+                },
+            )
         }];
         for v in &config.views {
             if views.iter().any(|o| o.name == v.name) {

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::scenario::{GatewayChild, ScenarioError, free_port, no_loss, rss_kb};
+use crate::watch::watch;
 
 /// Bench settings.
 #[derive(Debug, Clone)]
@@ -288,41 +289,20 @@ async fn level(
 async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) -> Histogram<u64> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
-    let (sub, mut sub_loop) = AsyncClient::new(
-        MqttOptions::new("bench-alerts", broker.ip().to_string(), broker.port()),
-        256,
-    );
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, String)>();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let sub_stop = stop.clone();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let _ = sub
-            .subscribe("eddy/v1/alerts/probe/#", QoS::AtLeastOnce)
-            .await;
-        loop {
-            let event = tokio::select! {
-                e = sub_loop.poll() => e,
-                () = sub_stop.cancelled() => return,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) if !p.retain => {
-                    let state = serde_json::from_slice::<serde_json::Value>(&p.payload)
-                        .ok()
-                        .and_then(|v| v["state"].as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    let _ = tx.send((Instant::now(), state));
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
+    let ready = watch(
+        broker,
+        "bench-alerts",
+        "eddy/v1/alerts/probe/#",
+        stop.clone(),
+        move |payload| {
+            let state = serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let _ = tx.send((Instant::now(), state));
+        },
+    );
     if tokio::time::timeout(Duration::from_secs(5), ready)
         .await
         .is_err()

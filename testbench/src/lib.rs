@@ -8,3 +8,4 @@ pub mod bench;
 pub mod proxy;
 pub mod scenario;
 pub mod serial_fleet;
+mod watch;

@@ -53,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::proxy::{Mode, Proxy};
+use crate::watch::watch;
 
 /// Why a scenario could not run (not a failed expectation).
 #[derive(Debug, thiserror::Error)]
@@ -609,37 +610,6 @@ impl Drop for Mosquitto {
 
 /// (when, rule, device, state) of every alert notification.
 type Seen = Arc<Mutex<Vec<(Instant, String, String, String)>>>;
-
-/// Subscribes `client_id` to `filter` on `broker`, again after every
-/// reconnect (brokers restart in scenarios), and hands each message that
-/// is not a retained one to `on_message` until `stop`.
-fn watch(
-    broker: SocketAddr,
-    client_id: &str,
-    filter: &'static str,
-    stop: CancellationToken,
-    mut on_message: impl FnMut(&[u8]) + Send + 'static,
-) {
-    let mut options = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                e = eventloop.poll() => e,
-                () = stop.cancelled() => return,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) if !p.retain => on_message(&p.payload),
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-}
 
 /// Alert notifications on `eddy/v1/alerts/#`.
 fn watch_alerts(broker: SocketAddr, stop: CancellationToken) -> Seen {

@@ -7,6 +7,28 @@ use eddy_gateway::Gateway;
 use eddy_gateway::demo::demo_config;
 use tempfile::TempDir;
 
+/// Runs `eddy-testbench simulate ARGS` off the runtime; its output once
+/// it exited 0.
+async fn simulate(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
+            .arg("simulate")
+            .args(&args)
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A demo-configured gateway and the broker URL devices use.
 async fn gateway() -> (TempDir, Gateway, String) {
     let data = tempfile::tempdir().expect("temp dir");
@@ -20,30 +42,17 @@ async fn gateway() -> (TempDir, Gateway, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_command_publishes_to_a_gateway_and_nothing_is_lost() {
     let (_data, gateway, broker) = gateway().await;
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
-            .args([
-                "simulate",
-                "--devices",
-                "4",
-                "--rate",
-                "10",
-                "--duration",
-                "2",
-                "--broker",
-                &broker,
-            ])
-            .output()
-            .expect("runs")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = simulate(&[
+        "--devices",
+        "4",
+        "--rate",
+        "10",
+        "--duration",
+        "2",
+        "--broker",
+        &broker,
+    ])
+    .await;
     // "frames sent N, stored (acknowledged by the gateway) N, ..."
     let sent: u64 = stdout
         .split("frames sent ")
@@ -77,37 +86,24 @@ async fn a_recorded_series_is_replayed_as_the_devices_temperature() {
     let csv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data/machine_temperature_system_failure.csv");
     let series = eddy_firmware_host::replay::Series::load(&csv).expect("the shipped series loads");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
-            .args([
-                "simulate",
-                "--devices",
-                "2",
-                "--rate",
-                "10",
-                "--duration",
-                "2",
-            ])
-            .args([
-                "--hot-every",
-                "0",
-                "--broker",
-                &broker,
-                "--speedup",
-                "3000",
-                "--replay",
-            ])
-            .arg(&csv)
-            .output()
-            .expect("runs")
-    })
-    .await
-    .expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let csv_arg = csv.to_string_lossy().into_owned();
+    simulate(&[
+        "--devices",
+        "2",
+        "--rate",
+        "10",
+        "--duration",
+        "2",
+        "--hot-every",
+        "0",
+        "--broker",
+        &broker,
+        "--speedup",
+        "3000",
+        "--replay",
+        &csv_arg,
+    ])
+    .await;
     // Every stored temperature is a value of the series, and at 3000x
     // (one row per 100 ms sample) the devices walked through many rows.
     let mut temps = Vec::new();
@@ -149,31 +145,19 @@ async fn a_fleet_on_serial_ptys_is_stored_exactly_once() {
         })
         .collect();
     let gateway = Gateway::start(config).await.expect("gateway starts");
-    let dir = ptys.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
-            .args([
-                "simulate",
-                "--devices",
-                "3",
-                "--rate",
-                "10",
-                "--duration",
-                "3",
-            ])
-            .arg("--serial-dir")
-            .arg(&dir)
-            .output()
-            .expect("runs")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "every frame acknowledged over the line: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Exits 0 only when every frame was acknowledged over the line.
+    let dir = ptys.to_string_lossy().into_owned();
+    let stdout = simulate(&[
+        "--devices",
+        "3",
+        "--rate",
+        "10",
+        "--duration",
+        "3",
+        "--serial-dir",
+        &dir,
+    ])
+    .await;
     assert!(stdout.contains("on ptys in"), "{stdout}");
     let stats = gateway.stats().clone();
     assert!(
