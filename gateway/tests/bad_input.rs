@@ -102,7 +102,12 @@ device_level = 1"#,
     assert!(
         wait_until(Duration::from_secs(10), || {
             let s = stats.snapshot();
-            s.messages_accepted == 4 && s.messages_malformed == 7 && s.messages_oversized == 1
+            // Accepted counts at decode, before the batch commits: wait
+            // for the commit too before reading the store.
+            s.messages_accepted == 4
+                && s.messages_malformed == 7
+                && s.messages_oversized == 1
+                && s.samples_committed == 5
         })
         .await,
         "{}",

@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::scenario::{GatewayChild, ScenarioError, free_port, no_loss, rss_kb};
+use crate::scenario::{GatewayChild, ScenarioError, free_port, no_loss, rss_kb, spawn_mosquitto};
 use crate::watch::watch;
 
 /// Bench settings.
@@ -374,13 +374,7 @@ async fn lossless_mosquitto() -> Result<(Kill, u16), String> {
         ),
     )
     .map_err(|e| format!("cannot write a mosquitto config: {e}"))?;
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|_| "mosquitto not installed".to_string())?;
+    let child = spawn_mosquitto(&conf).map_err(|_| "mosquitto not installed".to_string())?;
     let child = Kill(child);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let end = Instant::now() + Duration::from_secs(5);
@@ -631,6 +625,32 @@ async fn node_red(messages: usize) -> Peer {
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
+/// An 800 x 500 white SVG canvas at `path`.
+fn canvas(
+    path: &Path,
+) -> Result<DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root)
+}
+
+/// The legend box every plot draws, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> PlotResult
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 fn plot(report: &BenchReport, out: &Path) -> PlotResult {
     throughput_plot(report, &out.join("throughput.svg"))?;
     latency_plot(report, &out.join("latency_cdf.svg"))?;
@@ -638,9 +658,8 @@ fn plot(report: &BenchReport, out: &Path) -> PlotResult {
     Ok(())
 }
 
-fn throughput_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
+fn throughput_plot(report: &BenchReport, path: &Path) -> PlotResult {
+    let root = canvas(path)?;
     let max_x = report.levels.iter().map(|l| l.devices).max().unwrap_or(1) as f64;
     let ceiling = report
         .peers
@@ -692,18 +711,13 @@ fn throughput_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
             .label("Node-RED flow, same job without storage (messages/s)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
     root.present()?;
     Ok(())
 }
 
-fn latency_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
+fn latency_plot(report: &BenchReport, path: &Path) -> PlotResult {
+    let root = canvas(path)?;
     let max_x = report
         .levels
         .iter()
@@ -752,18 +766,11 @@ where
             .label(format!("{} devices", l.devices))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(chart, SeriesLabelPosition::LowerRight)
 }
 
-fn rss_plot(report: &BenchReport, path: &PathBuf) -> PlotResult {
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
+fn rss_plot(report: &BenchReport, path: &Path) -> PlotResult {
+    let root = canvas(path)?;
     let max_x = report
         .levels
         .iter()

@@ -570,13 +570,8 @@ impl Mosquitto {
                 self.dir.display()
             ),
         )?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| ScenarioError::Binary(format!("mosquitto: {e}")))?;
+        let child =
+            spawn_mosquitto(&conf).map_err(|e| ScenarioError::Binary(format!("mosquitto: {e}")))?;
         self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_err() {
@@ -597,6 +592,16 @@ impl Mosquitto {
             let _ = c.wait();
         }
     }
+}
+
+/// Mosquitto with the config file `conf`, quiet.
+pub(crate) fn spawn_mosquitto(conf: &Path) -> std::io::Result<Child> {
+    Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
 }
 
 impl Drop for Mosquitto {
