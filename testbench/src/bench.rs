@@ -284,6 +284,20 @@ async fn level(
     })
 }
 
+/// Publishes a JSON reading as `device` (QoS 1); false once the client
+/// is gone.
+async fn send_json(client: &AsyncClient, device: &str, payload: &serde_json::Value) -> bool {
+    client
+        .publish(
+            format!("eddy/v1/{device}/telemetry"),
+            QoS::AtLeastOnce,
+            false,
+            payload.to_string(),
+        )
+        .await
+        .is_ok()
+}
+
 /// Sends a crossing (up, then down) for `probe-0` every 200 ms and
 /// records the time to each alert, in microseconds.
 async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) -> Histogram<u64> {
@@ -321,16 +335,7 @@ async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) ->
             .map_or(0, |d| d.as_millis() as i64);
         let payload = serde_json::json!({ "temperature": if hot { 80.0 } else { 20.0 }, "ts": ts });
         let sent = Instant::now();
-        if publisher
-            .publish(
-                "eddy/v1/probe-0/telemetry",
-                QoS::AtLeastOnce,
-                false,
-                payload.to_string(),
-            )
-            .await
-            .is_err()
-        {
+        if !send_json(&publisher, "probe-0", &payload).await {
             break;
         }
         let want = if hot { "firing" } else { "resolved" };
@@ -594,16 +599,7 @@ async fn node_red(messages: usize) -> Peer {
             "temperature": if (i / 100) % 20 < 3 { 80.0 } else { 22.0 },
             "ts": ts0 + (i / 100) as i64 * 50,
         });
-        if client
-            .publish(
-                format!("eddy/v1/{device}/telemetry"),
-                QoS::AtLeastOnce,
-                false,
-                payload.to_string(),
-            )
-            .await
-            .is_err()
-        {
+        if !send_json(&client, &device, &payload).await {
             break;
         }
     }
