@@ -57,10 +57,17 @@ const WINDOWS: &str = "TUMBLING(size), HOPPING(size, hop), SLIDING(size), SESSIO
                        or COUNT(n[, hop])";
 
 fn err_at(node: &impl Spanned, message: impl Into<String>) -> SqlError {
-    let span = node.span();
+    let start = node.span().start;
+    // sqlparser leaves some nodes without a location (line 0), such as a
+    // string used as a table: the query's start then.
+    let (line, column) = if start.line == 0 {
+        (1, 1)
+    } else {
+        (start.line, start.column.max(1))
+    };
     SqlError {
-        line: span.start.line,
-        column: span.start.column,
+        line,
+        column,
         message: message.into(),
     }
 }
@@ -861,6 +868,14 @@ fn like_to_glob(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_without_a_location_is_placed_at_the_start() {
+        // Found by the token-soup property test: a string as the table.
+        let e = parse("FROM 'x'").expect_err("not a rule");
+        assert_eq!((e.line, e.column), (1, 1), "{e}");
+        assert!(e.message.contains("FROM telemetry"), "{e}");
+    }
 
     #[test]
     fn the_example_compiles() {
