@@ -39,7 +39,7 @@ pub use rule::{
 };
 pub use series::{GroupKey, SeriesFull, SeriesKey};
 pub use state::MAX_RETAINED;
-pub use window::{Aggregate, Aggregates, WindowKind, WindowResult};
+pub use window::{Aggregate, Aggregates, GroupingWord, WindowKind, WindowName, WindowResult};
 
 /// The engine's maps: foldhash, seeded per process (names come from the
 /// network, so the seed matters), several times faster than SipHash on

@@ -26,7 +26,7 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
 use crate::rule::{Arith, Cmp, Expr, Field, Match, SeriesFilter};
-use crate::{Aggregate, DeviceLevel, GroupBy, WindowKind};
+use crate::{Aggregate, DeviceLevel, GroupBy, GroupingWord, WindowKind};
 
 /// A rule's query part, as the engine runs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -371,9 +371,9 @@ impl Builder {
                         err_at(
                             k,
                             format!(
-                                "unknown key `{}`: group by device, site, building, line or \
-                                 metric",
-                                id.value
+                                "unknown key `{}`: group by {}",
+                                id.value,
+                                GroupingWord::WORDS
                             ),
                         )
                     })?;
@@ -708,14 +708,12 @@ pub fn parse_duration(text: &str) -> Option<u64> {
     to_duration(n * unit_ms)
 }
 
+/// A grouping column: the words of [`GroupingWord`] that name devices.
 fn key_level(name: &str) -> Option<DeviceLevel> {
-    Some(match Field::parse(name)? {
-        Field::Device => DeviceLevel::Device,
-        Field::Site => DeviceLevel::Level(1),
-        Field::Building => DeviceLevel::Level(2),
-        Field::Line => DeviceLevel::Level(3),
-        Field::Path => return None,
-    })
+    match GroupingWord::parse(name) {
+        Ok(GroupingWord::Devices(level)) => Some(level),
+        _ => None,
+    }
 }
 
 fn is_ident(e: &Ast, name: &str) -> bool {

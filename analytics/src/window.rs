@@ -2,8 +2,83 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::GroupKey;
 use crate::sketch::Sketch;
+use crate::{DeviceLevel, GroupKey};
+
+/// One word of a grouping as configs, rules and SQL write it. This is the
+/// one parser of that vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupingWord {
+    /// `metric`: each metric on its own.
+    Metric,
+    /// `device`; `site`, `building`, `line` (hierarchy levels 1 to 3);
+    /// `level:N` (the first N levels of the path, N >= 1); `all`.
+    Devices(DeviceLevel),
+}
+
+impl GroupingWord {
+    /// The words, for error messages.
+    pub const WORDS: &'static str = "device, site, building, line, level:N, all or metric";
+
+    /// Parses one word (case-insensitive); the error says what was expected.
+    pub fn parse(word: &str) -> Result<Self, String> {
+        let lower = word.to_ascii_lowercase();
+        Ok(match lower.as_str() {
+            "metric" => Self::Metric,
+            "device" => Self::Devices(DeviceLevel::Device),
+            "site" => Self::Devices(DeviceLevel::Level(1)),
+            "building" => Self::Devices(DeviceLevel::Level(2)),
+            "line" => Self::Devices(DeviceLevel::Level(3)),
+            "all" => Self::Devices(DeviceLevel::All),
+            other => match other.strip_prefix("level:").map(str::parse::<u8>) {
+                Some(Ok(n)) if n >= 1 => Self::Devices(DeviceLevel::Level(n)),
+                _ => {
+                    return Err(format!(
+                        "unknown group key `{word}`: expected {}",
+                        Self::WORDS
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// The window kinds by name, as configs write them (`tumbling`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowName {
+    Tumbling,
+    Hopping,
+    Sliding,
+    Session,
+    Count,
+}
+
+impl std::str::FromStr for WindowName {
+    type Err = String;
+
+    fn from_str(word: &str) -> Result<Self, String> {
+        Ok(match word.to_ascii_lowercase().as_str() {
+            "tumbling" => Self::Tumbling,
+            "hopping" => Self::Hopping,
+            "sliding" => Self::Sliding,
+            "session" => Self::Session,
+            "count" => Self::Count,
+            _ => {
+                return Err(format!(
+                    "unknown window `{word}` (tumbling, hopping, sliding, session, count)"
+                ));
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for WindowName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = std::borrow::Cow::<str>::deserialize(d)?;
+        word.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// What a window is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

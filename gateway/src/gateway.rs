@@ -13,7 +13,7 @@ use tracing::{error, info};
 
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::campaign;
-use crate::config::{BrokerUrl, Config, ConfigError};
+use crate::config::{BrokerUrl, Config, ConfigError, Placed, PlacedErrors};
 use crate::http::{self, HttpError};
 use crate::pipeline::{Inbox, PipelineError, PipelineParts};
 use crate::rules::Registry;
@@ -23,7 +23,7 @@ use crate::sinks::upstream;
 use crate::sources::{mqtt, serial};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
-use crate::supervisor::{RestartPolicy, supervise};
+use crate::supervisor::{RestartPolicy, Tasks, supervise};
 
 /// The store file inside `data_dir`.
 pub const STORE_FILE: &str = "eddy.redb";
@@ -74,7 +74,8 @@ pub struct Gateway {
     /// Supervised; finishes once the source closed and it drained.
     pipeline: JoinHandle<()>,
     upstream: Option<JoinHandle<()>>,
-    helpers: Vec<JoinHandle<()>>,
+    /// Every other task: sources' pumps, publishers, HTTP, watchers.
+    tasks: Tasks,
     subscribed: watch::Receiver<bool>,
     embedded: Option<EmbeddedBroker>,
     http: Option<SocketAddr>,
@@ -101,9 +102,11 @@ impl Gateway {
         let (embedded, broker) = match &config.broker.url {
             Some(url) => (
                 None,
-                BrokerUrl::parse(url).map_err(|reason| ConfigError::Invalid {
-                    field: "broker.url".into(),
-                    reason,
+                BrokerUrl::parse(url).map_err(|reason| {
+                    ConfigError::Invalid(PlacedErrors(vec![Placed {
+                        field: Some("broker.url".into()),
+                        ..Placed::unplaced("config", None, reason)
+                    }]))
                 })?,
             ),
             None => {
@@ -196,21 +199,24 @@ impl Gateway {
         };
         // Fail fast on a bad engine config or unreadable state, before
         // anything is supervised.
-        let first = parts.build()?;
+        let first = parts.build_off_runtime().await?;
         let inbox: Inbox = Arc::new(tokio::sync::Mutex::new(rx));
-        let mut first = Some(first);
+        let first = Arc::new(std::sync::Mutex::new(Some(first)));
         let pipeline = supervise(
             "pipeline",
             policy,
             stats.clone(),
             shutdown.clone(),
             move || {
-                let pipeline = match first.take() {
-                    Some(p) => Ok(p),
-                    None => parts.build(),
-                };
-                let inbox = inbox.clone();
-                async move { pipeline?.run(inbox).await }
+                let (parts, inbox, first) = (parts.clone(), inbox.clone(), first.clone());
+                async move {
+                    let ready = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let pipeline = match ready {
+                        Some(p) => p,
+                        None => parts.build_off_runtime().await?,
+                    };
+                    pipeline.run(inbox).await
+                }
             },
         );
         let public_key = match &config.ota.public_key {
@@ -238,15 +244,27 @@ impl Gateway {
             store: store.clone(),
             pipeline: request_tx,
         }));
-        let mut helpers = vec![source.task, local_task, ota_task, webhook_task, watcher];
+        let tasks = Tasks::new(shutdown.clone(), stats.clone());
+        for (name, task) in [
+            ("ingest", source.task),
+            ("local", local_task),
+            ("ota", ota_task),
+            ("webhooks", webhook_task),
+            ("rules", watcher),
+        ] {
+            tasks.adopt(name, task);
+        }
         for port in &config.serial {
-            helpers.push(serial::spawn(
-                port.clone(),
-                &broker,
-                &config.ingest.topic_prefix,
-                stats.clone(),
-                shutdown.clone(),
-            ));
+            tasks.adopt(
+                "serial",
+                serial::spawn(
+                    port.clone(),
+                    &broker,
+                    &config.ingest.topic_prefix,
+                    stats.clone(),
+                    shutdown.clone(),
+                ),
+            );
         }
         let http = match config.http.enabled {
             true => {
@@ -258,7 +276,7 @@ impl Gateway {
                     shutdown.clone(),
                 )
                 .await?;
-                helpers.push(task);
+                tasks.adopt("http", task);
                 Some(addr)
             }
             false => None,
@@ -271,7 +289,7 @@ impl Gateway {
             drained,
             pipeline,
             upstream,
-            helpers,
+            tasks,
             http,
             subscribed: source.subscribed,
             embedded,
@@ -366,9 +384,7 @@ impl Gateway {
                 task: "upstream supervisor",
             }));
         }
-        for h in self.helpers.drain(..) {
-            let _ = h.await;
-        }
+        self.tasks.stop().await;
         result
     }
 }

@@ -119,16 +119,24 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 fn render_restarts(stats: &Stats, out: &mut String) {
-    let _ = writeln!(
-        out,
-        "# HELP eddy_task_restarts_total Restarts of a supervised task after it failed.\n\
-         # TYPE eddy_task_restarts_total counter"
-    );
-    let mut restarts = stats.task_restarts();
-    for task in crate::supervisor::TASKS {
-        restarts.entry(task).or_insert(0);
-    }
-    for (task, n) in restarts {
-        let _ = writeln!(out, "eddy_task_restarts_total{{task=\"{task}\"}} {n}");
+    for (name, help, mut counts) in [
+        (
+            "eddy_task_restarts_total",
+            "Restarts of a supervised task after it failed.",
+            stats.task_restarts(),
+        ),
+        (
+            "eddy_task_panics_total",
+            "Panics of a task (a supervised one is restarted).",
+            stats.task_panics(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for task in crate::supervisor::TASKS {
+            counts.entry(task).or_insert(0);
+        }
+        for (task, n) in counts {
+            let _ = writeln!(out, "{name}{{task=\"{task}\"}} {n}");
+        }
     }
 }

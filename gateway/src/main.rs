@@ -210,21 +210,13 @@ enum OtaCommand {
 /// The gateway's HTTP API, as `[http] listen` has it by default.
 const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
-/// `90s`, `15m`, `2h`, `7d` in milliseconds.
+/// `90s`, `15m`, `2h`, `7d` in milliseconds: the same duration words as
+/// `eddy.toml` (humantime).
 #[cfg(feature = "polars")]
 fn parse_duration(s: &str) -> anyhow::Result<i64> {
-    let unit = s.trim_start_matches(|c: char| c.is_ascii_digit());
-    let n: i64 = s[..s.len() - unit.len()]
-        .parse()
-        .with_context(|| format!("`{s}`: expected a number and a unit (s, m, h, d)"))?;
-    let ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => anyhow::bail!("`{s}`: the unit must be s, m, h or d"),
-    };
-    n.checked_mul(ms).context("duration too long")
+    let d = humantime::parse_duration(s)
+        .with_context(|| format!("`{s}`: expected a duration such as 90s, 15m, 2h or 7d"))?;
+    i64::try_from(d.as_millis()).context("duration too long")
 }
 
 #[cfg(feature = "polars")]
@@ -515,7 +507,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let c = Config::load(&config)?;
-            println!("{}: ok ({} rules)", config.display(), c.rules.len());
+            let rules = eddy_gateway::rules::registry::check(&c)?;
+            println!("{}: ok ({rules} rules)", config.display());
             Ok(())
         }
     }

@@ -1,7 +1,7 @@
 //! Exactly-once admission of Eddy telemetry frames by (device, boot, seq).
 //!
 //! Devices number their frames per boot and keep every frame until the
-//! gateway acknowledges it (see `eddy_firmware::Backlog`). The gateway
+//! gateway acknowledges it (see the firmware's `Backlog`). The gateway
 //! admits a device's frames strictly in sequence order, go-back-N style:
 //! the next expected frame is stored, an earlier one is a duplicate (a
 //! retransmission, or a redelivery by the broker) and is dropped, a later
@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use eddy_firmware::seq_le;
+use eddy_proto::seq_le;
 
 /// What the gateway remembers of one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

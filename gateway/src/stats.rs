@@ -12,7 +12,9 @@ macro_rules! counters {
         pub struct Stats {
             $(#[doc = $doc] pub $name: AtomicU64,)*
             /// Restarts per supervised task.
-            restarts: Mutex<BTreeMap<&'static str, u64>>,
+            restarts: PerTask,
+            /// Panics per task (supervised or not).
+            panics: PerTask,
         }
 
         /// A point-in-time copy of [`Stats`]' counters.
@@ -51,19 +53,36 @@ macro_rules! counters {
 impl Stats {
     /// Counts a restart of supervised task `task`; returns its total.
     pub fn task_restarted(&self, task: &'static str) -> u64 {
-        let mut map = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(task).or_insert(0);
-        *n += 1;
-        *n
+        bump(&self.restarts, task)
     }
 
     /// Restarts per supervised task (tasks never restarted are absent).
     pub fn task_restarts(&self) -> BTreeMap<&'static str, u64> {
-        self.restarts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read(&self.restarts)
     }
+
+    /// Counts a panic of task `task`; returns its total.
+    pub fn task_panicked(&self, task: &'static str) -> u64 {
+        bump(&self.panics, task)
+    }
+
+    /// Panics per task (tasks that never panicked are absent).
+    pub fn task_panics(&self) -> BTreeMap<&'static str, u64> {
+        read(&self.panics)
+    }
+}
+
+type PerTask = Mutex<BTreeMap<&'static str, u64>>;
+
+fn bump(counts: &PerTask, task: &'static str) -> u64 {
+    let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+    let n = map.entry(task).or_insert(0);
+    *n += 1;
+    *n
+}
+
+fn read(counts: &PerTask) -> BTreeMap<&'static str, u64> {
+    counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 counters! {

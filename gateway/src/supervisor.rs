@@ -3,6 +3,10 @@
 //! error or panics is restarted after an exponential backoff with jitter;
 //! the failure is logged with its cause and counted per task, and the
 //! other tasks keep running. A task that returns `Ok` is done (shutdown).
+//!
+//! The gateway's other tasks run in one [`Tasks`] set: one cancellation
+//! token stops them, one tracker waits for them, and a panic in any of
+//! them is logged and counted (`eddy_task_panics_total`), never dropped.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -12,6 +16,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::sinks::backoff;
@@ -19,6 +24,60 @@ use crate::stats::Stats;
 
 /// The gateway's supervised tasks, always listed in `/metrics`.
 pub const TASKS: [&str; 6] = ["ingest", "pipeline", "local", "upstream", "serial", "ota"];
+
+/// A set of tasks stopped by one token and awaited together; a task's
+/// panic is logged with its name and counted in [`Stats`].
+#[derive(Debug, Clone)]
+pub struct Tasks {
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    stats: Arc<Stats>,
+}
+
+impl Tasks {
+    /// An empty set stopped by `shutdown`.
+    pub fn new(shutdown: CancellationToken, stats: Arc<Stats>) -> Self {
+        Self {
+            tracker: TaskTracker::new(),
+            shutdown,
+            stats,
+        }
+    }
+
+    /// The token that stops the set's tasks.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Runs `task` in the set.
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.adopt(name, tokio::spawn(task));
+    }
+
+    /// Takes a running task into the set: its end is awaited by
+    /// [`Tasks::wait`], its panic reported.
+    pub fn adopt(&self, name: &'static str, handle: JoinHandle<()>) {
+        let stats = self.stats.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = handle.await
+                && e.is_panic()
+            {
+                let panics = stats.task_panicked(name);
+                error!(task = name, cause = %panic_message(e), panics, "task panicked");
+            }
+        });
+    }
+
+    /// Cancels the token and waits until every task of the set ended.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
 
 /// How restarts are spaced.
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +122,10 @@ where
             let cause = match tokio::spawn(start()).await {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => e.to_string(),
-                Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e)),
+                Err(e) if e.is_panic() => {
+                    stats.task_panicked(name);
+                    format!("panicked: {}", panic_message(e))
+                }
                 Err(e) => e.to_string(),
             };
             if shutdown.is_cancelled() {
@@ -131,6 +193,29 @@ mod tests {
             .expect("supervisor itself never panics");
         assert_eq!(runs.load(Ordering::SeqCst), 3);
         assert_eq!(stats.task_restarts().get("flaky"), Some(&2));
+        assert_eq!(stats.task_panics().get("flaky"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_task_set_is_counted_and_stop_waits_for_every_task() {
+        let stats = Arc::new(Stats::default());
+        let tasks = Tasks::new(CancellationToken::new(), stats.clone());
+        tasks.spawn("webhooks", async { panic!("bad header") });
+        let finished = Arc::new(AtomicU32::new(0));
+        for _ in 0..3 {
+            let (token, finished) = (tasks.shutdown().clone(), finished.clone());
+            tasks.spawn("http", async move {
+                token.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        tokio::time::timeout(Duration::from_secs(5), tasks.stop())
+            .await
+            .expect("stops");
+        assert_eq!(finished.load(Ordering::SeqCst), 3, "stop waited for all");
+        assert_eq!(stats.task_panics().get("webhooks"), Some(&1));
+        assert_eq!(stats.task_panics().get("http"), None);
     }
 
     #[tokio::test]

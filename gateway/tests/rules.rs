@@ -74,7 +74,7 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         (
             format!("{shorthand}above = 1\ngroup_by = \"planet\"\n"),
             "7:1",
-            "unknown grouping `planet`",
+            "unknown group key `planet`",
         ),
         (
             format!("{shorthand}above = 1\nactions = [{{ type = \"webhook\", url = \"ftp://x\" }}]\n"),

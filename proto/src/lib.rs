@@ -16,6 +16,7 @@
 pub mod codec;
 mod frame;
 pub mod link;
+mod seq;
 pub mod topic;
 
 pub use codec::{DecodeError, EncodeError, decode, encode};
@@ -25,6 +26,7 @@ pub use frame::{
     MAX_VERSION_LEN, MetricName, OtaChunk, OtaOffer, OtaReject, OtaState, OtaStatus, Reading,
     Telemetry, Validity, chunk_crc, valid_name,
 };
+pub use seq::seq_le;
 
 /// Version byte that starts every encoded frame. A decoder rejects any
 /// other value instead of guessing at a layout it does not know.

@@ -7,15 +7,8 @@
 //! frame is dropped and counted, and every frame sent afterwards carries
 //! the new `oldest` so the gateway stops waiting for what is gone.
 
-use eddy_proto::{Ack, Telemetry};
+use eddy_proto::{Ack, Telemetry, seq_le};
 use heapless::Deque;
-
-/// True when sequence number `a` is at or before `b`, in serial-number
-/// arithmetic (RFC 1982), so the order survives the u32 wrapping.
-pub fn seq_le(a: u32, b: u32) -> bool {
-    // Reinterpreting the wrapped difference as signed is the point.
-    (b.wrapping_sub(a) as i32) >= 0
-}
 
 /// Up to `N` unacknowledged telemetry frames of one boot, oldest first.
 #[derive(Debug)]

@@ -17,7 +17,9 @@ mod link;
 mod node;
 mod sensor;
 
-pub use backlog::{Backlog, seq_le};
+pub use backlog::Backlog;
+/// Serial-number order of sequence numbers (RFC 1982); lives in `proto`.
+pub use eddy_proto::seq_le;
 pub use link::{Link, SerialError, SerialLink};
 pub use node::{Node, NodeError, Outputs};
 pub use sensor::{Readings, Sensor, SensorError};

@@ -12,16 +12,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use eddy_analytics::AlertEvent;
 use eddy_proto::Command;
 use hyper::Method;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::client;
+use crate::pipeline::Rendered;
+use crate::sinks::local::LocalPublisher;
 use crate::stats::{self, Stats};
+use crate::store::OutboxRecord;
 
 /// Which notifications an action reacts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -151,6 +155,131 @@ impl When {
             When::Firing => state == AlertState::Firing && !repeat,
             When::Resolved => state == AlertState::Resolved,
         }
+    }
+}
+
+/// What a batch's alert notifications do: decided before the commit,
+/// carried out after it.
+#[derive(Debug, Default)]
+pub struct Dispatch {
+    /// Published on the local broker (`mqtt`).
+    pub local: Vec<Rendered>,
+    /// Appended to the outbox in the batch's transaction (`upstream`).
+    pub outbox: Vec<OutboxRecord>,
+    /// Run once the batch committed (`webhook`, `command`).
+    pub effects: Vec<Effect>,
+}
+
+/// An action that reaches outside the gateway, run after the commit.
+#[derive(Debug)]
+pub enum Effect {
+    Webhook {
+        url: Arc<str>,
+        payload: Vec<u8>,
+    },
+    Command {
+        device: String,
+        command: Command,
+        rule: Arc<str>,
+    },
+}
+
+impl Dispatch {
+    /// Applies `actions` (the defaults, `mqtt` and `upstream`, when the
+    /// rule names none) to one rendered notification of `alert`, whose
+    /// group is `group`. `outbox` says whether an upstream sink exists.
+    pub fn add(
+        &mut self,
+        actions: Option<&[Action]>,
+        alert: &AlertEvent,
+        rendered: &Rendered,
+        group: &str,
+        outbox: bool,
+    ) {
+        let default = [Action::Mqtt, Action::Upstream];
+        for action in actions.unwrap_or(&default) {
+            match action {
+                Action::Mqtt => self.local.push(rendered.clone()),
+                Action::Upstream if outbox => self.outbox.push(OutboxRecord {
+                    topic: rendered.topic.clone(),
+                    payload: rendered.payload.clone(),
+                }),
+                Action::Upstream => {}
+                Action::Webhook { url, when } if when.matches(alert.state, alert.repeat) => {
+                    self.effects.push(Effect::Webhook {
+                        url: url.clone(),
+                        payload: rendered.payload.clone(),
+                    });
+                }
+                Action::Command {
+                    command,
+                    device,
+                    when,
+                } if when.matches(alert.state, alert.repeat) => {
+                    self.effects.push(Effect::Command {
+                        device: device.clone().unwrap_or_else(|| group.to_string()),
+                        command: *command,
+                        rule: alert.rule.clone(),
+                    });
+                }
+                Action::Webhook { .. } | Action::Command { .. } => {}
+            }
+        }
+    }
+}
+
+/// Where effects go once their batch committed.
+#[derive(Debug)]
+pub struct Effects<'a> {
+    pub webhooks: &'a Webhooks,
+    pub local: &'a LocalPublisher,
+    /// The device topic prefix (`eddy/v1`).
+    pub prefix: &'a str,
+    pub stats: &'a Stats,
+}
+
+impl Effects<'_> {
+    /// Queues webhooks and publishes command frames; `command_id` numbers
+    /// the commands.
+    pub async fn run(&self, effects: Vec<Effect>, command_id: &mut u32) {
+        for effect in effects {
+            match effect {
+                Effect::Webhook { url, payload } => self.webhooks.post(url, payload),
+                Effect::Command {
+                    device,
+                    command,
+                    rule,
+                } => {
+                    *command_id = command_id.wrapping_add(1);
+                    self.command(&device, command, *command_id, &rule).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes a command frame to `{prefix}/{device}/cmd` (QoS 1).
+    async fn command(&self, device: &str, command: Command, id: u32, rule: &str) {
+        let Ok(target) = eddy_proto::DeviceId::try_from(device) else {
+            warn!(
+                rule,
+                group = device,
+                "command action: the alert's group is not a device"
+            );
+            return;
+        };
+        let frame = eddy_proto::Frame::Command(eddy_proto::CommandFrame {
+            device: target,
+            id,
+            command,
+        });
+        let mut buf = [0u8; 128];
+        let Ok(bytes) = eddy_proto::encode(&frame, &mut buf) else {
+            return;
+        };
+        let topic = format!("{}/{device}/{}", self.prefix, eddy_proto::topic::COMMAND);
+        self.local.publish(topic, bytes.to_vec(), false).await;
+        stats::add(&self.stats.commands_sent, 1);
+        info!(rule, device, ?command, "command sent");
     }
 }
 

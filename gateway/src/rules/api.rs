@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::RuleConfig;
 use super::registry::{ChangeError, Registry};
+use crate::config::Placed;
 use crate::live::{answer, ask, error};
 use crate::pipeline::Request;
 use crate::store::{MAX_ALERT_HISTORY, Store};
@@ -76,9 +77,23 @@ fn refused(e: ChangeError) -> Response {
     }
 }
 
-/// The rule of a `PUT` body, named by the path.
+/// A JSON error of the body, placed in it: `api:1:9: unknown field ...`.
+fn body_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let message = text.strip_suffix(&suffix).unwrap_or(&text);
+    Placed {
+        line: e.line(),
+        column: e.column(),
+        ..Placed::unplaced("api", None, message)
+    }
+    .to_string()
+}
+
+/// The rule of a `PUT` body, named by the path. Unknown fields are refused
+/// with their place in the body, as in a rules file.
 fn parse_body(name: &str, body: &[u8]) -> Result<RuleConfig, String> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| body_error(&e))?;
     let Some(object) = value.as_object_mut() else {
         return Err("body: expected a JSON object with the rule's fields".into());
     };
@@ -93,7 +108,15 @@ fn parse_body(name: &str, body: &[u8]) -> Result<RuleConfig, String> {
             ));
         }
     }
-    serde_json::from_value(value).map_err(|e| format!("body: {e}"))
+    // Placed in the body itself, not in the value rebuilt from it.
+    serde_json::from_value::<RuleConfig>(value).map_err(|e| {
+        match serde_json::from_slice::<RuleConfig>(body) {
+            Err(placed) if !placed.to_string().contains("missing field `name`") => {
+                body_error(&placed)
+            }
+            _ => format!("api: {e}"),
+        }
+    })
 }
 
 async fn put(State(api): State<RulesApi>, Path(name): Path<String>, body: Bytes) -> Response {

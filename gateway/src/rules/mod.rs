@@ -17,20 +17,21 @@ pub mod actions;
 pub mod api;
 pub mod registry;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use eddy_analytics::sql::{self, SqlError};
 use eddy_analytics::{
-    Aggregate, Cmp, DeviceLevel, Expr, Field, Flap, GroupBy, Lifecycle, Match, Rule, SeriesFilter,
-    Severity, Test, WindowKind,
+    Aggregate, Cmp, DeviceLevel, Expr, Field, Flap, GroupBy, GroupingWord, Lifecycle, Match, Rule,
+    SeriesFilter, Severity, Test, WindowKind,
 };
 use eddy_proto::MAX_DEVICE_ID_LEN;
 use serde::{Deserialize, Serialize};
 
 pub use actions::{Action, When};
+
+use crate::config::{Config, ConfigError, Document, FieldPath, Placed, PlacedErrors};
 pub use registry::{Compiled, Origin, Registry};
 
 /// A rule as written.
@@ -199,44 +200,10 @@ impl Problem {
 }
 
 /// A rule error with its place: `file:line:column: rule `name`: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleError {
-    /// The file, or where the rule came from (`api`).
-    pub source: String,
-    pub line: usize,
-    pub column: usize,
-    pub rule: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.source)?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
-        }
-        if let Some(rule) = &self.rule {
-            write!(f, ": rule `{rule}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+pub type RuleError = Placed;
 
 /// Several rule errors, one per line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct RuleErrors(pub Vec<RuleError>);
-
-impl fmt::Display for RuleErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
+pub type RuleErrors = PlacedErrors;
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -415,17 +382,19 @@ fn compile_shorthand(r: &RuleConfig, problems: &mut Vec<Problem>) -> Option<Plan
             }]);
         }
     }
-    let device = match r.group_by.as_deref() {
-        None | Some("device") => DeviceLevel::Device,
-        Some("site") => DeviceLevel::Level(1),
-        Some("building") => DeviceLevel::Level(2),
-        Some("line") => DeviceLevel::Level(3),
-        Some("all") => DeviceLevel::All,
-        Some(other) => {
+    let device = match r.group_by.as_deref().map(GroupingWord::parse) {
+        None => DeviceLevel::Device,
+        Some(Ok(GroupingWord::Devices(level))) => level,
+        Some(Ok(GroupingWord::Metric)) => {
             problems.push(Problem::field(
                 "group_by",
-                format!("unknown grouping `{other}`: expected device, site, building, line or all"),
+                "rules always group by metric: name the devices' level (device, site, building, \
+                 line, level:N or all)",
             ));
+            DeviceLevel::Device
+        }
+        Some(Err(message)) => {
+            problems.push(Problem::field("group_by", message));
             DeviceLevel::Device
         }
     };
@@ -543,8 +512,7 @@ fn compile_shorthand(r: &RuleConfig, problems: &mut Vec<Problem>) -> Option<Plan
     ))
 }
 
-/// The rules of a file: `[[rules]]` tables (other keys are not allowed,
-/// except in `eddy.toml`, which [`rules_of_config`] reads).
+/// A rules-directory file: `[[rules]]` tables and nothing else.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RulesFile {
@@ -552,42 +520,87 @@ struct RulesFile {
     rules: Vec<RuleConfig>,
 }
 
-/// Only the `[[rules]]` of a whole `eddy.toml`.
-#[derive(Debug, Deserialize)]
-struct ConfigRules {
-    #[serde(default)]
-    rules: Vec<RuleConfig>,
-}
-
-/// Parses a rules file's text; errors carry `source` and positions.
+/// Parses a rules file's text; errors carry `source` and positions. Any
+/// table or key other than `[[rules]]` is refused.
 pub fn parse_file(source: &str, text: &str) -> Result<Vec<RuleConfig>, RuleErrors> {
-    parse_toml::<RulesFile>(source, text).map(|f| f.rules)
+    Document::new(source, text)
+        .deserialize::<RulesFile>()
+        .map(|f| f.rules)
+        .map_err(|e| PlacedErrors(vec![e]))
 }
 
-/// The `[[rules]]` of an `eddy.toml`.
-pub fn rules_of_config(source: &str, text: &str) -> Result<Vec<RuleConfig>, RuleErrors> {
-    parse_toml::<ConfigRules>(source, text).map(|f| f.rules)
-}
-
-fn parse_toml<T: serde::de::DeserializeOwned>(source: &str, text: &str) -> Result<T, RuleErrors> {
-    toml::from_str::<T>(text).map_err(|e| {
-        let (line, column) = e.span().map_or((0, 0), |span| line_col(text, span.start));
-        RuleErrors(vec![RuleError {
-            source: source.to_string(),
+/// Compiles the `[[rules]]` of a document (`eddy.toml` or a rules file),
+/// each error placed in it: at the field's key, inside the SQL string for
+/// SQL errors, at the rule's `name` for a missing field. Names used twice
+/// in the document are errors too.
+pub fn compile_placed(
+    doc: &Document<'_>,
+    rules: &[RuleConfig],
+) -> (Vec<(Rule, Vec<Action>)>, Vec<Placed>) {
+    let base = FieldPath::of(&["rules"]);
+    compile_each(rules, |i, r, p| {
+        let at = base.index(i);
+        let (line, column) = match (p.field, p.sql) {
+            (Some(field), Some((l, c))) => doc.place_in_string(
+                &at.key(field),
+                usize::try_from(l).unwrap_or(1),
+                usize::try_from(c).unwrap_or(1),
+            ),
+            (Some(field), None) => doc.place(&at.key(field)),
+            (None, _) => doc.place(&at),
+        };
+        Placed {
+            source: doc.source().to_string(),
             line,
             column,
-            rule: None,
-            message: e.message().trim().to_string(),
-        }])
+            rule: Some(r.name.clone()),
+            field: None,
+            message: p.message,
+        }
     })
 }
 
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
+/// Compiles rules that have no text (built in code, from the API): an
+/// error names the field, and the place inside the SQL for SQL errors.
+pub fn compile_unplaced(
+    source: &str,
+    rules: &[RuleConfig],
+) -> (Vec<(Rule, Vec<Action>)>, Vec<Placed>) {
+    compile_each(rules, |_, r, p| {
+        let field = p.field.map(|f| format!("`{f}`")).unwrap_or_default();
+        let at = p
+            .sql
+            .map(|(l, c)| format!(" at {l}:{c}"))
+            .unwrap_or_default();
+        let lead = if field.is_empty() && at.is_empty() {
+            String::new()
+        } else {
+            format!("{field}{at}: ")
+        };
+        Placed::unplaced(source, Some(&r.name), format!("{lead}{}", p.message))
+    })
+}
+
+fn compile_each(
+    rules: &[RuleConfig],
+    place: impl Fn(usize, &RuleConfig, Problem) -> Placed,
+) -> (Vec<(Rule, Vec<Action>)>, Vec<Placed>) {
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        match compile(r) {
+            Ok(c) => ok.push(c),
+            Err(problems) => errors.extend(problems.into_iter().map(|p| place(i, r, p))),
+        }
+        if rules[..i].iter().any(|o| o.name == r.name) {
+            errors.push(place(
+                i,
+                r,
+                Problem::field("name", "the name is used twice"),
+            ));
+        }
+    }
+    (ok, errors)
 }
 
 /// Compiles the rules of one file's text, each error placed in the file.
@@ -596,137 +609,65 @@ pub fn compile_file(
     text: &str,
     rules: &[RuleConfig],
 ) -> (Vec<(Rule, Vec<Action>)>, Vec<RuleError>) {
-    let mut ok = Vec::new();
-    let mut errors = Vec::new();
-    for (i, r) in rules.iter().enumerate() {
-        match compile(r) {
-            Ok(c) => ok.push(c),
-            Err(problems) => errors.extend(problems.into_iter().map(|p| {
-                let (line, column) = locate(text, i, &p);
-                RuleError {
-                    source: source.to_string(),
-                    line,
-                    column,
-                    rule: Some(r.name.clone()),
-                    message: p.message,
-                }
-            })),
-        }
-    }
-    (ok, errors)
+    compile_placed(&Document::new(source, text), rules)
 }
 
-/// Where a problem of the `index`-th `[[rules]]` table is in the text:
-/// the line of its field, or inside the SQL string; the table's header
-/// line when the field is not written out.
-fn locate(text: &str, index: usize, p: &Problem) -> (usize, usize) {
-    let lines: Vec<&str> = text.lines().collect();
-    let headers: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.trim() == "[[rules]]")
-        .map(|(i, _)| i)
-        .collect();
-    let Some(&start) = headers.get(index) else {
-        return (0, 0);
-    };
-    let end = lines[start + 1..]
-        .iter()
-        .position(|l| l.trim_start().starts_with('['))
-        .map_or(lines.len(), |n| start + 1 + n);
-    let header = (start + 1, lines[start].find('[').unwrap_or(0) + 1);
-    let Some(field) = p.field else {
-        return header;
-    };
-    let Some(at) = (start + 1..end).find(|&i| {
-        let l = lines[i].trim_start();
-        l.strip_prefix(field)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    }) else {
-        return header;
-    };
-    let line = lines[at];
-    let key_col = line.len() - line.trim_start().len() + 1;
-    let Some((sql_line, sql_col)) = p.sql else {
-        return (at + 1, key_col);
-    };
-    // The string's content: after `=` and the opening quote(s); a newline
-    // right after a triple quote is not part of it.
-    let Some(eq) = line.find('=') else {
-        return (at + 1, key_col);
-    };
-    let after = &line[eq + 1..];
-    let value = after.trim_start();
-    let quote_at = eq + 1 + (after.len() - value.len());
-    let quotes = if value.starts_with("\"\"\"") || value.starts_with("'''") {
-        3
-    } else {
-        1
-    };
-    let (base_line, base_col) = if quotes == 3 && value[3..].trim().is_empty() {
-        (at + 2, 1)
-    } else {
-        (at + 1, quote_at + quotes + 1)
-    };
-    let sql_line = usize::try_from(sql_line).unwrap_or(1);
-    let sql_col = usize::try_from(sql_col).unwrap_or(1);
-    if sql_line <= 1 {
-        (base_line, base_col + sql_col - 1)
-    } else {
-        (base_line + sql_line - 1, sql_col)
-    }
-}
-
-/// Reads and compiles a rules file, or the `[[rules]]` of an `eddy.toml`
-/// (a file with other top-level keys); the number of rules when valid.
+/// Checks `eddy.toml` or a rules file as the gateway would load it; the
+/// number of rules it would run when valid.
+///
+/// A file with any top-level key besides `rules` is an `eddy.toml`: it is
+/// checked whole, as `eddy check` does, with the files of its
+/// `[alerts] rules_dir`. Otherwise it is a rules-directory file.
 pub fn check_file(path: &Path) -> Result<usize, RuleErrors> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        RuleErrors(vec![RuleError {
-            source: source.clone(),
-            line: 0,
-            column: 0,
-            rule: None,
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
-    let config = text
+    let text = read_text(path)?;
+    let is_config = text
         .parse::<toml::Table>()
         .is_ok_and(|t| t.keys().any(|k| k != "rules"));
-    let rules = if config {
-        rules_of_config(&source, &text)?
-    } else {
-        parse_file(&source, &text)?
-    };
-    let (ok, mut errors) = compile_file(&source, &text, &rules);
-    for (i, r) in rules.iter().enumerate() {
-        if rules[..i].iter().any(|o| o.name == r.name) {
-            let (line, column) = locate(&text, i, &Problem::field("name", ""));
-            errors.push(RuleError {
-                source: source.clone(),
-                line,
-                column,
-                rule: Some(r.name.clone()),
-                message: "the name is used twice".into(),
-            });
+    if is_config {
+        let config = Config::load(path).map_err(config_errors)?;
+        return registry::check(&config);
+    }
+    let doc = Document::new(&source, &text);
+    let rules = parse_file(&source, &text)?;
+    let (ok, errors) = compile_placed(&doc, &rules);
+    if !errors.is_empty() {
+        return Err(PlacedErrors(errors));
+    }
+    let count = ok.len();
+    let plan: Vec<Rule> = ok.into_iter().map(|(r, _)| r).collect();
+    eddy_analytics::Engine::new(eddy_analytics::EngineConfig::default(), plan)
+        .map_err(|e| PlacedErrors(vec![Placed::unplaced(&source, None, e.to_string())]))?;
+    Ok(count)
+}
+
+/// A config error as rule errors (every one of them, placed).
+pub fn config_errors(e: ConfigError) -> RuleErrors {
+    match e {
+        ConfigError::Parse(p) => PlacedErrors(vec![p]),
+        ConfigError::Invalid(errors) => errors,
+        other @ (ConfigError::Read { .. } | ConfigError::TooLarge { .. }) => {
+            let source = match &other {
+                ConfigError::Read { path, .. } | ConfigError::TooLarge { path } => {
+                    path.display().to_string()
+                }
+                _ => String::new(),
+            };
+            PlacedErrors(vec![Placed::unplaced(&source, None, other.to_string())])
         }
     }
-    if errors.is_empty() {
-        let plan: Vec<Rule> = ok.into_iter().map(|(r, _)| r).collect();
-        let count = plan.len();
-        if let Err(e) = eddy_analytics::Engine::new(eddy_analytics::EngineConfig::default(), plan) {
-            errors.push(RuleError {
-                source,
-                line: 0,
-                column: 0,
-                rule: None,
-                message: e.to_string(),
-            });
-        } else {
-            return Ok(count);
-        }
-    }
-    Err(RuleErrors(errors))
+}
+
+/// A file's text, or an error naming it.
+pub(crate) fn read_text(path: &Path) -> Result<String, RuleErrors> {
+    let source = path.display().to_string();
+    std::fs::read_to_string(path).map_err(|e| {
+        PlacedErrors(vec![Placed::unplaced(
+            &source,
+            None,
+            format!("cannot read: {e}"),
+        )])
+    })
 }
 
 /// The rules files of a directory: `*.toml`, sorted by name.

@@ -20,7 +20,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Action, RuleConfig, RuleError, RuleErrors, compile, compile_file, dir_files};
+use super::{
+    Action, RuleConfig, RuleErrors, compile_placed, compile_unplaced, config_errors, dir_files,
+    parse_file, read_text,
+};
+use crate::config::{Config, Document, Placed, PlacedErrors};
 use crate::stats::{self, Stats};
 use crate::store::{Store, StoreError};
 
@@ -107,14 +111,116 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Registry(Arc<Inner>);
 
-fn error(source: &str, rule: Option<&str>, message: impl Into<String>) -> RuleError {
-    RuleError {
-        source: source.to_string(),
-        line: 0,
-        column: 0,
-        rule: rule.map(str::to_string),
-        message: message.into(),
+fn error(source: &str, rule: Option<&str>, message: impl Into<String>) -> Placed {
+    Placed::unplaced(source, rule, message)
+}
+
+/// The rule set a configuration runs at start, checked as the gateway
+/// checks it (its `[[rules]]` and its rules directory; API rules live in
+/// the store and are not counted): the number of rules. `eddy check` and
+/// `eddy rules check` call this; [`Registry::open`] does the same.
+pub fn check(config: &Config) -> Result<usize, RuleErrors> {
+    let (engine, _) = config.engine();
+    let entries = load_files(
+        &config.rules,
+        config.path.as_deref(),
+        config.alerts.rules_dir.as_deref(),
+    )?;
+    build(&engine, &entries).map(|c| c.rules.len())
+}
+
+/// The rules of the configuration (re-read from its file when there is
+/// one) and of the rules directory, each error placed in its file.
+fn load_files(
+    config_rules: &[RuleConfig],
+    config_file: Option<&std::path::Path>,
+    dir: Option<&std::path::Path>,
+) -> Result<Vec<Entry>, RuleErrors> {
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    match config_file {
+        // The file is read and checked whole, as at start: a change to
+        // any part of it that makes it invalid is refused.
+        Some(path) => {
+            let config = Config::load(path).map_err(config_errors)?;
+            let origin = Origin::Config(path.display().to_string());
+            entries.extend(config.rules.into_iter().map(|rule| Entry {
+                origin: origin.clone(),
+                rule,
+            }));
+        }
+        None => {
+            let (_, errs) = compile_unplaced("config", config_rules);
+            errors.extend(errs);
+            entries.extend(config_rules.iter().map(|rule| Entry {
+                origin: Origin::Config("config".into()),
+                rule: rule.clone(),
+            }));
+        }
     }
+    if let Some(dir) = dir {
+        let paths = dir_files(dir).map_err(|e| {
+            PlacedErrors(vec![error(
+                &dir.display().to_string(),
+                None,
+                format!("cannot read the rules directory: {e}"),
+            )])
+        })?;
+        for path in paths {
+            let source = path.display().to_string();
+            let text = read_text(&path)?;
+            match parse_file(&source, &text) {
+                Ok(rules) => {
+                    let (_, errs) = compile_placed(&Document::new(&source, &text), &rules);
+                    errors.extend(errs);
+                    entries.extend(rules.into_iter().map(|rule| Entry {
+                        origin: Origin::File(source.clone()),
+                        rule,
+                    }));
+                }
+                Err(e) => errors.extend(e.0),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(entries)
+    } else {
+        Err(PlacedErrors(errors))
+    }
+}
+
+/// Compiles a whole set and has the engine check it. Rules from files
+/// were compiled with their places by [`load_files`]; what is new here
+/// are names used in two places, API rules (placed inside their SQL) and
+/// the engine's check of the set.
+fn build(engine: &EngineConfig, entries: &[Entry]) -> Result<Compiled, RuleErrors> {
+    let mut errors = Vec::new();
+    let mut compiled = Compiled::default();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(first) = entries[..i].iter().find(|o| o.rule.name == e.rule.name) {
+            if first.origin != e.origin {
+                errors.push(error(
+                    &e.origin.describe(),
+                    Some(&e.rule.name),
+                    format!("the name is already used in {}", first.origin.describe()),
+                ));
+            }
+            continue;
+        }
+        let (ok, errs) = compile_unplaced(&e.origin.describe(), std::slice::from_ref(&e.rule));
+        errors.extend(errs);
+        for (rule, actions) in ok {
+            compiled.actions.insert(rule.name.clone(), actions);
+            compiled.rules.push(rule);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(PlacedErrors(errors));
+    }
+    if let Err(e) = Engine::new(engine.clone(), compiled.rules.clone()) {
+        return Err(PlacedErrors(vec![error("rules", None, e.to_string())]));
+    }
+    Ok(compiled)
 }
 
 impl Registry {
@@ -203,67 +309,12 @@ impl Registry {
             .collect()
     }
 
-    /// The rules of the configuration file and the rules directory, each
-    /// error placed in its file.
     fn load_files(&self) -> Result<Vec<Entry>, RuleErrors> {
-        let mut entries = Vec::new();
-        let mut errors = Vec::new();
-        let mut files: Vec<(Origin, String, Vec<RuleConfig>)> = Vec::new();
-        match &self.0.config_file {
-            Some(path) => {
-                let source = path.display().to_string();
-                match std::fs::read_to_string(path) {
-                    Ok(text) => match super::rules_of_config(&source, &text) {
-                        Ok(rules) => files.push((Origin::Config(source), text, rules)),
-                        Err(e) => return Err(e),
-                    },
-                    Err(e) => {
-                        return Err(RuleErrors(vec![error(
-                            &source,
-                            None,
-                            format!("cannot read: {e}"),
-                        )]));
-                    }
-                }
-            }
-            None => files.push((
-                Origin::Config("eddy.toml".into()),
-                String::new(),
-                self.0.config_rules.clone(),
-            )),
-        }
-        if let Some(dir) = &self.0.dir {
-            let paths = dir_files(dir).map_err(|e| {
-                RuleErrors(vec![error(
-                    &dir.display().to_string(),
-                    None,
-                    format!("cannot read the rules directory: {e}"),
-                )])
-            })?;
-            for path in paths {
-                let source = path.display().to_string();
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    RuleErrors(vec![error(&source, None, format!("cannot read: {e}"))])
-                })?;
-                match super::parse_file(&source, &text) {
-                    Ok(rules) => files.push((Origin::File(source), text, rules)),
-                    Err(e) => errors.extend(e.0),
-                }
-            }
-        }
-        for (origin, text, rules) in files {
-            let (_, errs) = compile_file(&origin.describe(), &text, &rules);
-            errors.extend(errs);
-            entries.extend(rules.into_iter().map(|rule| Entry {
-                origin: origin.clone(),
-                rule,
-            }));
-        }
-        if errors.is_empty() {
-            Ok(entries)
-        } else {
-            Err(RuleErrors(errors))
-        }
+        load_files(
+            &self.0.config_rules,
+            self.0.config_file.as_deref(),
+            self.0.dir.as_deref(),
+        )
     }
 
     fn api_entries(&self) -> Result<Vec<Entry>, RuleErrors> {
@@ -271,7 +322,7 @@ impl Registry {
             .0
             .store
             .api_rules()
-            .map_err(|e| RuleErrors(vec![error("store", None, e.to_string())]))?;
+            .map_err(|e| PlacedErrors(vec![error("store", None, e.to_string())]))?;
         stored
             .into_iter()
             .map(|(name, bytes)| {
@@ -281,7 +332,7 @@ impl Registry {
                         rule,
                     })
                     .map_err(|e| {
-                        RuleErrors(vec![error(
+                        PlacedErrors(vec![error(
                             "store",
                             Some(&name),
                             format!("stored rule does not decode: {e}"),
@@ -291,45 +342,8 @@ impl Registry {
             .collect()
     }
 
-    /// Compiles a whole set and has the engine check it.
     fn build(&self, entries: &[Entry]) -> Result<Compiled, RuleErrors> {
-        let mut errors = Vec::new();
-        let mut compiled = Compiled::default();
-        for (i, e) in entries.iter().enumerate() {
-            if let Some(first) = entries[..i].iter().find(|o| o.rule.name == e.rule.name) {
-                errors.push(error(
-                    &e.origin.describe(),
-                    Some(&e.rule.name),
-                    format!("the name is already used in {}", first.origin.describe()),
-                ));
-                continue;
-            }
-            match compile(&e.rule) {
-                Ok((rule, actions)) => {
-                    compiled.actions.insert(rule.name.clone(), actions);
-                    compiled.rules.push(rule);
-                }
-                Err(problems) => errors.extend(problems.into_iter().map(|p| {
-                    let field = p.field.map(|f| format!("{f}: ")).unwrap_or_default();
-                    let at = p
-                        .sql
-                        .map(|(l, c)| format!("line {l}, column {c}: "))
-                        .unwrap_or_default();
-                    error(
-                        &e.origin.describe(),
-                        Some(&e.rule.name),
-                        format!("{field}{at}{}", p.message),
-                    )
-                })),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(RuleErrors(errors));
-        }
-        if let Err(e) = Engine::new(self.0.engine.clone(), compiled.rules.clone()) {
-            return Err(RuleErrors(vec![error("rules", None, e.to_string())]));
-        }
-        Ok(compiled)
+        build(&self.0.engine, entries)
     }
 
     /// Re-reads the files if they changed. `Ok(true)` when a new set

@@ -610,6 +610,12 @@ impl GatewayProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("eddy starts");
+        Self::adopt(child, port)
+    }
+
+    /// Takes a started `eddy run` over, once its MQTT listener on `port`
+    /// accepts connections.
+    pub fn adopt(child: Child, port: u16) -> Self {
         // The public listener opens once ingest subscribed.
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let end = Instant::now() + Duration::from_secs(20);

@@ -1,8 +1,19 @@
 //! `eddy.toml`: every field has a default, so no file is needed.
 //!
-//! Parsing and validation live here and only here; what leaves this module
-//! is a configuration the gateway can run, or an error that names the file,
-//! the field and the reason.
+//! Parsing and validation live here and only here, and every command goes
+//! through them (`run`, `check`, `rules check`, `demo`, the rules
+//! directory watcher): serde reads the text into these structs (unknown
+//! tables and keys are refused), then [`Config::validate`] checks what
+//! serde cannot and reports every problem at once, each placed at
+//! `file:line:column` with its field ([`place`]). What leaves this module
+//! is a configuration the gateway can run, or those errors.
+//!
+//! A configuration without `[[rules]]` runs no rule: there is no hidden
+//! default rule (the demo brings its own).
+
+pub mod place;
+
+pub use place::{Document, FieldPath, Placed, PlacedErrors};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,7 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_analytics::{Aggregate, DeviceLevel, EngineConfig, GroupBy, Rule, ViewSpec, WindowKind};
+use eddy_analytics::{
+    Aggregate, DeviceLevel, EngineConfig, GroupBy, GroupingWord, Rule, ViewSpec, WindowKind,
+    WindowName,
+};
 use eddy_proto::topic::DEFAULT_PREFIX;
 use serde::Deserialize;
 
@@ -31,17 +45,19 @@ pub enum ConfigError {
     },
     #[error("config {path} is larger than {MAX_CONFIG_BYTES} bytes")]
     TooLarge { path: PathBuf },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config field `{field}`: {reason}")]
-    Invalid { field: String, reason: String },
+    /// TOML syntax, an unknown table or key, a value of the wrong type.
+    #[error("{0}")]
+    Parse(Placed),
+    /// Values that parse but cannot be used; every one of them.
+    #[error("{0}")]
+    Invalid(PlacedErrors),
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        reason: reason.into(),
-    }
+/// Problems found on the structs: a field path and what is wrong there.
+type Problems = Vec<(FieldPath, String)>;
+
+fn field(path: &str) -> FieldPath {
+    FieldPath::of(&path.split('.').collect::<Vec<_>>())
 }
 
 /// The whole gateway configuration.
@@ -136,13 +152,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             ingest: IngestConfig::default(),
             engine: EngineSection::default(),
-            rules: vec![RuleConfig::above(
-                "overheat",
-                "temperature",
-                Duration::from_secs(10),
-                Aggregate::Mean,
-                60.0,
-            )],
+            rules: Vec::new(),
             alerts: AlertsConfig::default(),
             path: None,
             upstream: None,
@@ -413,7 +423,7 @@ pub enum TimeMode {
 pub struct ViewConfig {
     pub name: String,
     /// `tumbling`, `hopping`, `sliding`, `session` or `count`.
-    pub window: String,
+    pub window: WindowName,
     /// Window length (tumbling, hopping, sliding).
     #[serde(default, with = "humantime_serde")]
     pub size: Option<Duration>,
@@ -456,64 +466,53 @@ impl ViewConfig {
         ]
     }
 
-    /// The engine's view, or what is wrong with it.
-    fn spec(&self, default_lateness: Duration) -> Result<ViewSpec, String> {
+    /// The engine's view, or the key that is wrong and why.
+    fn spec(&self, default_lateness: Duration) -> Result<ViewSpec, (&'static str, String)> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let need = |d: Option<Duration>, what: &str| {
-            d.map(ms)
-                .ok_or_else(|| format!("a {} window needs `{what}`", self.window))
+        let kind = self.window;
+        let need = |d: Option<Duration>, what: &'static str| {
+            d.map(ms).ok_or_else(|| {
+                (
+                    "window",
+                    format!("a {} window needs `{what}`", window_word(kind)),
+                )
+            })
         };
-        let window = match self.window.as_str() {
-            "tumbling" => WindowKind::Tumbling {
+        let window = match kind {
+            WindowName::Tumbling => WindowKind::Tumbling {
                 size_ms: need(self.size, "size")?,
             },
-            "hopping" => WindowKind::Hopping {
+            WindowName::Hopping => WindowKind::Hopping {
                 size_ms: need(self.size, "size")?,
                 hop_ms: need(self.hop, "hop")?,
             },
-            "sliding" => WindowKind::Sliding {
+            WindowName::Sliding => WindowKind::Sliding {
                 size_ms: need(self.size, "size")?,
             },
-            "session" => WindowKind::Session {
+            WindowName::Session => WindowKind::Session {
                 gap_ms: need(self.gap, "gap")?,
                 max_ms: self.max_length.map(ms),
             },
-            "count" => WindowKind::Count {
+            WindowName::Count => WindowKind::Count {
                 n: self
                     .count
-                    .ok_or_else(|| "a count window needs `count`".to_string())?,
+                    .ok_or_else(|| ("window", "a count window needs `count`".to_string()))?,
                 hop: self.count_hop,
             },
-            other => {
-                return Err(format!(
-                    "unknown window `{other}` (tumbling, hopping, sliding, session, count)"
-                ));
-            }
         };
-        window.validate()?;
+        window.validate().map_err(|r| ("window", r))?;
         let mut group_by = GroupBy {
             device: DeviceLevel::All,
             metric: false,
         };
         for key in &self.group_by {
-            match key.as_str() {
-                "metric" => group_by.metric = true,
-                "device" => group_by.device = DeviceLevel::Device,
-                "site" => group_by.device = DeviceLevel::Level(1),
-                "building" => group_by.device = DeviceLevel::Level(2),
-                "line" => group_by.device = DeviceLevel::Level(3),
-                other => match other.strip_prefix("level:").map(str::parse::<u8>) {
-                    Some(Ok(n)) if n >= 1 => group_by.device = DeviceLevel::Level(n),
-                    _ => {
-                        return Err(format!(
-                            "unknown group key `{other}` (device, metric, site, building, line, level:N)"
-                        ));
-                    }
-                },
+            match GroupingWord::parse(key).map_err(|r| ("group_by", r))? {
+                GroupingWord::Metric => group_by.metric = true,
+                GroupingWord::Devices(level) => group_by.device = level,
             }
         }
         if self.aggregates.is_empty() {
-            return Err("needs at least one aggregate".into());
+            return Err(("aggregates", "needs at least one aggregate".into()));
         }
         Ok(ViewSpec {
             name: Arc::from(self.name.as_str()),
@@ -528,6 +527,16 @@ impl ViewConfig {
             publish: true,
             filter: Default::default(),
         })
+    }
+}
+
+fn window_word(kind: WindowName) -> &'static str {
+    match kind {
+        WindowName::Tumbling => "tumbling",
+        WindowName::Hopping => "hopping",
+        WindowName::Sliding => "sliding",
+        WindowName::Session => "session",
+        WindowName::Count => "count",
     }
 }
 
@@ -637,220 +646,280 @@ impl UpstreamConfig {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file; errors are placed in it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let read = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         };
-        let len = std::fs::metadata(path).map_err(read)?.len();
-        if len > MAX_CONFIG_BYTES {
+        let meta = std::fs::metadata(path).map_err(read)?;
+        if !meta.is_file() {
+            return Err(read(std::io::Error::other("not a regular file")));
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
             return Err(ConfigError::TooLarge {
                 path: path.to_path_buf(),
             });
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
-        let mut config = Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })?;
+        let mut config = Self::from_document(&Document::new(&path.display().to_string(), &text))?;
         config.path = Some(path.to_path_buf());
         Ok(config)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text (errors name it `<text>`).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<text>"),
-            message: e.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        Self::from_document(&Document::new("<text>", text))
     }
 
-    /// Checks what serde cannot: ranges, names, URLs, rule sanity.
+    /// Parses and validates a document; every problem placed in it.
+    pub fn from_document(doc: &Document<'_>) -> Result<Self, ConfigError> {
+        let config: Config = doc.deserialize().map_err(ConfigError::Parse)?;
+        let mut errors: Vec<Placed> = config
+            .problems()
+            .into_iter()
+            .map(|(path, message)| doc.error(&path, message))
+            .collect();
+        let (_, rule_errors) = crate::rules::compile_placed(doc, &config.rules);
+        errors.extend(rule_errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            errors.sort_by_key(|e| (e.line, e.column));
+            Err(ConfigError::Invalid(PlacedErrors(errors)))
+        }
+    }
+
+    /// Checks a configuration built in code (every problem, unplaced).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.broker.url
-            && BrokerUrl::parse(url)
-                .map_err(|r| invalid("broker.url", r))?
-                .tls
-        {
-            return Err(invalid(
-                "broker.url",
-                "TLS to the ingest broker is not supported; use a loopback or LAN mqtt:// broker",
-            ));
+        let source = self
+            .path
+            .as_ref()
+            .map_or_else(|| "config".to_string(), |p| p.display().to_string());
+        let mut errors: Vec<Placed> = self
+            .problems()
+            .into_iter()
+            .map(|(path, message)| Placed {
+                field: Some(path.to_string()),
+                ..Placed::unplaced(&source, None, message)
+            })
+            .collect();
+        errors.extend(crate::rules::compile_unplaced(&source, &self.rules).1);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(PlacedErrors(errors)))
         }
-        if self.store.max_samples == 0 {
-            return Err(invalid("store.max_samples", "must be at least 1"));
-        }
-        let ota = &self.ota;
-        if !(1..=64).contains(&ota.window) {
-            return Err(invalid("ota.window", "must be in 1..=64"));
-        }
-        if ota.retry_after < Duration::from_millis(10) {
-            return Err(invalid("ota.retry_after", "must be at least 10ms"));
-        }
-        if ota.max_retries == 0 {
-            return Err(invalid("ota.max_retries", "must be at least 1"));
-        }
-        if !(1..=10_000).contains(&ota.max_parallel) {
-            return Err(invalid("ota.max_parallel", "must be in 1..=10000"));
-        }
-        if ota.max_image_bytes < eddy_ota::OFFER_LEN {
-            return Err(invalid(
-                "ota.max_image_bytes",
-                "smaller than an image header",
-            ));
-        }
-        if self.store.max_bytes < 4096 {
-            return Err(invalid("store.max_bytes", "must be at least 4096"));
-        }
-        if self.store.max_age.is_some_and(|a| a.is_zero()) {
-            return Err(invalid("store.max_age", "must be longer than 0"));
-        }
-        if self.broker.max_inflight == 0 {
-            return Err(invalid("broker.max_inflight", "must be at least 1"));
-        }
-        let ingest = &self.ingest;
-        if ingest.batch_size == 0 {
-            return Err(invalid("ingest.batch_size", "must be at least 1"));
-        }
-        if ingest.queue_capacity == 0 {
-            return Err(invalid("ingest.queue_capacity", "must be at least 1"));
-        }
-        if ingest.max_payload_bytes == 0 {
-            return Err(invalid("ingest.max_payload_bytes", "must be at least 1"));
-        }
-        if ingest.max_devices == 0 {
-            return Err(invalid("ingest.max_devices", "must be at least 1"));
-        }
-        if ingest.client_id.is_empty() {
-            return Err(invalid("ingest.client_id", "must not be empty"));
-        }
-        valid_prefix(&ingest.topic_prefix).map_err(|r| invalid("ingest.topic_prefix", r))?;
-        for (i, m) in ingest.topics.iter().enumerate() {
-            let levels: Vec<&str> = m.filter.split('/').collect();
-            match levels.get(m.device_level) {
-                Some(&"+") => {}
-                _ => {
-                    return Err(invalid(
-                        format!("ingest.topics[{i}].device_level"),
-                        format!("level {} of `{}` must be `+`", m.device_level, m.filter),
-                    ));
+    }
+
+    /// What serde cannot check: ranges, names, URLs, views; rules are
+    /// compiled by [`crate::rules`].
+    fn problems(&self) -> Problems {
+        let mut p: Problems = Vec::new();
+        let mut bad = |path: FieldPath, reason: &str| p.push((path, reason.to_string()));
+        macro_rules! require {
+            ($cond:expr, $field:expr, $reason:expr) => {
+                if !$cond {
+                    bad(field($field), &$reason);
                 }
+            };
+        }
+        if let Some(url) = &self.broker.url {
+            match BrokerUrl::parse(url) {
+                Err(r) => bad(field("broker.url"), &r),
+                Ok(u) if u.tls => bad(
+                    field("broker.url"),
+                    "TLS to the ingest broker is not supported; use a loopback or LAN mqtt:// broker",
+                ),
+                Ok(_) => {}
+            }
+        }
+        require!(
+            self.store.max_samples > 0,
+            "store.max_samples",
+            "must be at least 1"
+        );
+        let ota = &self.ota;
+        require!(
+            (1..=64).contains(&ota.window),
+            "ota.window",
+            "must be in 1..=64"
+        );
+        require!(
+            ota.retry_after >= Duration::from_millis(10),
+            "ota.retry_after",
+            "must be at least 10ms"
+        );
+        require!(ota.max_retries > 0, "ota.max_retries", "must be at least 1");
+        require!(
+            (1..=10_000).contains(&ota.max_parallel),
+            "ota.max_parallel",
+            "must be in 1..=10000"
+        );
+        require!(
+            ota.max_image_bytes >= eddy_ota::OFFER_LEN,
+            "ota.max_image_bytes",
+            "smaller than an image header"
+        );
+        require!(
+            self.store.max_bytes >= 4096,
+            "store.max_bytes",
+            "must be at least 4096"
+        );
+        require!(
+            !self.store.max_age.is_some_and(|a| a.is_zero()),
+            "store.max_age",
+            "must be longer than 0"
+        );
+        require!(
+            self.broker.max_inflight > 0,
+            "broker.max_inflight",
+            "must be at least 1"
+        );
+        let ingest = &self.ingest;
+        require!(
+            ingest.batch_size > 0,
+            "ingest.batch_size",
+            "must be at least 1"
+        );
+        require!(
+            ingest.queue_capacity > 0,
+            "ingest.queue_capacity",
+            "must be at least 1"
+        );
+        require!(
+            ingest.max_payload_bytes > 0,
+            "ingest.max_payload_bytes",
+            "must be at least 1"
+        );
+        require!(
+            ingest.max_devices > 0,
+            "ingest.max_devices",
+            "must be at least 1"
+        );
+        require!(
+            !ingest.client_id.is_empty(),
+            "ingest.client_id",
+            "must not be empty"
+        );
+        if let Err(r) = valid_prefix(&ingest.topic_prefix) {
+            bad(field("ingest.topic_prefix"), &r);
+        }
+        let topics = field("ingest.topics");
+        for (i, m) in ingest.topics.iter().enumerate() {
+            let at = topics.index(i);
+            let levels: Vec<&str> = m.filter.split('/').collect();
+            if levels.get(m.device_level) != Some(&"+") {
+                bad(
+                    at.key("device_level"),
+                    &format!("level {} of `{}` must be `+`", m.device_level, m.filter),
+                );
             }
             if levels.iter().any(|l| l.contains('#') && *l != "#") {
-                return Err(invalid(
-                    format!("ingest.topics[{i}].filter"),
-                    "misplaced `#`",
-                ));
+                bad(at.key("filter"), "misplaced `#`");
             }
-            if let Some(bad) = m.path_levels.iter().find(|&&l| levels.get(l) != Some(&"+")) {
-                return Err(invalid(
-                    format!("ingest.topics[{i}].path_levels"),
-                    format!("level {bad} of `{}` must be `+`", m.filter),
-                ));
+            if let Some(level) = m.path_levels.iter().find(|&&l| levels.get(l) != Some(&"+")) {
+                bad(
+                    at.key("path_levels"),
+                    &format!("level {level} of `{}` must be `+`", m.filter),
+                );
             }
         }
-        if self.engine.window.is_zero() {
-            return Err(invalid("engine.window", "must be longer than 0"));
-        }
-        if self.engine.max_series == 0 {
-            return Err(invalid("engine.max_series", "must be at least 1"));
-        }
-        if self.engine.snapshot_every < Duration::from_secs(1) {
-            return Err(invalid("engine.snapshot_every", "must be at least 1s"));
-        }
+        require!(
+            !self.engine.window.is_zero(),
+            "engine.window",
+            "must be longer than 0"
+        );
+        require!(
+            self.engine.max_series > 0,
+            "engine.max_series",
+            "must be at least 1"
+        );
+        require!(
+            self.engine.snapshot_every >= Duration::from_secs(1),
+            "engine.snapshot_every",
+            "must be at least 1s"
+        );
+        let views = field("engine.views");
         let mut names = std::collections::HashSet::new();
         for (i, v) in self.engine.views.iter().enumerate() {
-            let field = format!("engine.views[{i}]");
+            let at = views.index(i);
             if v.name.is_empty() || v.name == "default" || v.name.contains(['/', '+', '#']) {
-                return Err(invalid(
-                    format!("{field}.name"),
+                bad(
+                    at.key("name"),
                     "must be non-empty, not `default`, without `/`, `+` or `#`",
-                ));
+                );
+            } else if !names.insert(v.name.as_str()) {
+                bad(at.key("name"), &format!("`{}` is used twice", v.name));
             }
-            if !names.insert(v.name.as_str()) {
-                return Err(invalid(
-                    format!("{field}.name"),
-                    format!("`{}` is used twice", v.name),
-                ));
+            if let Err((key, reason)) = v.spec(self.engine.allowed_lateness) {
+                bad(at.key(key), &format!("view `{}`: {reason}", v.name));
             }
-            v.spec(self.engine.allowed_lateness)
-                .map_err(|reason| invalid(format!("{field} (`{}`)", v.name), reason))?;
         }
+        let paths = field("engine.paths");
         for (device, path) in &self.engine.paths {
             if path
                 .split('/')
                 .any(|level| level.is_empty() || level.contains(['+', '#']))
             {
-                return Err(invalid(
-                    format!("engine.paths.{device}"),
+                bad(
+                    paths.key(device),
                     "a path is levels separated by `/`, none empty, without `+` or `#`",
-                ));
+                );
             }
         }
-        for (i, r) in self.rules.iter().enumerate() {
-            if let Err(problems) = crate::rules::compile(r) {
-                let p = &problems[0];
-                let at = p
-                    .sql
-                    .map(|(l, c)| format!("line {l}, column {c}: "))
-                    .unwrap_or_default();
-                return Err(invalid(
-                    format!("rules[{i}].{}", p.field.unwrap_or("name")),
-                    format!("rule `{}`: {at}{}", r.name, p.message),
-                ));
-            }
-            if self.rules[..i].iter().any(|o| o.name == r.name) {
-                return Err(invalid(
-                    format!("rules[{i}].name"),
-                    format!("`{}` is used twice", r.name),
-                ));
-            }
-        }
-        if self.alerts.reload_every.is_zero() {
-            return Err(invalid("alerts.reload_every", "must be longer than 0"));
-        }
-        if self.alerts.webhook_queue == 0 {
-            return Err(invalid("alerts.webhook_queue", "must be at least 1"));
-        }
-        if self.alerts.webhook_attempts == 0 {
-            return Err(invalid("alerts.webhook_attempts", "must be at least 1"));
-        }
+        require!(
+            !self.alerts.reload_every.is_zero(),
+            "alerts.reload_every",
+            "must be longer than 0"
+        );
+        require!(
+            self.alerts.webhook_queue > 0,
+            "alerts.webhook_queue",
+            "must be at least 1"
+        );
+        require!(
+            self.alerts.webhook_attempts > 0,
+            "alerts.webhook_attempts",
+            "must be at least 1"
+        );
+        let serial = field("serial");
         let mut ports = std::collections::HashSet::new();
         for (i, port) in self.serial.iter().enumerate() {
-            let field = |f: &str| format!("serial[{i}].{f}");
+            let at = serial.index(i);
             if port.path.as_os_str().is_empty() {
-                return Err(invalid(field("path"), "must not be empty"));
-            }
-            if !ports.insert(&port.path) {
-                return Err(invalid(field("path"), "is configured twice"));
+                bad(at.key("path"), "must not be empty");
+            } else if !ports.insert(&port.path) {
+                bad(at.key("path"), "is configured twice");
             }
             if port.baud == 0 {
-                return Err(invalid(field("baud"), "must be at least 1"));
+                bad(at.key("baud"), "must be at least 1");
             }
         }
         if let Some(up) = &self.upstream {
-            let url = BrokerUrl::parse(&up.url).map_err(|r| invalid("upstream.url", r))?;
-            if up.tls.is_some() && !url.tls {
-                return Err(invalid(
-                    "upstream.tls",
+            match BrokerUrl::parse(&up.url) {
+                Err(r) => bad(field("upstream.url"), &r),
+                Ok(url) if up.tls.is_some() && !url.tls => bad(
+                    field("upstream.tls"),
                     "TLS settings need an mqtts:// upstream.url",
-                ));
+                ),
+                Ok(_) => {}
             }
-            valid_prefix(&up.topic_prefix).map_err(|r| invalid("upstream.topic_prefix", r))?;
-            if up.max_inflight == 0 {
-                return Err(invalid("upstream.max_inflight", "must be at least 1"));
+            if let Err(r) = valid_prefix(&up.topic_prefix) {
+                bad(field("upstream.topic_prefix"), &r);
             }
-            if up.max_outbox == 0 {
-                return Err(invalid("upstream.max_outbox", "must be at least 1"));
-            }
+            require!(
+                up.max_inflight > 0,
+                "upstream.max_inflight",
+                "must be at least 1"
+            );
+            require!(
+                up.max_outbox > 0,
+                "upstream.max_outbox",
+                "must be at least 1"
+            );
         }
-        Ok(())
+        p
     }
 
     /// The store's caps (no outbox cap without an upstream: no outbox).
