@@ -364,7 +364,7 @@ mod tests {
         let text = "rules = [{name = \"r\", metric = \"t\"}, {name = \"s\"}]\n";
         let doc = Document::new("f.toml", text);
         let rules = FieldPath::of(&["rules"]);
-        assert_eq!(doc.place(&rules.index(1).key("name")), (1, 40));
-        assert_eq!(doc.place(&rules.index(1).key("window")), (1, 39));
+        assert_eq!(doc.place(&rules.index(1).key("name")), (1, 39));
+        assert_eq!(doc.place(&rules.index(1).key("window")), (1, 38));
     }
 }

@@ -567,17 +567,12 @@ pub fn compile_unplaced(
     rules: &[RuleConfig],
 ) -> (Vec<(Rule, Vec<Action>)>, Vec<Placed>) {
     compile_each(rules, |_, r, p| {
-        let field = p.field.map(|f| format!("`{f}`")).unwrap_or_default();
+        let field = p.field.map(|f| format!("{f}: ")).unwrap_or_default();
         let at = p
             .sql
-            .map(|(l, c)| format!(" at {l}:{c}"))
+            .map(|(l, c)| format!("line {l}, column {c}: "))
             .unwrap_or_default();
-        let lead = if field.is_empty() && at.is_empty() {
-            String::new()
-        } else {
-            format!("{field}{at}: ")
-        };
-        Placed::unplaced(source, Some(&r.name), format!("{lead}{}", p.message))
+        Placed::unplaced(source, Some(&r.name), format!("{field}{at}{}", p.message))
     })
 }
 
