@@ -1,13 +1,12 @@
 //! Malformed, oversized and misaddressed messages are counted and logged;
 //! the gateway keeps running and loses nothing it already accepted.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eddy_gateway::Gateway;
 use eddy_proto::{Frame, MAX_FRAME_LEN, Reading, Telemetry};
+use eddy_test_support::wait_until;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 fn frame(device: &str, seq: u32, value: f64) -> Vec<u8> {

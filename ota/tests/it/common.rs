@@ -1,7 +1,5 @@
 //! A RAM-backed NOR flash that can lose power, and signed test images.
 
-#![allow(dead_code)]
-
 pub use eddy_ota::ram::{RAM_SECTOR as SECTOR, RamFlash};
 use eddy_ota::slots::Layout;
 use eddy_ota::{ImageHeader, KEY_LEN, Version, sign_header};

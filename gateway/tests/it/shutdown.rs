@@ -2,12 +2,11 @@
 //! a restarted gateway on the same persistent session gets no
 //! redeliveries, and the store holds every message exactly once.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eddy_gateway::Gateway;
+use eddy_test_support::{Mosquitto, wait_until};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const MESSAGES: usize = 3000;
@@ -15,7 +14,7 @@ const MESSAGES: usize = 3000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_under_load_acknowledges_what_it_committed() {
     let data = tempfile::tempdir().expect("temp dir");
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start().expect("mosquitto starts");
     let config = || {
         let mut c = test_config(data.path().to_path_buf(), None);
         c.broker.url = Some(broker.url());
@@ -29,7 +28,7 @@ async fn shutdown_under_load_acknowledges_what_it_committed() {
     let stats = gateway.stats().clone();
 
     // A burst of JSON telemetry; wait until the broker took all of it.
-    let mut o = MqttOptions::new("burst", "127.0.0.1", broker.port);
+    let mut o = MqttOptions::new("burst", "127.0.0.1", broker.port());
     o.set_inflight(200);
     let (client, mut eventloop) = AsyncClient::new(o, MESSAGES + 16);
     for i in 0..MESSAGES {

@@ -2,19 +2,19 @@
 //! aggregate and alert produced meanwhile arrives afterwards, exactly once
 //! by its `seq`, in order, with no gap.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eddy_gateway::Gateway;
+use eddy_test_support::mqtt::Collector;
+use eddy_test_support::{Mosquitto, wait_until};
 
 const OUTAGE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_30_s_upstream_outage_under_load_every_record_arrives_once_in_order() {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut upstream = Mosquitto::start();
+    let mut upstream = Mosquitto::start().expect("mosquitto starts");
     // A persistent QoS 1 subscriber: what the broker accepted survives its restart.
     let mut upstream_rx = Collector::start(&upstream.url(), "outage-rx", "eddy/v1/#").await;
 
@@ -60,7 +60,7 @@ async fn after_a_30_s_upstream_outage_under_load_every_record_arrives_once_in_or
         "ingest went on during the outage"
     );
     // ... and comes back.
-    tokio::task::block_in_place(|| upstream.restart());
+    tokio::task::block_in_place(|| upstream.restart()).expect("mosquitto restarts");
     let report = fleet_task.await.expect("join").expect("fleet ran");
     assert_eq!(report.frames_acked(), report.frames_sent());
     wait_committed(&gateway, report.readings_sent()).await;

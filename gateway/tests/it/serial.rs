@@ -2,14 +2,13 @@
 //! truncated frames, a frame split across reads, acks and commands back,
 //! and the port vanishing and returning under the same path.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Commander, Wire, gateway_on_serial, wait_until};
+use crate::common::{Commander, Wire, gateway_on_serial};
 use eddy_proto::link::{MAX_WIRE_LEN, encode_framed};
 use eddy_proto::{Ack, Command, Frame, Hello, Reading, Telemetry};
+use eddy_test_support::wait_until;
 use tokio::io::AsyncWriteExt;
 
 const DEVICE: &str = "uart-1";

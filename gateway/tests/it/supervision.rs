@@ -1,13 +1,13 @@
 //! Supervision and metrics: a sink that fails over and over is restarted
 //! with backoff and counted, while ingest keeps storing every frame.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_exactly_once, http_get, metric, test_config, test_fleet, wait_until};
+use crate::common::{assert_exactly_once, test_config, test_fleet};
 use eddy_firmware_host::run_fleet;
 use eddy_gateway::Gateway;
+use eddy_test_support::http::{http_get, metric};
+use eddy_test_support::wait_until;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,24 +1,15 @@
 //! The `eddy` binary at its edges: run, stop on Ctrl-C, bad configs, check.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use eddy_test_support::process::ChildGuard;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 fn eddy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_eddy"))
-}
-
-/// A child process that is killed if the test fails early.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -30,7 +21,8 @@ fn run_ingests_and_stops_cleanly_on_ctrl_c() {
         "[broker]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
     )
     .expect("write config");
-    let mut child = Running(
+    // Killed if the test fails early.
+    let mut guard = ChildGuard::spawn(
         eddy()
             .args(["run", "--config"])
             .arg(&config)
@@ -38,14 +30,14 @@ fn run_ingests_and_stops_cleanly_on_ctrl_c() {
             .arg(dir.path().join("data"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("eddy starts"),
-    );
+            .stderr(Stdio::piped()),
+    )
+    .expect("eddy starts");
+    let child = guard.get_mut().expect("running");
 
     // The log (stderr) says where the embedded broker listens. A reader
     // thread keeps the pipe drained, so the test never blocks on it.
-    let stderr = child.0.stderr.take().expect("stderr");
+    let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -96,13 +88,13 @@ fn run_ingests_and_stops_cleanly_on_ctrl_c() {
 
     // Ctrl-C: the gateway drains, commits and exits 0.
     let status = Command::new("kill")
-        .args(["-INT", &child.0.id().to_string()])
+        .args(["-INT", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
-        if let Some(s) = child.0.try_wait().expect("wait") {
+        if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
         assert!(Instant::now() < deadline, "eddy did not stop on SIGINT");

@@ -2,12 +2,10 @@
 //! agent on RAM-backed NOR flash, a gateway with the embedded broker, and
 //! campaigns created through the HTTP API, as `eddy ota deploy` does.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Wire, test_config, wait_until};
+use crate::common::{Wire, eddy_process, terminate, test_config};
 use eddy_firmware_host::ota::{OtaReport, SimOta, SimOtaConfig};
 use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
 use eddy_gateway::Gateway;
@@ -16,6 +14,8 @@ use eddy_gateway::campaign::client::{Client, ClientError};
 use eddy_gateway::campaign::{DeviceState, Status};
 use eddy_ota::{ImageHeader, KEY_LEN, Version, public_key, sign_header};
 use eddy_proto::{Frame, Hello};
+use eddy_test_support::process::stdout_of_success;
+use eddy_test_support::{free_port, wait_until};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -514,7 +514,10 @@ async fn a_device_on_a_serial_line_is_updated() {
 async fn a_campaign_survives_a_gateway_crash_and_transfers_resume_through_the_cli() {
     const SILENT_AT: u32 = 16 * 1024;
     let dir = TempDir::new().expect("tempdir");
-    let (port, http) = (common::free_port(), common::free_port());
+    let (port, http) = (
+        free_port().expect("a free port"),
+        free_port().expect("a free port"),
+    );
     let config = dir.path().join("eddy.toml");
     std::fs::write(
         &config,
@@ -526,7 +529,7 @@ async fn a_campaign_survives_a_gateway_crash_and_transfers_resume_through_the_cl
         ),
     )
     .expect("config written");
-    let mut process = common::GatewayProcess::start(&config, port);
+    let mut process = eddy_process(&config, port);
     let gateway_url = format!("http://127.0.0.1:{http}");
     let client = Client::new(&gateway_url).expect("url");
     let fleet_config = FleetConfig {
@@ -553,17 +556,7 @@ async fn a_campaign_survives_a_gateway_crash_and_transfers_resume_through_the_cl
     std::fs::write(&image_file, image(BOARD, "1.4.0", IMAGE_LEN, &SECRET)).expect("image");
     let devices: Vec<String> = (0..6).map(|i| format!("sim-{i:04}")).collect();
     let eddy = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
-            .args(args)
-            .output()
-            .expect("eddy runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "eddy {args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        stdout_of_success(std::process::Command::new(env!("CARGO_BIN_EXE_eddy")).args(args))
     };
     let out = eddy(&[
         "ota",
@@ -613,7 +606,7 @@ async fn a_campaign_survives_a_gateway_crash_and_transfers_resume_through_the_cl
         .map(|e| e.device)
         .collect();
     process.kill();
-    let mut process = common::GatewayProcess::start(&config, port);
+    let mut process = eddy_process(&config, port);
     let end = settled(&client, id).await;
     let report = finish(stop, task).await;
     assert_eq!(end.campaign.status, Status::Completed, "{end:?}");
@@ -636,5 +629,5 @@ async fn a_campaign_survives_a_gateway_crash_and_transfers_resume_through_the_cl
     assert_eq!(status.matches("confirmed 1.4.0").count(), 6, "{status}");
     let list = eddy(&["ota", "status", "--gateway", &gateway_url]);
     assert!(list.contains("completed"), "{list}");
-    process.terminate();
+    terminate(&mut process);
 }

@@ -4,20 +4,18 @@
 //! server that is down and then up, and a device command acted on by a
 //! simulated device.
 
-mod common;
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{
-    Collector, Mosquitto, free_port, http_get, json_publisher, send_reading, test_config,
-    wait_committed, wait_until,
-};
+use crate::common::{json_publisher, send_reading, test_config, wait_committed};
 use eddy_firmware_host::{FleetConfig, run_fleet};
 use eddy_gateway::Gateway;
 use eddy_gateway::client::exchange;
 use eddy_gateway::config::{BrokerUrl, Config};
+use eddy_test_support::http::http_get;
+use eddy_test_support::mqtt::Collector;
+use eddy_test_support::{Mosquitto, free_port, wait_until};
 use hyper::Method;
 use rumqttc::AsyncClient;
 use serde_json::Value;
@@ -218,7 +216,7 @@ fn rules_listing(addr: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_rules_persist_and_a_firing_alert_survives_a_restart_without_a_second_notification() {
-    let mut mosquitto = Mosquitto::start();
+    let mut mosquitto = Mosquitto::start().expect("mosquitto starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = base_config(dir.path());
     config.broker.url = Some(mosquitto.url());
@@ -311,7 +309,7 @@ async fn api_rules_persist_and_a_firing_alert_survives_a_restart_without_a_secon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_retry_while_the_server_is_down_and_deliver_once_it_is_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = free_port().expect("a free port");
     let mut config = base_config(dir.path());
     config.alerts.webhook_backoff = Duration::from_millis(200);
     config.alerts.webhook_max_backoff = Duration::from_millis(400);

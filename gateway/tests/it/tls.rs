@@ -1,16 +1,16 @@
 //! Upstream over TLS: a Mosquitto TLS listener that requires client
 //! certificates, with a PKI the test generates (rcgen).
 
-mod common;
-
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Collector, Mosquitto, free_port, test_config, test_fleet, wait_until};
+use crate::common::{test_config, test_fleet};
 use eddy_firmware_host::run_fleet;
 use eddy_gateway::Gateway;
 use eddy_gateway::tls::TlsFiles;
+use eddy_test_support::mqtt::Collector;
+use eddy_test_support::{Mosquitto, free_port, wait_listening, wait_until};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -68,15 +68,20 @@ impl Pki {
     /// A Mosquitto with its plain listener plus a TLS listener that
     /// requires a client certificate from our CA; returns the TLS port.
     fn broker(&self) -> (Mosquitto, u16) {
-        let tls_port = free_port();
+        let tls_port = free_port().expect("a free port");
         let p = |n: &str| self.path(n).display().to_string();
         let mosquitto = Mosquitto::start_with(&format!(
             "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
             p("ca.pem"),
             p("server.pem"),
             p("server.key")
-        ));
-        wait_listening(tls_port);
+        ))
+        .expect("mosquitto starts");
+        wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], tls_port)),
+            Duration::from_secs(10),
+        )
+        .expect("the TLS listener listens");
         (mosquitto, tls_port)
     }
 
@@ -86,15 +91,6 @@ impl Pki {
             cert_file: client.then(|| self.path("client.pem")),
             key_file: client.then(|| self.path("client.key")),
         }
-    }
-}
-
-fn wait_listening(port: u16) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let end = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-        assert!(Instant::now() < end, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -3,14 +3,13 @@
 //! changes what the firmware reports. Needs `qemu-system-arm` and the
 //! `thumbv7m-none-eabi` target (`.ci/run` installs both).
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Commander, gateway_on_serial, wait_until};
+use crate::common::{Commander, gateway_on_serial};
 use eddy_gateway::qemu::{QemuBoard, build_firmware};
 use eddy_proto::Command;
+use eddy_test_support::wait_until;
 
 const DEVICE: &str = "qemu-0001";
 

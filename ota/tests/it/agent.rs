@@ -1,9 +1,7 @@
 //! The transfer protocol on the device: offers, chunks with CRCs, resume
 //! points, refusals, and the final reports.
 
-mod common;
-
-use common::{BOARD, LAYOUT, RamFlash, SECRET, image, payload};
+use crate::common::{self, BOARD, LAYOUT, RamFlash, SECRET, image, payload};
 use eddy_ota::agent::{Action, Agent};
 use eddy_ota::slots::Slots;
 use eddy_ota::{OFFER_LEN, public_key};

@@ -3,16 +3,15 @@
 //! goes on, and open windows that survive a restart (snapshot plus the
 //! samples stored since).
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{
-    Collector, http_get, json_publisher, send_reading, test_config, wait_committed, wait_until,
-};
+use crate::common::{json_publisher, send_reading, test_config, wait_committed};
 use eddy_gateway::Gateway;
 use eddy_gateway::config::{Config, ViewConfig};
+use eddy_test_support::http::http_get;
+use eddy_test_support::mqtt::Collector;
+use eddy_test_support::wait_until;
 use rumqttc::AsyncClient;
 
 /// Event times far from now, so only the samples move the watermark.

@@ -5,28 +5,22 @@ use std::time::Duration;
 
 use eddy_gateway::Gateway;
 use eddy_gateway::demo::demo_config;
+use eddy_test_support::process::stdout_of_success;
 use tempfile::TempDir;
 
 /// Runs `eddy-testbench simulate ARGS` off the runtime; its output once
 /// it exited 0.
 async fn simulate(args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
-            .arg("simulate")
-            .args(&args)
-            .output()
-            .expect("runs")
+    tokio::task::spawn_blocking(move || {
+        stdout_of_success(
+            Command::new(env!("CARGO_BIN_EXE_eddy-testbench"))
+                .arg("simulate")
+                .args(&args),
+        )
     })
     .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    .expect("join")
 }
 
 /// A demo-configured gateway and the broker URL devices use.

@@ -1,14 +1,13 @@
 //! A full store: the declared policy applies, counters show it, and the
 //! gateway keeps running.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{http_get, metric, test_config, test_fleet};
+use crate::common::{test_config, test_fleet};
 use eddy_firmware_host::run_fleet;
 use eddy_gateway::Gateway;
 use eddy_gateway::config::FullPolicy;
+use eddy_test_support::http::{http_get, metric};
 use tokio_util::sync::CancellationToken;
 
 const CAP: u64 = 300;

@@ -1,8 +1,6 @@
 //! A/B slots on a RAM-backed NOR flash with power-loss injection.
 
-mod common;
-
-use common::{BOARD, LAYOUT, RamFlash, SECRET, image, payload, version};
+use crate::common::{self, BOARD, LAYOUT, RamFlash, SECRET, image, payload, version};
 use eddy_ota::slots::{SlotError, Slots};
 use eddy_ota::{ImageError, KEY_LEN, OFFER_LEN, public_key};
 use proptest::prelude::*;
