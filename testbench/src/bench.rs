@@ -19,21 +19,23 @@
 //! plots: throughput against fleet size, latency CDF, RSS over time.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eddy_firmware_host::{FleetConfig, run_fleet};
+use eddy_test_support::mqtt::{publisher, send_json, watch};
+use eddy_test_support::process::ChildGuard;
+use eddy_test_support::{Mosquitto, free_port};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::scenario::{GatewayChild, ScenarioError, free_port, no_loss, rss_kb, spawn_mosquitto};
-use crate::watch::watch;
+use crate::scenario::{GatewayChild, ScenarioError, broker_url, clean_session, no_loss, rss_kb};
 
 /// Bench settings.
 #[derive(Debug, Clone)]
@@ -284,20 +286,6 @@ async fn level(
     })
 }
 
-/// Publishes a JSON reading as `device` (QoS 1); false once the client
-/// is gone.
-async fn send_json(client: &AsyncClient, device: &str, payload: &serde_json::Value) -> bool {
-    client
-        .publish(
-            format!("eddy/v1/{device}/telemetry"),
-            QoS::AtLeastOnce,
-            false,
-            payload.to_string(),
-        )
-        .await
-        .is_ok()
-}
-
 /// Sends a crossing (up, then down) for `probe-0` every 200 ms and
 /// records the time to each alert, in microseconds.
 async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) -> Histogram<u64> {
@@ -305,12 +293,14 @@ async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) ->
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, String)>();
     let ready = watch(
-        broker,
-        "bench-alerts",
-        "eddy/v1/alerts/probe/#",
+        &broker_url(broker),
+        clean_session("bench-alerts", "eddy/v1/alerts/probe/#"),
         stop.clone(),
-        move |payload| {
-            let state = serde_json::from_slice::<serde_json::Value>(payload)
+        move |p| {
+            if p.retain {
+                return;
+            }
+            let state = serde_json::from_slice::<serde_json::Value>(&p.payload)
                 .ok()
                 .and_then(|v| v["state"].as_str().map(str::to_string))
                 .unwrap_or_default();
@@ -323,11 +313,7 @@ async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) ->
     {
         return histogram;
     }
-    let (publisher, mut pub_loop) = AsyncClient::new(
-        MqttOptions::new("bench-probe", broker.ip().to_string(), broker.port()),
-        64,
-    );
-    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let publisher = publisher(&broker_url(broker), "bench-probe", 64);
     let mut hot = true;
     while !stop.is_cancelled() {
         let ts = std::time::SystemTime::now()
@@ -353,48 +339,23 @@ async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) ->
     histogram
 }
 
+/// Mosquitto settings with queues deep enough that nothing is dropped,
+/// and no persistence: the broker's pass-through ceiling.
+const LOSSLESS: &str = "allow_anonymous true\nmax_queued_messages 0\n\
+    max_inflight_messages 0\npersistence false\n";
+
+/// A Mosquitto with [`LOSSLESS`] settings; `Err` says why it could not
+/// start.
+fn lossless_mosquitto() -> Result<Mosquitto, String> {
+    tokio::task::block_in_place(|| Mosquitto::with_settings(LOSSLESS)).map_err(|e| e.to_string())
+}
+
 /// A Mosquitto on a free port: publisher -> broker -> one subscriber,
 /// QoS 1, `messages` payloads of `size` bytes; messages per second
 /// received.
-/// A child process killed when dropped.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A Mosquitto on a free port with queues deep enough that nothing is
-/// dropped; `Err` says why it could not start.
-async fn lossless_mosquitto() -> Result<(Kill, u16), String> {
-    let port = free_port().map_err(|e| e.to_string())?;
-    let conf = std::env::temp_dir().join(format!("eddy-bench-mosquitto-{port}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-             max_inflight_messages 0\npersistence false\n"
-        ),
-    )
-    .map_err(|e| format!("cannot write a mosquitto config: {e}"))?;
-    let child = spawn_mosquitto(&conf).map_err(|_| "mosquitto not installed".to_string())?;
-    let child = Kill(child);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let end = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if Instant::now() > end {
-            return Err("mosquitto did not listen".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok((child, port))
-}
-
 async fn mosquitto_ceiling(messages: usize, size: usize) -> Peer {
     let name = "mosquitto pass-through (1 pub -> broker -> 1 sub, QoS 1)".to_string();
-    let (_child, port) = match lossless_mosquitto().await {
+    let broker = match lossless_mosquitto() {
         Ok(m) => m,
         Err(note) => {
             return Peer {
@@ -404,32 +365,24 @@ async fn mosquitto_ceiling(messages: usize, size: usize) -> Peer {
             };
         }
     };
-    let (sub, mut sub_loop) =
-        AsyncClient::new(MqttOptions::new("ceiling-sub", "127.0.0.1", port), 1024);
-    let _ = sub.subscribe("ceiling/#", QoS::AtLeastOnce).await;
+    let url = broker_url(broker.addr());
+    let stop = CancellationToken::new();
+    let _stop_subscriber = stop.clone().drop_guard();
     let (done_tx, done) = tokio::sync::oneshot::channel();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut got, mut ready, mut done_tx) = (0usize, Some(ready_tx), Some(done_tx));
-        while let Ok(event) = sub_loop.poll().await {
-            match event {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Event::Incoming(Packet::Publish(_)) => {
-                    got += 1;
-                    if got == messages
-                        && let Some(d) = done_tx.take()
-                    {
-                        let _ = d.send(Instant::now());
-                    }
-                }
-                _ => {}
+    let (mut got, mut done_tx) = (0usize, Some(done_tx));
+    let ready = watch(
+        &url,
+        clean_session("ceiling-sub", "ceiling/#"),
+        stop,
+        move |_| {
+            got += 1;
+            if got == messages
+                && let Some(d) = done_tx.take()
+            {
+                let _ = d.send(Instant::now());
             }
-        }
-    });
+        },
+    );
     if tokio::time::timeout(Duration::from_secs(5), ready)
         .await
         .is_err()
@@ -440,9 +393,7 @@ async fn mosquitto_ceiling(messages: usize, size: usize) -> Peer {
             note: "subscriber did not connect".into(),
         };
     }
-    let (publisher, mut pub_loop) =
-        AsyncClient::new(MqttOptions::new("ceiling-pub", "127.0.0.1", port), 1024);
-    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let publisher = publisher(&url, "ceiling-pub", 1024);
     let payload = vec![b'x'; size];
     let t0 = Instant::now();
     for _ in 0..messages {
@@ -525,10 +476,11 @@ async fn node_red(messages: usize) -> Peer {
             "not installed (npm install -g node-red, or set NODE_RED, to compare)".into(),
         );
     };
-    let (_broker, port) = match lossless_mosquitto().await {
+    let broker = match lossless_mosquitto() {
         Ok(m) => m,
         Err(note) => return peer(None, note),
     };
+    let port = broker.port();
     let (Ok(dir), Ok(http)) = (tempfile::tempdir(), free_port()) else {
         return peer(None, "no temp dir or port".into());
     };
@@ -549,31 +501,39 @@ async fn node_red(messages: usize) -> Peer {
     if std::fs::write(dir.path().join("flows.json"), flow.to_string()).is_err() {
         return peer(None, "cannot write the flow".into());
     }
-    let child = Command::new(&command)
-        .arg("--userDir")
-        .arg(dir.path())
-        .arg("--port")
-        .arg(http.to_string())
-        .arg("flows.json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(child) = child else {
+    let node_red = ChildGuard::spawn(
+        Command::new(&command)
+            .arg("--userDir")
+            .arg(dir.path())
+            .arg("--port")
+            .arg(http.to_string())
+            .arg("flows.json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let Ok(_node_red) = node_red else {
         return peer(None, format!("{} did not start", command.display()));
     };
-    let _node_red = Kill(child);
 
-    let (client, mut eventloop) =
-        AsyncClient::new(MqttOptions::new("nodered-driver", "127.0.0.1", port), 4096);
-    let _ = client.subscribe("bench/#", QoS::AtLeastOnce).await;
+    let url = broker_url(broker.addr());
+    let client = publisher(&url, "nodered-driver", 4096);
+    let stop = CancellationToken::new();
+    let _stop_subscriber = stop.clone().drop_guard();
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = event {
-                let _ = tx.send((p.topic, Instant::now()));
-            }
-        }
-    });
+    let subscribed = watch(
+        &url,
+        clean_session("nodered-results", "bench/#"),
+        stop,
+        move |p| {
+            let _ = tx.send((p.topic.clone(), Instant::now()));
+        },
+    );
+    if tokio::time::timeout(Duration::from_secs(5), subscribed)
+        .await
+        .is_err()
+    {
+        return peer(None, "the result subscriber did not connect".into());
+    }
     // Warm up until the flow answers (it connects to the broker after start).
     let ready_by = Instant::now() + Duration::from_secs(60);
     let mut ready = false;

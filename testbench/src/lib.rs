@@ -8,4 +8,3 @@ pub mod bench;
 pub mod proxy;
 pub mod scenario;
 pub mod serial_fleet;
-mod watch;

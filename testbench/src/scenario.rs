@@ -38,22 +38,23 @@
 //! through a [`Proxy`] the timeline controls. Alerts are watched on the
 //! broker directly.
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eddy_firmware_host::faults::Fault;
 use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
+use eddy_gateway::config::BrokerUrl;
+use eddy_test_support::mqtt::{Subscription, watch};
+use eddy_test_support::process::GatewayProcess;
+use eddy_test_support::{Mosquitto, exactly_once, free_port, http};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::proxy::{Mode, Proxy};
-use crate::watch::watch;
 
 /// Why a scenario could not run (not a failed expectation).
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +67,6 @@ pub enum ScenarioError {
     Binary(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("gateway did not listen on {0} within 20 s")]
-    NotListening(SocketAddr),
     #[error("fleet: {0}")]
     Fleet(String),
     #[error("store: {0}")]
@@ -402,19 +401,14 @@ pub fn find_eddy() -> Result<PathBuf, ScenarioError> {
     ))
 }
 
-pub(crate) fn free_port() -> Result<u16, ScenarioError> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port())
-}
-
 /// The gateway under test, as a child process.
 pub(crate) struct GatewayChild {
     eddy: PathBuf,
     config: PathBuf,
     broker: SocketAddr,
     http: SocketAddr,
-    child: Option<Child>,
+    process: Option<GatewayProcess>,
+    /// The running process's id, for samplers.
     pid: Arc<Mutex<Option<u32>>>,
 }
 
@@ -457,7 +451,7 @@ impl GatewayChild {
                 config: path,
                 broker,
                 http: SocketAddr::from(([127, 0, 0, 1], http_port)),
-                child: None,
+                process: None,
                 pid: Arc::default(),
             },
             data_dir,
@@ -472,144 +466,31 @@ impl GatewayChild {
         *self.pid.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Starts the gateway; returns once its HTTP and broker ports listen.
     pub(crate) fn start(&mut self) -> Result<(), ScenarioError> {
-        let child = Command::new(&self.eddy)
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,rmqtt=error".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = Some(child.id());
-        self.child = Some(child);
-        // The HTTP port opens last; with the embedded broker, its public
-        // listener opens once ingest subscribed.
-        let end = Instant::now() + Duration::from_secs(20);
-        for addr in [self.http, self.broker] {
-            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-                if Instant::now() > end {
-                    return Err(ScenarioError::NotListening(addr));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let process = GatewayProcess::start(&self.eddy, &self.config, &[self.http, self.broker])?;
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = process.pid();
+        self.process = Some(process);
         Ok(())
     }
 
     pub(crate) fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut p) = self.process.take() {
+            p.kill();
         }
         *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// SIGTERM: the gateway commits what it holds and stops.
     pub(crate) fn stop(&mut self) -> Result<(), ScenarioError> {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let status = c.wait()?;
-            if !status.success() {
-                warn!(%status, "gateway did not stop cleanly");
-            }
+        if let Some(mut p) = self.process.take()
+            && let Some(status) = p.terminate()?
+            && !status.success()
+        {
+            warn!(%status, "gateway did not stop cleanly");
         }
         *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
-    }
-}
-
-impl Drop for GatewayChild {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// An external Mosquitto with the recommended settings
-/// (`deploy/mosquitto.conf`: persistence, deep queues), on a free port.
-struct Mosquitto {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-const MOSQUITTO_CONF: &str = include_str!("../../deploy/mosquitto.conf");
-
-impl Mosquitto {
-    fn start(dir: &Path) -> Result<Self, ScenarioError> {
-        std::fs::create_dir_all(dir)?;
-        // Started as root, Mosquitto drops to its own user, which must be
-        // able to write its persistence file here.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
-        let mut m = Self {
-            dir: dir.to_path_buf(),
-            port: free_port()?,
-            child: None,
-        };
-        m.launch()?;
-        Ok(m)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn launch(&mut self) -> Result<(), ScenarioError> {
-        let conf = self.dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\npersistence_location {}/\n{MOSQUITTO_CONF}\n",
-                self.port,
-                self.dir.display()
-            ),
-        )?;
-        let child =
-            spawn_mosquitto(&conf).map_err(|e| ScenarioError::Binary(format!("mosquitto: {e}")))?;
-        self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_err() {
-            if Instant::now() > end {
-                return Err(ScenarioError::NotListening(self.addr()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Mosquitto with the config file `conf`, quiet.
-pub(crate) fn spawn_mosquitto(conf: &Path) -> std::io::Result<Child> {
-    Command::new("mosquitto")
-        .arg("-c")
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -621,12 +502,14 @@ fn watch_alerts(broker: SocketAddr, stop: CancellationToken) -> Seen {
     let seen: Seen = Arc::default();
     let out = seen.clone();
     watch(
-        broker,
-        "testbench-alerts",
-        "eddy/v1/alerts/#",
+        &broker_url(broker),
+        clean_session("testbench-alerts", "eddy/v1/alerts/#"),
         stop,
-        move |payload| {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
+        move |p| {
+            if p.retain {
+                return;
+            }
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
                 let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
                 out.lock().unwrap_or_else(|e| e.into_inner()).push((
                     Instant::now(),
@@ -645,15 +528,38 @@ fn watch_alerts(broker: SocketAddr, stop: CancellationToken) -> Seen {
 fn watch_upstream(broker: SocketAddr, stop: CancellationToken) -> Arc<Mutex<Vec<u64>>> {
     let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
     let out = seqs.clone();
-    watch(broker, "testbench-upstream", "#", stop, move |payload| {
-        if let Some(seq) = serde_json::from_slice::<serde_json::Value>(payload)
-            .ok()
-            .and_then(|v| v["seq"].as_u64())
-        {
-            out.lock().unwrap_or_else(|e| e.into_inner()).push(seq);
-        }
-    });
+    watch(
+        &broker_url(broker),
+        clean_session("testbench-upstream", "#"),
+        stop,
+        move |p| {
+            if p.retain {
+                return;
+            }
+            if let Some(seq) = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+            {
+                out.lock().unwrap_or_else(|e| e.into_inner()).push(seq);
+            }
+        },
+    );
     seqs
+}
+
+/// A broker address as the MQTT clients take it.
+pub(crate) fn broker_url(addr: SocketAddr) -> BrokerUrl {
+    BrokerUrl::tcp(addr.ip().to_string(), addr.port())
+}
+
+/// A watcher's subscription on a clean session: it sees what is published
+/// while it is connected.
+pub(crate) fn clean_session(client_id: &str, filter: &str) -> Subscription {
+    Subscription {
+        client_id: client_id.into(),
+        filter: filter.into(),
+        persistent: false,
+    }
 }
 
 /// Samples the gateway's resident memory (KiB) every 200 ms.
@@ -778,24 +684,6 @@ async fn command_reboot(broker: SocketAddr, devices: &[String]) {
     let _ = task.await;
 }
 
-/// A counter from the gateway's `/metrics`.
-async fn metric(http: SocketAddr, name: &str) -> Option<u64> {
-    let addr = http.to_string();
-    let (_, body) = eddy_gateway::client::exchange(
-        &addr,
-        hyper::Method::GET,
-        "/metrics",
-        "text/plain",
-        Vec::new(),
-        Duration::from_secs(5),
-    )
-    .await
-    .ok()?;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 async fn malformed(broker: SocketAddr, count: usize) {
     let (client, mut eventloop) = AsyncClient::new(
         MqttOptions::new("testbench-garbage", broker.ip().to_string(), broker.port()),
@@ -827,15 +715,11 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
     let mut mosquitto = match scenario.gateway.broker {
-        BrokerKind::Mosquitto => Some(tokio::task::block_in_place(|| {
-            Mosquitto::start(&dir.path().join("mosquitto"))
-        })?),
+        BrokerKind::Mosquitto => Some(tokio::task::block_in_place(Mosquitto::start)?),
         BrokerKind::Embedded => None,
     };
     let upstream_broker = match scenario.gateway.upstream {
-        true => Some(tokio::task::block_in_place(|| {
-            Mosquitto::start(&dir.path().join("upstream"))
-        })?),
+        true => Some(tokio::task::block_in_place(Mosquitto::start)?),
         false => None,
     };
     let upstream_proxy = match &upstream_broker {
@@ -951,13 +835,13 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
     }
     // Windows close and alerts go out within window + lateness.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let duplicates = metric(http, "eddy_frames_duplicate_total").await;
+    let duplicates = http::scrape(http, "eddy_frames_duplicate_total").await;
     // The upstream sink catches up once its link is back.
     let mut upstream_lag = None;
     if scenario.expect.upstream_complete {
         let end = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            upstream_lag = metric(http, "eddy_sink_lag_records{sink=\"upstream\"}").await;
+            upstream_lag = http::scrape(http, "eddy_sink_lag_records{sink=\"upstream\"}").await;
             if upstream_lag == Some(0) || tokio::time::Instant::now() > end {
                 break;
             }
@@ -1088,56 +972,17 @@ fn alert_within(
 pub(crate) fn no_loss(store: &Path, report: &FleetReport) -> Result<Check, ScenarioError> {
     let store =
         eddy_gateway::store::Store::open(store).map_err(|e| ScenarioError::Store(e.to_string()))?;
-    let mut frames: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
-    let mut readings: BTreeMap<String, u64> = BTreeMap::new();
-    let mut previous: Option<(String, (u32, u32))> = None;
-    store
-        .for_each_sample(|_, s| {
-            *readings.entry(s.device.clone()).or_insert(0) += 1;
-            if let Some(f) = s.frame {
-                // A frame's readings are stored together: count it once.
-                let key = (s.device.clone(), f);
-                if previous.as_ref() != Some(&key) {
-                    frames.entry(s.device.clone()).or_default().push(f);
-                    previous = Some(key);
-                }
-            }
-        })
-        .map_err(|e| ScenarioError::Store(e.to_string()))?;
-    let mut problems = Vec::new();
-    for d in &report.devices {
-        let mut got = frames.remove(&d.device).unwrap_or_default();
-        got.sort_unstable();
-        let mut expected: Vec<(u32, u32)> = d
-            .boots
-            .iter()
-            .flat_map(|&(boot, n)| (0..n).map(move |s| (boot, s)))
-            .collect();
-        expected.sort_unstable();
-        if got != expected {
-            let dups = got.windows(2).filter(|w| w[0] == w[1]).count();
-            let missing = expected.len().saturating_sub(got.len() - dups);
-            problems.push(format!(
-                "{}: sent {}, stored {} frames ({dups} duplicates, {missing} missing)",
-                d.device,
-                d.sent,
-                got.len()
-            ));
-        } else if readings.get(&d.device).copied().unwrap_or(0) != d.readings {
-            problems.push(format!("{}: stored readings differ", d.device));
-        }
-    }
+    let verdict = exactly_once::check(&store, report);
     Ok(Check {
         name: "no sample lost or doubled".into(),
-        passed: problems.is_empty(),
-        detail: if problems.is_empty() {
-            format!(
+        passed: verdict.is_ok(),
+        detail: match verdict {
+            Ok(()) => format!(
                 "{} frames, {} readings",
                 report.frames_sent(),
                 report.readings_sent()
-            )
-        } else {
-            problems.join("; ")
+            ),
+            Err(problems) => problems.join("; "),
         },
     })
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use eddy_firmware_host::serial::{SerialDeviceConfig, run_serial_device};
 use eddy_firmware_host::{FleetConfig, FleetReport};
 use tokio::task::JoinSet;
-use tokio_serial::{SerialPort, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 /// Runs `fleet` (size, rate, sensors, duration) on ptys linked in `dir`.
@@ -26,16 +25,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     for index in 0..fleet.devices {
         let id = fleet.device_id(index);
-        let (master, slave) = SerialStream::pair()?;
-        let name = slave
-            .name()
-            .ok_or_else(|| anyhow::anyhow!("pty without a name"))?;
-        let link = dir.join(&id);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&name, &link)?;
-        // The gateway opens the slave by its path; this handle keeps the
-        // pty alive until then.
-        std::mem::forget(slave);
+        let master = eddy_test_support::pty::plug(&dir.join(&id))?;
         let config = SerialDeviceConfig {
             device: id,
             interval_ms,

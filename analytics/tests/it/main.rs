@@ -1,0 +1,7 @@
+//! The integration tests of `eddy-analytics`, one test binary: a module per
+//! behaviour (`cargo test -p eddy-analytics --test it`).
+
+mod alerts;
+mod engine;
+mod polars_oracle;
+mod sql;

@@ -1,0 +1,201 @@
+//! The `eddy` binary at its edges: run, stop on Ctrl-C, bad configs, check.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use eddy_test_support::process::ChildGuard;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+fn eddy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_eddy"))
+}
+
+#[test]
+fn run_ingests_and_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("eddy.toml");
+    std::fs::write(
+        &config,
+        "[broker]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("write config");
+    // Killed if the test fails early.
+    let mut guard = ChildGuard::spawn(
+        eddy()
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .expect("eddy starts");
+    let child = guard.get_mut().expect("running");
+
+    // The log (stderr) says where the embedded broker listens. A reader
+    // thread keeps the pipe drained, so the test never blocks on it.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let port: u16 = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no listening line in {log:?}"));
+        let port = line
+            .contains("MQTT broker listening")
+            .then(|| line.split("addr=127.0.0.1:").nth(1))
+            .flatten()
+            .and_then(|p| p.trim().parse().ok());
+        log.push(line);
+        if let Some(port) = port {
+            break port;
+        }
+    };
+
+    // Publish JSON telemetry and wait for the broker's acknowledgements.
+    let (client, mut connection) = Client::new(MqttOptions::new("cli-test", "127.0.0.1", port), 64);
+    for i in 0..20 {
+        client
+            .publish(
+                "eddy/v1/cli-dev/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                format!("{{\"t\": {i}}}"),
+            )
+            .expect("queued");
+    }
+    let mut acked = 0;
+    for event in connection.iter() {
+        match event {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => panic!("publisher: {e}"),
+        }
+        if acked == 20 {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Ctrl-C: the gateway drains, commits and exits 0.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "eddy did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit {exit:?}");
+    reader.join().expect("reader thread");
+    log.extend(rx.try_iter());
+    assert!(log.iter().any(|l| l.contains("shutting down")), "{log:?}");
+
+    let store =
+        eddy_gateway::store::Store::open(&dir.path().join("data").join(eddy_gateway::STORE_FILE))
+            .expect("store reopens after a clean stop");
+    assert_eq!(store.sample_count().expect("readable"), 20);
+}
+
+#[test]
+fn a_bad_config_exits_non_zero_and_names_the_problem() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("eddy.toml");
+    std::fs::write(&config, "[engine]\nwindow = \"0s\"\n").expect("write");
+    for args in [vec!["run", "--config"], vec!["check"]] {
+        let out = eddy().args(&args).arg(&config).output().expect("runs");
+        assert!(!out.status.success(), "{args:?} accepted a bad config");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("engine.window"), "{args:?}: {stderr}");
+    }
+    let out = eddy()
+        .args(["run", "--broker", "ftp://x"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broker.url"));
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/eddy.toml");
+    let out = eddy().arg("check").arg(&example).output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 rules)"));
+}
+
+#[test]
+fn a_garbage_or_truncated_store_file_exits_non_zero_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let store = data.join("eddy.redb");
+    let config = dir.path().join("eddy.toml");
+    std::fs::write(
+        &config,
+        "[broker]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("write config");
+    let run = || {
+        eddy()
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("runs")
+    };
+    // A real store, cut short.
+    {
+        let s = eddy_gateway::store::Store::open(&store).expect("creates");
+        let samples: Vec<_> = (0..3000)
+            .map(|i| eddy_gateway::store::StoredSample {
+                device: "d".into(),
+                metric: "m".into(),
+                ts_ms: i,
+                value: 0.0,
+                frame: None,
+            })
+            .collect();
+        let batch = eddy_gateway::store::Batch {
+            samples,
+            ..Default::default()
+        };
+        s.commit_batch(&batch, eddy_gateway::store::Limits::NONE)
+            .expect("commits");
+    }
+    let len = std::fs::metadata(&store).expect("stat").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&store)
+        .and_then(|f| f.set_len(len / 3))
+        .expect("truncate");
+    for (case, contents) in [("truncated", None), ("garbage", Some(vec![0xA5u8; 8192]))] {
+        if let Some(bytes) = contents {
+            std::fs::write(&store, bytes).expect("write garbage");
+        }
+        let out = run();
+        assert!(!out.status.success(), "{case} store accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("eddy.redb"), "{case}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+    }
+}

@@ -1,0 +1,46 @@
+//! GET requests to a gateway's HTTP listener, and values from its
+//! `/metrics` (Prometheus text).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use eddy_gateway::client::{ClientError, exchange};
+
+/// Longest wait for an answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// GET `path` from `addr`: the status code and the body as text.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), ClientError> {
+    let (status, body) = exchange(
+        &addr.to_string(),
+        hyper::Method::GET,
+        path,
+        "text/plain",
+        Vec::new(),
+        TIMEOUT,
+    )
+    .await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// [`get`], for tests: panics when there is no answer.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// The value of the metric line `name` (unlabelled, or with its labels
+/// spelled out: `eddy_sink_lag_records{sink="upstream"}`) in `/metrics`
+/// text.
+pub fn metric(body: &str, name: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// [`metric`] `name` from the `/metrics` of the gateway at `addr`; `None`
+/// if it did not answer or has no such line.
+pub async fn scrape(addr: SocketAddr, name: &str) -> Option<u64> {
+    let (_, body) = get(addr, "/metrics").await.ok()?;
+    metric(&body, name)
+}
