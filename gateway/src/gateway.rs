@@ -190,7 +190,7 @@ impl Gateway {
             requests: Arc::new(tokio::sync::Mutex::new(request_rx)),
             store: store.clone(),
             ingest: config.ingest.clone(),
-            acker: source.acker,
+            acker: Arc::new(source.acker),
             local,
             outbox: config.upstream.is_some(),
             limits: config.store_limits(),

@@ -11,10 +11,10 @@
 use std::collections::HashSet;
 
 use eddy_analytics::Sample;
-use rumqttc::Publish;
 use tracing::{debug, warn};
 
 use super::Pipeline;
+use crate::sources::Message;
 use crate::config::{FullPolicy, TimeMode};
 use crate::decode::{self, DecodeError};
 use crate::sequencer::Verdict;
@@ -35,7 +35,7 @@ pub(super) struct Admitted {
 
 impl Pipeline {
     /// Decodes and admits `batch` at wall-clock time `now_ms`.
-    pub(super) fn admit(&mut self, batch: &[Publish], now_ms: i64) -> Admitted {
+    pub(super) fn admit(&mut self, batch: &[Message], now_ms: i64) -> Admitted {
         let mut admitted = Admitted {
             samples: Vec::with_capacity(batch.len() * 2),
             stored: Vec::with_capacity(batch.len() * 2),

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_analytics::{Engine, EngineConfig, LiveQuery, Output, Sample};
-use rumqttc::Publish;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -25,7 +24,7 @@ use crate::rules::actions::{Dispatch, Webhooks};
 use crate::rules::{Compiled, Registry};
 use crate::sequencer::Sequencer;
 use crate::sinks::local::LocalPublisher;
-use crate::sources::mqtt::Acker;
+use crate::sources::{Acknowledger, Message};
 use crate::stats::{self, Stats};
 use crate::store::{Limits, OutboxRecord, Store, StoreError, StoredSample};
 
@@ -70,8 +69,8 @@ pub struct PipelineParts {
     pub requests: RequestInbox,
     pub store: Store,
     pub ingest: IngestConfig,
-    /// Acknowledges ingest messages.
-    pub acker: Acker,
+    /// The source's acknowledging end.
+    pub acker: Acknowledger,
     pub local: LocalPublisher,
     /// Whether results go to the outbox (an upstream sink exists).
     pub outbox: bool,
@@ -198,7 +197,7 @@ pub struct Pipeline {
 
 /// The channel from the ingest source, shared by successive pipeline
 /// runs: a restarted pipeline continues where the failed one stopped.
-pub type Inbox = Arc<tokio::sync::Mutex<mpsc::Receiver<Publish>>>;
+pub type Inbox = Arc<tokio::sync::Mutex<mpsc::Receiver<Message>>>;
 
 fn wall_ms() -> i64 {
     SystemTime::now()
@@ -215,7 +214,7 @@ impl Pipeline {
         let mut requests = requests.lock().await;
         let mut snapshots = tokio::time::interval(self.parts.engine_section.snapshot_every);
         snapshots.tick().await;
-        let mut batch: Vec<Publish> = Vec::with_capacity(self.parts.ingest.batch_size);
+        let mut batch: Vec<Message> = Vec::with_capacity(self.parts.ingest.batch_size);
         let mut deadline: Option<Instant> = None;
         let mut last_arrival = Instant::now();
         let mut idle = tokio::time::interval(IDLE_TICK);
@@ -327,7 +326,7 @@ impl Pipeline {
     /// acknowledge and publish.
     async fn flush(
         &mut self,
-        batch: &mut Vec<Publish>,
+        batch: &mut Vec<Message>,
         out: &mut Output,
     ) -> Result<(), PipelineError> {
         if batch.is_empty() {
@@ -351,7 +350,7 @@ impl Pipeline {
     async fn commit_and_publish(
         &mut self,
         stored: Vec<StoredSample>,
-        messages: &mut Vec<Publish>,
+        messages: &mut Vec<Message>,
         out: &Output,
     ) -> Result<(), PipelineError> {
         let windows: Vec<Rendered> = out.windows.iter().map(|w| self.render_window(w)).collect();

@@ -8,26 +8,20 @@
 
 use eddy_analytics::{AlertState, Output};
 use eddy_proto::{Ack, Frame};
-use rumqttc::Publish;
 use tracing::warn;
 
 use super::Pipeline;
 use super::render::Rendered;
 use crate::rules::actions::{Dispatch, Effects};
+use crate::sources::{AckToken, Message};
 use crate::stats;
 
 impl Pipeline {
     /// Acknowledges the batch's messages to their source.
-    pub(super) fn acknowledge(&self, messages: &mut Vec<Publish>) {
-        let unacked = messages
-            .drain(..)
-            .filter(|m| self.parts.acker.ack(m).is_err())
-            .count();
-        if unacked > 0 {
-            warn!(
-                unacked,
-                "acknowledgements not sent; the broker will redeliver"
-            );
+    pub(super) fn acknowledge(&self, messages: &mut Vec<Message>) {
+        let tokens: Vec<AckToken> = messages.drain(..).map(|m| m.ack).collect();
+        if let Err(e) = self.parts.acker.acknowledge(&tokens) {
+            warn!(error = %e, "the source will redeliver what was not acknowledged");
         }
     }
 

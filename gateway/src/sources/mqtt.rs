@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::{AckError, AckToken, Acknowledge, Message};
 use crate::config::{BrokerUrl, IngestConfig};
 use crate::sinks::backoff;
 use crate::stats::{self, Stats};
@@ -48,11 +49,44 @@ pub fn filters(config: &IngestConfig) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct Acker(Arc<RwLock<AsyncClient>>);
 
-impl Acker {
-    /// Acknowledges `message` to the broker.
-    pub fn ack(&self, message: &Publish) -> Result<(), rumqttc::ClientError> {
+/// A publish as the pipeline sees it: its topic, payload, and a token of
+/// its QoS and packet id (all a PUBACK or PUBREC needs).
+pub fn message(p: Publish) -> Message {
+    let qos = match p.qos {
+        QoS::AtMostOnce => 0u64,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    };
+    Message {
+        topic: p.topic,
+        payload: p.payload,
+        ack: AckToken(qos << 16 | u64::from(p.pkid)),
+    }
+}
+
+impl Acknowledge for Acker {
+    fn acknowledge(&self, tokens: &[AckToken]) -> Result<(), AckError> {
         let client = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
-        client.try_ack(message)
+        let mut failed = 0;
+        let mut reason = String::new();
+        for token in tokens {
+            let qos = match token.0 >> 16 {
+                0 => continue,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            };
+            // The ack names only the packet id; topic and payload are not sent.
+            let mut p = Publish::new("", qos, Vec::new());
+            p.pkid = (token.0 & 0xffff) as u16;
+            if let Err(e) = client.try_ack(&p) {
+                failed += 1;
+                reason = e.to_string();
+            }
+        }
+        match failed {
+            0 => Ok(()),
+            _ => Err(AckError { failed, reason }),
+        }
     }
 }
 
@@ -75,7 +109,7 @@ struct Shared {
     config: IngestConfig,
     /// The pipeline's channel. Taken (dropped) at shutdown, so the channel
     /// closes once the running session drops its clone too.
-    tx: Mutex<Option<mpsc::Sender<Publish>>>,
+    tx: Mutex<Option<mpsc::Sender<Message>>>,
     acker: Arc<RwLock<AsyncClient>>,
     subscribed: watch::Sender<bool>,
     stats: Arc<Stats>,
@@ -107,7 +141,7 @@ fn client(broker: &BrokerUrl, config: &IngestConfig) -> (AsyncClient, rumqttc::E
 pub fn spawn(
     broker: &BrokerUrl,
     config: &IngestConfig,
-    tx: mpsc::Sender<Publish>,
+    tx: mpsc::Sender<Message>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     drained: CancellationToken,
@@ -157,7 +191,7 @@ async fn run(
     let mut failures = 0u32;
     let mut pending_subacks = 0usize;
     let mut tx = shared.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let close = |tx: &mut Option<mpsc::Sender<Publish>>| {
+    let close = |tx: &mut Option<mpsc::Sender<Message>>| {
         // Close the channel: the pipeline drains and acknowledges.
         *tx = None;
         shared.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -177,7 +211,7 @@ async fn run(
                 // the broker keeps it for the next start.
                 let Some(sender) = &tx else { continue };
                 tokio::select! {
-                    r = sender.send(p) => match r {
+                    r = sender.send(message(p)) => match r {
                         Ok(()) => stats::add(&stats.messages_received, 1),
                         Err(_) => break,
                     },
