@@ -4,4 +4,5 @@
 mod alerts;
 mod engine;
 mod polars_oracle;
+mod snapshot_fixture;
 mod sql;

@@ -14,10 +14,10 @@ use eddy_analytics::Sample;
 use tracing::{debug, warn};
 
 use super::Pipeline;
-use crate::sources::Message;
 use crate::config::{FullPolicy, TimeMode};
 use crate::decode::{self, DecodeError};
 use crate::sequencer::Verdict;
+use crate::sources::Message;
 use crate::stats;
 use crate::store::StoredSample;
 
