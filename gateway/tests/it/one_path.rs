@@ -171,7 +171,7 @@ async fn a_misspelled_table_is_refused_by_every_path_with_its_place() {
         assert!(!out.status.success(), "{args:?} accepted it");
         let err = stderr(&out);
         assert!(
-            err.contains(&format!("rules.d/typo.toml:2:3")) && err.contains("unknown field `rule`"),
+            err.contains("rules.d/typo.toml:2:3") && err.contains("unknown field `rule`"),
             "{args:?}: {err}"
         );
     }
