@@ -15,8 +15,8 @@ use eddy_analytics::{
     Aggregate, Aggregates, AlertEvent, AlertState, Engine, EngineConfig, Late, LiveQuery, Output,
     Sample, WindowResult,
 };
+use eddy_mqtt::Publish;
 use eddy_proto::{Ack, CommandFrame, Frame};
-use rumqttc::Publish;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;

@@ -24,10 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eddy_firmware_host::{FleetConfig, run_fleet};
+use eddy_mqtt::{AsyncClient, BrokerUrl, Connector, Delivery, Discard, Pump, QoS};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -317,17 +317,12 @@ async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) ->
             let _ = tx.send((Instant::now(), state));
         },
     );
-    if tokio::time::timeout(Duration::from_secs(5), ready)
-        .await
-        .is_err()
-    {
+    if ready.wait(Duration::from_secs(5)).await.is_err() {
         return histogram;
     }
-    let (publisher, mut pub_loop) = AsyncClient::new(
-        MqttOptions::new("bench-probe", broker.ip().to_string(), broker.port()),
-        64,
-    );
-    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let (publisher, _) = Connector::new(&BrokerUrl::from(broker), "bench-probe")
+        .request_capacity(64)
+        .spawn(&Pump::new().stop_on_error(), Discard, stop.clone());
     let mut hot = true;
     while !stop.is_cancelled() {
         let ts = std::time::SystemTime::now()
@@ -404,45 +399,38 @@ async fn mosquitto_ceiling(messages: usize, size: usize) -> Peer {
             };
         }
     };
-    let (sub, mut sub_loop) =
-        AsyncClient::new(MqttOptions::new("ceiling-sub", "127.0.0.1", port), 1024);
-    let _ = sub.subscribe("ceiling/#", QoS::AtLeastOnce).await;
+    // Both clients end with this function, or at their first error.
+    let stop = CancellationToken::new();
+    let _stop_clients = stop.clone().drop_guard();
+    let url = BrokerUrl::tcp("127.0.0.1", port);
     let (done_tx, done) = tokio::sync::oneshot::channel();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut got, mut ready, mut done_tx) = (0usize, Some(ready_tx), Some(done_tx));
-        while let Ok(event) = sub_loop.poll().await {
-            match event {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
+    let (mut got, mut done_tx) = (0usize, Some(done_tx));
+    let subscriber = Pump::new()
+        .subscribe("ceiling/#", QoS::AtLeastOnce)
+        .stop_on_error();
+    let (_, sub) = Connector::new(&url, "ceiling-sub").spawn(
+        &subscriber,
+        move |delivery: Delivery| {
+            if let Delivery::Message(_) = delivery {
+                got += 1;
+                if got == messages
+                    && let Some(d) = done_tx.take()
+                {
+                    let _ = d.send(Instant::now());
                 }
-                Event::Incoming(Packet::Publish(_)) => {
-                    got += 1;
-                    if got == messages
-                        && let Some(d) = done_tx.take()
-                    {
-                        let _ = d.send(Instant::now());
-                    }
-                }
-                _ => {}
             }
-        }
-    });
-    if tokio::time::timeout(Duration::from_secs(5), ready)
-        .await
-        .is_err()
-    {
+        },
+        stop.clone(),
+    );
+    if sub.ready.wait(Duration::from_secs(5)).await.is_err() {
         return Peer {
             name,
             messages_per_s: None,
             note: "subscriber did not connect".into(),
         };
     }
-    let (publisher, mut pub_loop) =
-        AsyncClient::new(MqttOptions::new("ceiling-pub", "127.0.0.1", port), 1024);
-    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    let (publisher, _) =
+        Connector::new(&url, "ceiling-pub").spawn(&Pump::new().stop_on_error(), Discard, stop);
     let payload = vec![b'x'; size];
     let t0 = Instant::now();
     for _ in 0..messages {
@@ -563,17 +551,23 @@ async fn node_red(messages: usize) -> Peer {
     };
     let _node_red = Kill(child);
 
-    let (client, mut eventloop) =
-        AsyncClient::new(MqttOptions::new("nodered-driver", "127.0.0.1", port), 4096);
-    let _ = client.subscribe("bench/#", QoS::AtLeastOnce).await;
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = event {
-                let _ = tx.send((p.topic, Instant::now()));
-            }
-        }
-    });
+    let stop = CancellationToken::new();
+    let _stop_driver = stop.clone().drop_guard();
+    let driver = Pump::new()
+        .subscribe("bench/#", QoS::AtLeastOnce)
+        .stop_on_error();
+    let (client, _) = Connector::new(&BrokerUrl::tcp("127.0.0.1", port), "nodered-driver")
+        .request_capacity(4096)
+        .spawn(
+            &driver,
+            move |delivery: Delivery| {
+                if let Delivery::Message(p) = delivery {
+                    let _ = tx.send((p.topic, Instant::now()));
+                }
+            },
+            stop,
+        );
     // Warm up until the flow answers (it connects to the broker after start).
     let ready_by = Instant::now() + Duration::from_secs(60);
     let mut ready = false;
