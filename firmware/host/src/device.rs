@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_firmware::{Backlog, Link, Node, Outputs, Readings, Sensor, SensorError};
-use eddy_mqtt::{AsyncClient, BrokerUrl, Connector, Delivery, Handler, Pump, QoS, Ready};
+use eddy_mqtt::{AsyncClient, BrokerUrl, Connector, Delivery, Handler, Pump, QoS};
 use eddy_proto::{Frame, MAX_FRAME_LEN, Reading, Telemetry, topic};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -107,6 +107,8 @@ pub const RESEND_AFTER: Duration = Duration::from_secs(2);
 enum LinkEvent {
     /// A (re)connection: subscriptions are renewed, the backlog resent.
     Connected,
+    /// The connection failed: frames wait in the backlog.
+    Lost,
     /// A frame on the device's ack or command topic.
     Frame(Vec<u8>),
 }
@@ -125,7 +127,10 @@ impl Handler for LinkEvents {
             Delivery::Message(p) => {
                 let _ = self.0.try_send(LinkEvent::Frame(p.payload.to_vec()));
             }
-            Delivery::Lost { .. } | Delivery::Sent { .. } | Delivery::Acked { .. } => {}
+            Delivery::Lost { .. } => {
+                let _ = self.0.send(LinkEvent::Lost).await;
+            }
+            Delivery::Sent { .. } | Delivery::Acked { .. } => {}
         }
         ControlFlow::Continue(())
     }
@@ -305,6 +310,9 @@ impl SimDevice {
         let mut resend_check = tokio::time::interval(RESEND_AFTER / 4);
         let resend_ms = u64::try_from(RESEND_AFTER.as_millis()).unwrap_or(u64::MAX);
         let mut sampling = true;
+        // Set once the loop has handled the connection (and resent the
+        // backlog), so a frame sampled meanwhile is sent once, not twice.
+        let mut connected = false;
         // Draining starts when sampling stops (deadline or `stop`).
         let mut drain_deadline = deadline + cfg.drain_timeout;
         // Set while a reboot waits for the backlog to drain.
@@ -339,17 +347,19 @@ impl SimDevice {
             tokio::select! {
                 () = tokio::time::sleep_until(reboot_until), if rebooting.is_some() => {}
                 () = tokio::time::sleep(wait), if sample_now => {
-                    self.sample_and_send(&client, &topics, &net.ready, now_ms());
+                    self.sample_and_send(&client, &topics, connected, now_ms());
                 }
                 Some(event) = link_rx.recv() => match event {
                     LinkEvent::Connected => {
+                        connected = true;
                         let _ = client.try_publish(&topics.status, QoS::AtMostOnce, true, "online");
                         self.resend(&client, &topics, now_ms());
                     }
+                    LinkEvent::Lost => connected = false,
                     LinkEvent::Frame(payload) => self.on_frame(&client, &topics, &payload, now_ms()),
                 },
                 _ = resend_check.tick() => {
-                    if net.ready.status().connected && self.backlog.timed_out(now_ms(), resend_ms) {
+                    if connected && self.backlog.timed_out(now_ms(), resend_ms) {
                         self.resend(&client, &topics, now_ms());
                     }
                 }
@@ -395,7 +405,7 @@ impl SimDevice {
         &mut self,
         client: &AsyncClient,
         topics: &Topics,
-        link: &Ready,
+        connected: bool,
         now_ms: u64,
     ) {
         let Some(mut telemetry) = self.sample(now_ms) else {
@@ -405,7 +415,7 @@ impl SimDevice {
         self.report.sent += 1;
         self.boot_sent += 1;
         self.report.readings += telemetry.readings.len() as u64;
-        if link.status().connected {
+        if connected {
             Self::publish(client, &topics.telemetry, &telemetry);
         }
     }
