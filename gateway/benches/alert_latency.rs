@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use eddy_gateway::Gateway;
 use eddy_gateway::demo::demo_config;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use eddy_mqtt::{Connector, Delivery, Discard, Pump, QoS};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 const RULE: &str = "[[rules]]\nname = \"crossing\"\n\
     sql = \"SELECT device, max(temperature) FROM telemetry GROUP BY device, COUNT(1) HAVING max(temperature) > 50\"\n";
@@ -45,35 +46,33 @@ async fn run(crossings: usize, batch_delay: Duration) -> anyhow::Result<()> {
     let gateway = Gateway::start(config).await?;
     let broker = gateway.broker().clone();
 
-    let (sub, mut sub_loop) = AsyncClient::new(
-        MqttOptions::new("latency-sub", broker.host.clone(), broker.port),
-        1024,
-    );
-    sub.subscribe("eddy/v1/alerts/#", QoS::AtLeastOnce).await?;
+    // Both clients end with this run, or at their first connection error.
+    let stop = CancellationToken::new();
+    let _stop_clients = stop.clone().drop_guard();
     let (tx, mut alerts) = mpsc::unbounded_channel();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        while let Ok(event) = sub_loop.poll().await {
-            match event {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Event::Incoming(Packet::Publish(p)) if !p.retain => {
-                    let _ = tx.send((Instant::now(), p.payload.to_vec()));
-                }
-                _ => {}
+    let subscriber = Pump::new()
+        .subscribe("eddy/v1/alerts/#", QoS::AtLeastOnce)
+        .stop_on_error();
+    let (_, sub) = Connector::new(&broker, "latency-sub").spawn(
+        &subscriber,
+        move |delivery: Delivery| {
+            if let Delivery::Message(p) = delivery
+                && !p.retain
+            {
+                let _ = tx.send((Instant::now(), p.payload.to_vec()));
             }
-        }
-    });
-    ready.await.context("subscribed")?;
-    let (publisher, mut pub_loop) = AsyncClient::new(
-        MqttOptions::new("latency-pub", broker.host.clone(), broker.port),
-        1024,
+        },
+        stop.clone(),
     );
-    tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    sub.ready
+        .wait(Duration::from_secs(10))
+        .await
+        .context("subscribed")?;
+    let (publisher, _) = Connector::new(&broker, "latency-pub").spawn(
+        &Pump::new().stop_on_error(),
+        Discard,
+        stop.clone(),
+    );
 
     let mut latencies = Vec::with_capacity(crossings);
     let t0 = 1_700_000_000_000i64;

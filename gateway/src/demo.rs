@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use eddy_analytics::Aggregate;
 use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use eddy_mqtt::{Connector, Delivery, Pump, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::Gateway;
@@ -82,31 +82,29 @@ pub async fn run(
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let watcher_stop = CancellationToken::new();
     let watcher = {
-        let mut options = MqttOptions::new("eddy-demo-watch", broker.host.clone(), broker.port);
-        options.set_keep_alive(Duration::from_secs(10));
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        client
+        let pump = Pump::new()
             .subscribe(format!("{prefix}/alerts/#"), QoS::AtLeastOnce)
-            .await
-            .context("subscribing to alerts")?;
-        let stop = watcher_stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    e = eventloop.poll() => e,
-                    () = stop.cancelled() => break,
-                };
-                match event {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
+            .reconnect(Duration::from_millis(100), Duration::from_millis(100));
+        let (_, watcher) = Connector::new(&broker, "eddy-demo-watch")
+            .keep_alive(Duration::from_secs(10))
+            .request_capacity(64)
+            .spawn(
+                &pump,
+                move |delivery: Delivery| {
+                    if let Delivery::Message(p) = delivery {
                         let line = alert_line(&p.payload);
                         print(&line);
                         let _ = seen_tx.send(line);
                     }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        })
+                },
+                watcher_stop.clone(),
+            );
+        watcher
+            .ready
+            .wait(Duration::from_secs(10))
+            .await
+            .context("subscribing to alerts")?;
+        watcher.task
     };
 
     let started = Instant::now();

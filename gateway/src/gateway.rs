@@ -6,7 +6,7 @@ use std::sync::Arc;
 use eddy_analytics::EngineError;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -76,7 +76,7 @@ pub struct Gateway {
     upstream: Option<JoinHandle<()>>,
     /// Every other task: sources' pumps, publishers, HTTP, watchers.
     tasks: Tasks,
-    subscribed: watch::Receiver<bool>,
+    subscribed: eddy_mqtt::Ready,
     embedded: Option<EmbeddedBroker>,
     http: Option<SocketAddr>,
 }
@@ -102,16 +102,16 @@ impl Gateway {
         let (embedded, broker) = match &config.broker.url {
             Some(url) => (
                 None,
-                BrokerUrl::parse(url).map_err(|reason| {
+                BrokerUrl::parse(url).map_err(|e| {
                     ConfigError::Invalid(PlacedErrors(vec![Placed {
                         field: Some("broker.url".into()),
-                        ..Placed::unplaced("config", None, reason)
+                        ..Placed::unplaced("config", None, e.to_string())
                     }]))
                 })?,
             ),
             None => {
                 let b = EmbeddedBroker::start(&config.broker).await?;
-                let url = client_url(b.internal_addr());
+                let url = BrokerUrl::from(b.internal_addr());
                 (Some(b), url)
             }
         };
@@ -291,7 +291,7 @@ impl Gateway {
             upstream,
             tasks,
             http,
-            subscribed: source.subscribed,
+            subscribed: source.ready,
             embedded,
         };
         // Devices may connect only once ingest is subscribed: open the
@@ -300,7 +300,7 @@ impl Gateway {
         if gateway.embedded.is_some() {
             gateway.subscribed(Duration::from_secs(10)).await?;
             if let Some(b) = gateway.embedded.as_mut() {
-                gateway.broker = client_url(b.open()?);
+                gateway.broker = BrokerUrl::from(b.open()?);
             }
         }
         Ok(gateway)
@@ -308,14 +308,13 @@ impl Gateway {
 
     /// Waits until the ingest session is connected and subscribed.
     pub async fn subscribed(&self, timeout: Duration) -> Result<(), GatewayError> {
-        let mut rx = self.subscribed.clone();
-        match tokio::time::timeout(timeout, rx.wait_for(|s| *s)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(GatewayError::NotSubscribed {
+        self.subscribed
+            .wait(timeout)
+            .await
+            .map_err(|_| GatewayError::NotSubscribed {
                 broker: format!("{}:{}", self.broker.host, self.broker.port),
                 waited: timeout,
-            }),
-        }
+            })
     }
 
     /// Where devices and local consumers connect (the embedded broker's
@@ -387,15 +386,4 @@ impl Gateway {
         self.tasks.stop().await;
         result
     }
-}
-
-/// The address a client uses for a listener (a wildcard listener is
-/// reached on loopback).
-fn client_url(addr: SocketAddr) -> BrokerUrl {
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
-    };
-    BrokerUrl::tcp(host, addr.port())
 }

@@ -27,6 +27,7 @@ pub mod sources;
 pub mod stats;
 pub mod store;
 pub mod supervisor;
-pub mod tls;
+/// TLS client set-up lives with the MQTT transport.
+pub use eddy_mqtt::tls;
 
 pub use gateway::{Gateway, GatewayError, STORE_FILE};

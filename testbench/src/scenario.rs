@@ -46,10 +46,10 @@ use std::time::{Duration, Instant};
 use eddy_firmware_host::faults::Fault;
 use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
 use eddy_gateway::config::BrokerUrl;
+use eddy_mqtt::{Connector, Delivery, Discard, Pump, QoS};
 use eddy_test_support::mqtt::{Subscription, watch};
 use eddy_test_support::process::GatewayProcess;
 use eddy_test_support::{Mosquitto, exactly_once, free_port, http};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -594,72 +594,60 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
 /// Captures device frames for `duration` and publishes them again: each
 /// at once (`reorder` false), or all at the end in reverse order.
 async fn replay_frames(broker: SocketAddr, duration: Duration, reorder: bool) {
-    let (client, mut eventloop) = AsyncClient::new(
-        MqttOptions::new(
-            format!("testbench-replay-{reorder}"),
-            broker.ip().to_string(),
-            broker.port(),
-        ),
-        1024,
+    let stop = CancellationToken::new();
+    let connector = Connector::new(
+        &BrokerUrl::from(broker),
+        format!("testbench-replay-{reorder}"),
     );
-    if client
+    let (client, eventloop) = connector.connect();
+    let pump = Pump::new()
         .subscribe("eddy/v1/+/telemetry", QoS::AtLeastOnce)
-        .await
-        .is_err()
-    {
-        return;
-    }
+        .reconnect(Duration::from_millis(50), Duration::from_millis(50));
     let end = tokio::time::Instant::now() + duration;
-    let mut seen = std::collections::HashSet::new();
-    let mut held = Vec::new();
-    loop {
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            () = tokio::time::sleep_until(end) => break,
-        };
-        match event {
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let capture = {
+        let (client, held) = (client.clone(), held.clone());
+        let mut seen = std::collections::HashSet::new();
+        move |delivery: Delivery| match delivery {
             // Our own copies come back too: each frame is replayed once.
-            Ok(Event::Incoming(Packet::Publish(p))) if seen.insert(p.payload.to_vec()) => {
+            Delivery::Message(p)
+                if tokio::time::Instant::now() < end && seen.insert(p.payload.to_vec()) =>
+            {
                 if reorder {
+                    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
                     held.push((p.topic, p.payload.to_vec()));
                 } else {
                     let _ =
                         client.try_publish(p.topic, QoS::AtLeastOnce, false, p.payload.to_vec());
                 }
             }
-            Ok(_) => {}
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => {}
         }
-    }
+    };
+    let replayer = pump.spawn(client.clone(), eventloop, capture, stop.clone());
+    tokio::time::sleep_until(end).await;
     let _ = client.unsubscribe("eddy/v1/+/telemetry").await;
+    let held = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
     for (topic, payload) in held.into_iter().rev() {
         let _ = client
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await;
     }
-    // Let the event loop deliver what is queued.
-    let flush = tokio::time::Instant::now() + Duration::from_secs(2);
-    while tokio::time::Instant::now() < flush {
-        if tokio::time::timeout_at(flush, eventloop.poll())
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    let _ = client.disconnect().await;
+    // A clean disconnect delivers what is queued first.
+    stop.cancel();
+    let _ = replayer.task.await;
 }
 
 /// Publishes a `Reboot` command to each device.
 async fn command_reboot(broker: SocketAddr, devices: &[String]) {
-    let (client, mut eventloop) = AsyncClient::new(
-        MqttOptions::new("testbench-reboot", broker.ip().to_string(), broker.port()),
-        devices.len() + 8,
-    );
-    let task = tokio::spawn(async move {
-        let end = tokio::time::Instant::now() + Duration::from_secs(2);
-        while tokio::time::timeout_at(end, eventloop.poll()).await.is_ok() {}
-    });
+    let stop = CancellationToken::new();
+    let (client, sender) = Connector::new(&BrokerUrl::from(broker), "testbench-reboot")
+        .request_capacity(devices.len() + 8)
+        .spawn(&Pump::new(), Discard, stop.clone());
+    if sender.ready.wait(Duration::from_secs(2)).await.is_err() {
+        stop.cancel();
+        return;
+    }
     for (i, device) in devices.iter().enumerate() {
         let Ok(id) = eddy_proto::DeviceId::try_from(device.as_str()) else {
             continue;
@@ -681,15 +669,16 @@ async fn command_reboot(broker: SocketAddr, devices: &[String]) {
                 .await;
         }
     }
-    let _ = task.await;
+    // A clean disconnect delivers what is queued first.
+    stop.cancel();
+    let _ = sender.task.await;
 }
 
 async fn malformed(broker: SocketAddr, count: usize) {
-    let (client, mut eventloop) = AsyncClient::new(
-        MqttOptions::new("testbench-garbage", broker.ip().to_string(), broker.port()),
-        count.max(1) + 8,
-    );
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let stop = CancellationToken::new();
+    let (client, sender) = Connector::new(&BrokerUrl::from(broker), "testbench-garbage")
+        .request_capacity(count.max(1) + 8)
+        .spawn(&Pump::new().stop_on_error(), Discard, stop.clone());
     let oversized = vec![b'{'; 128 * 1024];
     for i in 0..count {
         let payload = match i % 3 {
@@ -707,7 +696,8 @@ async fn malformed(broker: SocketAddr, count: usize) {
             .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = client.disconnect().await;
+    stop.cancel();
+    let _ = sender.task.await;
 }
 
 /// Runs a scenario to the end and checks its expectations.

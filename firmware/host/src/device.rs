@@ -1,12 +1,13 @@
 //! One simulated device: the firmware core, simulated sensors, MQTT link.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_firmware::{Backlog, Link, Node, Outputs, Readings, Sensor, SensorError};
+use eddy_mqtt::{AsyncClient, BrokerUrl, Connector, Delivery, Handler, Pump, QoS};
 use eddy_proto::{Frame, MAX_FRAME_LEN, Reading, Telemetry, topic};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -106,8 +107,33 @@ pub const RESEND_AFTER: Duration = Duration::from_secs(2);
 enum LinkEvent {
     /// A (re)connection: subscriptions are renewed, the backlog resent.
     Connected,
+    /// The connection failed: frames wait in the backlog.
+    Lost,
     /// A frame on the device's ack or command topic.
     Frame(Vec<u8>),
+}
+
+/// Hands the pump's deliveries to the device loop.
+struct LinkEvents(mpsc::Sender<LinkEvent>);
+
+impl Handler for LinkEvents {
+    async fn deliver(&mut self, delivery: Delivery) -> ControlFlow<()> {
+        match delivery {
+            Delivery::Connected { .. } => {
+                let _ = self.0.send(LinkEvent::Connected).await;
+            }
+            // Acks are cumulative, so one lost to a full queue is
+            // repaired by the next.
+            Delivery::Message(p) => {
+                let _ = self.0.try_send(LinkEvent::Frame(p.payload.to_vec()));
+            }
+            Delivery::Lost { .. } => {
+                let _ = self.0.send(LinkEvent::Lost).await;
+            }
+            Delivery::Sent { .. } | Delivery::Acked { .. } => {}
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// A device ready to run.
@@ -255,53 +281,24 @@ impl SimDevice {
     pub async fn run(mut self, stop: CancellationToken) -> DeviceReport {
         let cfg = self.config.clone();
         let topics = Topics::new(&cfg.prefix, &cfg.device);
-        let mut options = MqttOptions::new(cfg.device.clone(), cfg.host.clone(), cfg.port);
-        options
-            .set_keep_alive(Duration::from_secs(10))
-            .set_inflight(100)
-            .set_last_will(LastWill::new(
-                &topics.status,
-                "offline",
-                QoS::AtLeastOnce,
-                true,
-            ));
-        let (client, mut eventloop) = AsyncClient::new(options, 256);
-
-        // The event loop runs on its own task; it reports (re)connections
-        // and hands acks and commands over.
-        let connected = Arc::new(AtomicBool::new(false));
+        // The pump runs the event loop on its own task; it subscribes at
+        // every (re)connection and hands acks and commands over.
+        let mut pump = Pump::new()
+            .subscribe(&topics.ack, QoS::AtMostOnce)
+            .subscribe(&topics.command, QoS::AtLeastOnce)
+            .reconnect(Duration::from_millis(200), Duration::from_millis(200));
+        if self.ota.is_some() {
+            pump = pump.subscribe(&topics.ota, QoS::AtLeastOnce);
+        }
         let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(64);
         let net_stop = CancellationToken::new();
-        let net = {
-            let connected = connected.clone();
-            let net_stop = net_stop.clone();
-            let device = cfg.device.clone();
-            tokio::spawn(async move {
-                loop {
-                    let event = tokio::select! {
-                        e = eventloop.poll() => e,
-                        () = net_stop.cancelled() => return,
-                    };
-                    match event {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            connected.store(true, Ordering::Relaxed);
-                            let _ = link_tx.send(LinkEvent::Connected).await;
-                        }
-                        Ok(Event::Incoming(Packet::Publish(p))) => {
-                            // Acks are cumulative, so one lost to a full
-                            // queue is repaired by the next.
-                            let _ = link_tx.try_send(LinkEvent::Frame(p.payload.to_vec()));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            connected.store(false, Ordering::Relaxed);
-                            debug!(%device, error = %e, "link down, reconnecting");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                }
-            })
-        };
+        let (client, net) =
+            Connector::new(&BrokerUrl::tcp(cfg.host.clone(), cfg.port), &cfg.device)
+                .keep_alive(Duration::from_secs(10))
+                .inflight(100)
+                .request_capacity(256)
+                .last_will(&topics.status, "offline", QoS::AtLeastOnce, true)
+                .spawn(&pump, LinkEvents(link_tx), net_stop.clone());
 
         let start = Instant::now();
         let now_ms = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -313,6 +310,9 @@ impl SimDevice {
         let mut resend_check = tokio::time::interval(RESEND_AFTER / 4);
         let resend_ms = u64::try_from(RESEND_AFTER.as_millis()).unwrap_or(u64::MAX);
         let mut sampling = true;
+        // Set once the loop has handled the connection (and resent the
+        // backlog), so a frame sampled meanwhile is sent once, not twice.
+        let mut connected = false;
         // Draining starts when sampling stops (deadline or `stop`).
         let mut drain_deadline = deadline + cfg.drain_timeout;
         // Set while a reboot waits for the backlog to drain.
@@ -347,22 +347,19 @@ impl SimDevice {
             tokio::select! {
                 () = tokio::time::sleep_until(reboot_until), if rebooting.is_some() => {}
                 () = tokio::time::sleep(wait), if sample_now => {
-                    self.sample_and_send(&client, &topics, &connected, now_ms());
+                    self.sample_and_send(&client, &topics, connected, now_ms());
                 }
                 Some(event) = link_rx.recv() => match event {
                     LinkEvent::Connected => {
-                        let _ = client.try_subscribe(&topics.ack, QoS::AtMostOnce);
-                        let _ = client.try_subscribe(&topics.command, QoS::AtLeastOnce);
-                        if self.ota.is_some() {
-                            let _ = client.try_subscribe(&topics.ota, QoS::AtLeastOnce);
-                        }
+                        connected = true;
                         let _ = client.try_publish(&topics.status, QoS::AtMostOnce, true, "online");
                         self.resend(&client, &topics, now_ms());
                     }
+                    LinkEvent::Lost => connected = false,
                     LinkEvent::Frame(payload) => self.on_frame(&client, &topics, &payload, now_ms()),
                 },
                 _ = resend_check.tick() => {
-                    if connected.load(Ordering::Relaxed) && self.backlog.timed_out(now_ms(), resend_ms) {
+                    if connected && self.backlog.timed_out(now_ms(), resend_ms) {
                         self.resend(&client, &topics, now_ms());
                     }
                 }
@@ -384,10 +381,9 @@ impl SimDevice {
         let _ = client
             .publish(&topics.status, QoS::AtMostOnce, true, "offline")
             .await;
-        let _ = client.disconnect().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A clean disconnect, after the status goes out.
         net_stop.cancel();
-        let _ = net.await;
+        let _ = net.task.await;
         report
     }
 
@@ -409,7 +405,7 @@ impl SimDevice {
         &mut self,
         client: &AsyncClient,
         topics: &Topics,
-        connected: &AtomicBool,
+        connected: bool,
         now_ms: u64,
     ) {
         let Some(mut telemetry) = self.sample(now_ms) else {
@@ -419,7 +415,7 @@ impl SimDevice {
         self.report.sent += 1;
         self.boot_sent += 1;
         self.report.readings += telemetry.readings.len() as u64;
-        if connected.load(Ordering::Relaxed) {
+        if connected {
             Self::publish(client, &topics.telemetry, &telemetry);
         }
     }

@@ -24,12 +24,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use eddy_mqtt::{AsyncClient, Connector, Delivery, Pump, QoS};
 use eddy_ota::{OFFER_LEN, SignedImage};
 use eddy_proto::{
     Frame, MAX_FRAME_LEN, MAX_OTA_CHUNK, OtaChunk, OtaOffer, OtaReject, OtaState, OtaStatus,
     chunk_crc, topic,
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -45,6 +45,9 @@ use crate::supervisor::{RestartPolicy, supervise};
 /// How often changed campaign records are written at most (stage and
 /// status changes are written at once).
 const PERSIST_EVERY: Duration = Duration::from_millis(500);
+/// Device reports queued between the MQTT client and the runner; when
+/// full, the client stops reading until the runner catches up.
+const REPORT_QUEUE: usize = 256;
 /// Timer resolution of retries and starts.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -181,16 +184,18 @@ struct Runner<'a> {
 
 impl Shared {
     async fn run(self: Arc<Self>) -> Result<(), RunnerError> {
-        let mut options = MqttOptions::new(
-            self.client_id.clone(),
-            self.broker.host.clone(),
-            self.broker.port,
-        );
-        options
-            .set_keep_alive(Duration::from_secs(15))
-            .set_inflight(1000);
         let capacity = (self.config.max_parallel * self.config.window as usize * 2).max(1024);
-        let (client, mut eventloop) = AsyncClient::new(options, capacity);
+        let reports = format!("{}/+/{}", self.prefix, topic::OTA_STATUS);
+        let pump = Pump::new()
+            .subscribe(reports, QoS::AtLeastOnce)
+            .reconnect(Duration::from_millis(200), Duration::from_millis(200));
+        let (tx, mut events) = mpsc::channel(REPORT_QUEUE);
+        let stop = self.shutdown.child_token();
+        let _stop_pump = stop.clone().drop_guard();
+        let (client, _pump) = Connector::new(&self.broker, self.client_id.clone())
+            .inflight(1000)
+            .request_capacity(capacity)
+            .spawn(&pump, tx, stop);
         let mut runner = Runner {
             shared: &self,
             client,
@@ -205,23 +210,14 @@ impl Shared {
         let mut control = self.control.lock().await;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let reports = format!("{}/+/{}", self.prefix, topic::OTA_STATUS);
         loop {
             tokio::select! {
-                event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if let Err(e) = runner.client.try_subscribe(&reports, QoS::AtLeastOnce) {
-                            warn!(error = %e, "ota runner cannot subscribe");
-                        }
-                        // Whatever was in flight may be lost: ask again.
-                        runner.reoffer_all();
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => runner.on_report(&p.topic, &p.payload),
-                    Ok(_) => {}
-                    Err(e) => {
-                        debug!(error = %e, "ota runner reconnecting");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                Some(delivery) = events.recv() => match delivery {
+                    // Whatever was in flight may be lost: ask again.
+                    Delivery::Connected { .. } => runner.reoffer_all(),
+                    Delivery::Message(p) => runner.on_report(&p.topic, &p.payload),
+                    Delivery::Lost { error, .. } => debug!(%error, "ota runner reconnecting"),
+                    Delivery::Sent { .. } | Delivery::Acked { .. } => {}
                 },
                 msg = control.recv() => match msg {
                     Some(Control::Created(id)) => runner.add(id)?,

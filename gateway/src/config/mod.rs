@@ -31,6 +31,8 @@ use serde::Deserialize;
 pub use crate::rules::RuleConfig;
 use crate::sources::serial::SerialConfig;
 use crate::tls::TlsFiles;
+/// Broker addresses are the MQTT transport's ([`eddy_mqtt::BrokerUrl`]).
+pub use eddy_mqtt::BrokerUrl;
 
 /// Largest config file accepted.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -246,61 +248,6 @@ impl Default for BrokerConfig {
             max_queued_messages: 1_000_000,
             max_packet_size: 1 << 20,
         }
-    }
-}
-
-/// Host and port of an MQTT broker, from `mqtt://host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub host: String,
-    pub port: u16,
-    /// `mqtts://` (or `ssl://`): MQTT over TLS.
-    pub tls: bool,
-}
-
-impl BrokerUrl {
-    /// A plain TCP address.
-    pub fn tcp(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-            tls: false,
-        }
-    }
-
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://") {
-            (r, true)
-        } else if let Some(r) = url.strip_prefix("ssl://") {
-            (r, true)
-        } else {
-            let r = url
-                .strip_prefix("mqtt://")
-                .or_else(|| url.strip_prefix("tcp://"))
-                .ok_or_else(|| {
-                    format!("`{url}` must start with mqtt://, tcp://, mqtts:// or ssl://")
-                })?;
-            (r, false)
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("`{url}`: port `{p}` is not a number from 1 to 65535"))?,
-            ),
-            None if tls => (rest, 8883),
-            None => (rest, 1883),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            return Err(format!("`{url}` needs a host and a non-zero port"));
-        }
-        Ok(Self {
-            host: host.to_string(),
-            port,
-            tls,
-        })
     }
 }
 
@@ -726,7 +673,7 @@ impl Config {
         }
         if let Some(url) = &self.broker.url {
             match BrokerUrl::parse(url) {
-                Err(r) => bad(field("broker.url"), &r),
+                Err(r) => bad(field("broker.url"), &r.to_string()),
                 Ok(u) if u.tls => bad(
                     field("broker.url"),
                     "TLS to the ingest broker is not supported; use a loopback or LAN mqtt:// broker",
@@ -898,7 +845,7 @@ impl Config {
         }
         if let Some(up) = &self.upstream {
             match BrokerUrl::parse(&up.url) {
-                Err(r) => bad(field("upstream.url"), &r),
+                Err(r) => bad(field("upstream.url"), &r.to_string()),
                 Ok(url) if up.tls.is_some() && !url.tls => bad(
                     field("upstream.tls"),
                     "TLS settings need an mqtts:// upstream.url",

@@ -3,10 +3,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use eddy_mqtt::{AsyncClient, Connector, Discard, Pump, QoS};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use crate::config::BrokerUrl;
 use crate::stats::{self, Stats};
@@ -29,13 +28,14 @@ impl LocalPublisher {
         stats: Arc<Stats>,
         shutdown: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
-        let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
-        options
-            .set_keep_alive(Duration::from_secs(15))
-            .set_inflight(1000);
-        let (client, eventloop) = AsyncClient::new(options.clone(), 4096);
-        let shared = Arc::new(RwLock::new(client));
-        let mut first = Some(eventloop);
+        let connector = Connector::new(broker, client_id)
+            .inflight(1000)
+            .request_capacity(4096);
+        // The local broker is near: retry every 200 ms or so.
+        let pump = Pump::new().reconnect(Duration::from_millis(200), Duration::from_millis(200));
+        let (client, eventloop) = connector.connect();
+        let shared = Arc::new(RwLock::new(client.clone()));
+        let mut first = Some((client, eventloop));
         let task = supervise(
             "local",
             RestartPolicy::default(),
@@ -44,12 +44,16 @@ impl LocalPublisher {
             {
                 let shared = shared.clone();
                 move || {
-                    let eventloop = first.take().unwrap_or_else(|| {
-                        let (client, eventloop) = AsyncClient::new(options.clone(), 4096);
-                        *shared.write().unwrap_or_else(|e| e.into_inner()) = client;
-                        eventloop
+                    let (client, eventloop) = first.take().unwrap_or_else(|| {
+                        let (client, eventloop) = connector.connect();
+                        *shared.write().unwrap_or_else(|e| e.into_inner()) = client.clone();
+                        (client, eventloop)
                     });
-                    run(eventloop, shutdown.clone())
+                    let (pump, shutdown) = (pump.clone(), shutdown.clone());
+                    async move {
+                        pump.run(client, eventloop, Discard, &shutdown).await;
+                        Ok::<(), std::convert::Infallible>(())
+                    }
                 }
             },
         );
@@ -86,21 +90,6 @@ impl LocalPublisher {
             .is_ok()
         {
             stats::add(&self.stats.local_published, 1);
-        }
-    }
-}
-
-async fn run(
-    mut eventloop: rumqttc::EventLoop,
-    shutdown: CancellationToken,
-) -> Result<(), std::convert::Infallible> {
-    loop {
-        tokio::select! {
-            r = eventloop.poll() => if let Err(e) = r {
-                debug!(error = %e, "local publisher reconnecting");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            },
-            () = shutdown.cancelled() => return Ok(()),
         }
     }
 }

@@ -13,17 +13,15 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
-};
-use tokio::sync::Notify;
+use eddy_mqtt::{Connector, Delivery, Pump, QoS};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{BrokerUrl, UpstreamConfig};
 use crate::stats::{self, Stats};
 use crate::store::{Store, StoreError};
-use crate::tls::{self, TlsError};
+use crate::tls::TlsError;
 
 /// The name of this sink's offset in the store.
 pub const SINK: &str = "upstream";
@@ -109,14 +107,18 @@ pub async fn run(
         url: config.url.clone(),
         reason,
     };
-    let url = BrokerUrl::parse(&config.url).map_err(failed)?;
-    // Files are read at every session start, so renewed certificates are
-    // picked up on the next reconnect.
-    let tls = match url.tls {
-        true => Some(tls::client_config(&config.tls.clone().unwrap_or_default())?),
-        false => None,
-    };
-    match session(&config, &url, tls, &store, &wake, &stats, &shutdown).await? {
+    let url = BrokerUrl::parse(&config.url).map_err(|e| failed(e.to_string()))?;
+    // A clean session each time: this sink resends from its own offset, so
+    // the client must not replay anything of the previous connection.
+    // Certificate files are read at every session start, so renewed ones
+    // are picked up on the next reconnect.
+    let connector = Connector::new(&url, config.client_id.clone())
+        .clean_session(true)
+        .keep_alive(Duration::from_secs(10))
+        .inflight(config.max_inflight)
+        .request_capacity(usize::from(config.max_inflight) * 2 + 16)
+        .tls_files(&config.tls.clone().unwrap_or_default())?;
+    match session(&config, &connector, &store, &wake, &stats, &shutdown).await? {
         SessionEnd::Shutdown => Ok(()),
         SessionEnd::Failed { reason } => {
             stats::add(&stats.upstream_disconnects, 1);
@@ -132,40 +134,36 @@ enum SessionEnd {
 
 async fn session(
     config: &UpstreamConfig,
-    url: &BrokerUrl,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    connector: &Connector,
     store: &Store,
     wake: &Notify,
     stats: &Stats,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, StoreError> {
-    let mut options = MqttOptions::new(config.client_id.clone(), url.host.clone(), url.port);
-    // A clean session each time: this sink resends from its own offset, so
-    // the client must not replay anything of the previous connection.
-    options
-        .set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(10))
-        .set_inflight(config.max_inflight);
-    if let Some(tls) = tls {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    }
     let max_inflight = usize::from(config.max_inflight);
-    let (client, mut eventloop) = AsyncClient::new(options, max_inflight * 2 + 16);
+    // The session ends at the first connection failure; ending in any
+    // way stops the pump (it disconnects cleanly when connected).
+    let stop = shutdown.child_token();
+    let _stop_pump = stop.clone().drop_guard();
+    let (tx, mut events) = mpsc::channel(max_inflight * 2 + 16);
+    let (client, _pump) = connector.spawn(&Pump::new().stop_on_error(), tx, stop);
+    let lost = |delivery: Option<Delivery>| SessionEnd::Failed {
+        reason: match delivery {
+            Some(Delivery::Lost { error, .. }) => error.to_string(),
+            _ => "the MQTT pump ended".into(),
+        },
+    };
 
     // Wait for the connection before reading the outbox.
     loop {
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
+        let delivery = tokio::select! {
+            d = events.recv() => d,
             () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => break,
-            Ok(_) => {}
-            Err(e) => {
-                return Ok(SessionEnd::Failed {
-                    reason: e.to_string(),
-                });
-            }
+        match delivery {
+            Some(Delivery::Connected { .. }) => break,
+            Some(Delivery::Lost { .. }) | None => return Ok(lost(delivery)),
+            Some(_) => {}
         }
     }
     let mut committed = store.sink_offset(SINK)?;
@@ -199,28 +197,25 @@ async fn session(
         }
         let idle = inflight.len() == 0;
         tokio::select! {
-            event = eventloop.poll() => match event {
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => inflight.assigned(pkid),
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if inflight.acked(ack.pkid)
+            delivery = events.recv() => match delivery {
+                Some(Delivery::Sent { pkid }) => inflight.assigned(pkid),
+                Some(Delivery::Acked { pkid }) => {
+                    if inflight.acked(pkid)
                         && let Some(offset) = inflight.advance()
                     {
                         uncommitted = Some(offset);
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Some(Delivery::Lost { .. }) | None => {
                     flush(store, stats, &mut uncommitted, &mut committed)?;
-                    return Ok(SessionEnd::Failed {
-                        reason: e.to_string(),
-                    });
+                    return Ok(lost(delivery));
                 }
+                Some(_) => {}
             },
             () = wake.notified(), if idle => {}
             _ = commit_tick.tick() => flush(store, stats, &mut uncommitted, &mut committed)?,
             () = shutdown.cancelled() => {
                 flush(store, stats, &mut uncommitted, &mut committed)?;
-                let _ = client.try_disconnect();
                 return Ok(SessionEnd::Shutdown);
             }
         }

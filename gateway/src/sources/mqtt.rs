@@ -7,18 +7,19 @@
 //! transaction holding it committed; until then the broker keeps it and
 //! redelivers it if the gateway dies.
 
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::{mpsc, watch};
+use eddy_mqtt::Publish;
+use eddy_mqtt::{AsyncClient, Connector, Delivery, EventLoop, Handler, Pump, QoS, Ready};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{AckError, AckToken, Acknowledge, Message};
 use crate::config::{BrokerUrl, IngestConfig};
-use crate::sinks::backoff;
 use crate::stats::{self, Stats};
 use crate::supervisor::{RestartPolicy, supervise};
 
@@ -95,36 +96,49 @@ impl Acknowledge for Acker {
 pub struct MqttSource {
     /// Where the pipeline acknowledges.
     pub acker: Acker,
-    /// True while connected with every subscription acknowledged. Messages
-    /// published before the first subscription have no subscriber and are
-    /// not delivered by any broker, so start-up waits on this.
-    pub subscribed: watch::Receiver<bool>,
+    /// Ready while connected with every subscription acknowledged.
+    /// Messages published before the first subscription have no
+    /// subscriber and are not delivered by any broker, so start-up waits
+    /// on this.
+    pub ready: Ready,
     pub task: JoinHandle<()>,
 }
 
 /// What one run of the source needs; shared by its restarts.
 #[derive(Debug)]
 struct Shared {
-    broker: BrokerUrl,
-    config: IngestConfig,
+    connector: Connector,
+    /// Subscribes to [`filters`] at every connection; one status across
+    /// restarts.
+    pump: Pump,
     /// The pipeline's channel. Taken (dropped) at shutdown, so the channel
     /// closes once the running session drops its clone too.
     tx: Mutex<Option<mpsc::Sender<Message>>>,
     acker: Arc<RwLock<AsyncClient>>,
-    subscribed: watch::Sender<bool>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     drained: CancellationToken,
 }
 
-fn client(broker: &BrokerUrl, config: &IngestConfig) -> (AsyncClient, rumqttc::EventLoop) {
-    let mut options = MqttOptions::new(config.client_id.clone(), broker.host.clone(), broker.port);
-    options
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(15))
-        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET);
-    AsyncClient::new(options, REQUEST_CAPACITY)
+impl Shared {
+    fn sender(&self) -> Option<mpsc::Sender<Message>> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Closes the channel: the pipeline drains and acknowledges.
+    fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// A persistent session with manual acknowledgements.
+fn connector(broker: &BrokerUrl, config: &IngestConfig) -> Connector {
+    Connector::new(broker, config.client_id.clone())
+        .clean_session(false)
+        .manual_acks(true)
+        .keep_alive(Duration::from_secs(15))
+        .max_packet_size(MAX_INCOMING_PACKET)
+        .request_capacity(REQUEST_CAPACITY)
 }
 
 /// Starts the ingest session under the supervisor.
@@ -146,14 +160,19 @@ pub fn spawn(
     shutdown: CancellationToken,
     drained: CancellationToken,
 ) -> MqttSource {
-    let (first, eventloop) = client(broker, config);
-    let (subscribed_tx, subscribed) = watch::channel(false);
+    let connector = connector(broker, config);
+    // Subscribing again at every connection is harmless with a present
+    // session and needed without one (first start, broker restart).
+    let pump = filters(config)
+        .into_iter()
+        .fold(Pump::new(), |pump, f| pump.subscribe(f, QoS::AtLeastOnce));
+    let ready = pump.ready();
+    let (first, eventloop) = connector.connect();
     let shared = Arc::new(Shared {
-        broker: broker.clone(),
-        config: config.clone(),
+        connector,
+        pump,
         tx: Mutex::new(Some(tx)),
         acker: Arc::new(RwLock::new(first.clone())),
-        subscribed: subscribed_tx,
         stats: stats.clone(),
         shutdown: shutdown.clone(),
         drained,
@@ -167,99 +186,72 @@ pub fn spawn(
         shutdown,
         move || {
             let (client, eventloop) = first.take().unwrap_or_else(|| {
-                let (c, e) = client(&shared.broker, &shared.config);
+                let (c, e) = shared.connector.connect();
                 *shared.acker.write().unwrap_or_else(|e| e.into_inner()) = c.clone();
                 (c, e)
             });
             run(shared.clone(), client, eventloop)
         },
     );
-    MqttSource {
-        acker,
-        subscribed,
-        task,
-    }
+    MqttSource { acker, ready, task }
 }
 
 async fn run(
     shared: Arc<Shared>,
-    subscriber: AsyncClient,
-    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    eventloop: EventLoop,
 ) -> Result<(), std::convert::Infallible> {
-    let filters = filters(&shared.config);
-    let stats = &shared.stats;
-    let mut failures = 0u32;
-    let mut pending_subacks = 0usize;
-    let mut tx = shared.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let close = |tx: &mut Option<mpsc::Sender<Message>>| {
-        // Close the channel: the pipeline drains and acknowledges.
-        *tx = None;
-        shared.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let close_at_shutdown = async {
+        shared.shutdown.cancelled().await;
+        shared.close();
+        std::future::pending::<()>().await;
     };
-    loop {
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            () = shared.shutdown.cancelled(), if tx.is_some() => {
-                close(&mut tx);
-                continue;
-            }
-            () = shared.drained.cancelled() => break,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                // After shutdown nothing is forwarded or acknowledged;
-                // the broker keeps it for the next start.
-                let Some(sender) = &tx else { continue };
-                tokio::select! {
-                    r = sender.send(message(p)) => match r {
-                        Ok(()) => stats::add(&stats.messages_received, 1),
-                        Err(_) => break,
-                    },
-                    // Not handed over: unacknowledged, redelivered later.
-                    () = shared.shutdown.cancelled() => close(&mut tx),
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                pending_subacks = pending_subacks.saturating_sub(1);
-                if pending_subacks == 0 {
-                    shared.subscribed.send_replace(true);
-                }
-            }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
-                pending_subacks = filters.len();
-                info!(session_present = ack.session_present, "ingest connected");
-                // Subscribing again is harmless with a present session
-                // and needed without one (first start, broker restart).
-                for f in &filters {
-                    if let Err(e) = subscriber.try_subscribe(f, QoS::AtLeastOnce) {
-                        warn!(filter = %f, error = %e, "subscribe failed");
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                shared.subscribed.send_replace(false);
-                stats::add(&stats.ingest_disconnects, 1);
-                failures = failures.saturating_add(1);
-                let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
-                warn!(error = %e, retry_in = ?delay, "ingest connection lost");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shared.drained.cancelled() => break,
-                }
-            }
-        }
-    }
-    // Send what is queued (acknowledgements), then disconnect cleanly.
-    // Packets are flushed after rumqttc reports them, so keep polling
-    // until the broker closes the connection, not just until the
-    // DISCONNECT is reported, or the last acknowledgements are lost.
-    if subscriber.try_disconnect().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while eventloop.poll().await.is_ok() {}
-        })
-        .await;
+    let forward = Forward {
+        shared: shared.clone(),
+    };
+    // Until `drained`: the pump then disconnects cleanly, after the
+    // acknowledgements queued before.
+    tokio::select! {
+        _ = shared.pump.run(client, eventloop, forward, &shared.drained) => {}
+        () = close_at_shutdown => {}
     }
     Ok(())
+}
+
+/// Hands messages to the pipeline; waiting on a full channel stops the
+/// client reading (backpressure to the broker).
+struct Forward {
+    shared: Arc<Shared>,
+}
+
+impl Handler for Forward {
+    async fn deliver(&mut self, delivery: Delivery) -> ControlFlow<()> {
+        let shared = &self.shared;
+        match delivery {
+            Delivery::Message(p) => {
+                // After shutdown nothing is forwarded or acknowledged;
+                // the broker keeps it for the next start.
+                let Some(sender) = shared.sender() else {
+                    return ControlFlow::Continue(());
+                };
+                tokio::select! {
+                    r = sender.send(message(p)) => match r {
+                        Ok(()) => stats::add(&shared.stats.messages_received, 1),
+                        Err(_) => return ControlFlow::Break(()),
+                    },
+                    // Not handed over: unacknowledged, redelivered later.
+                    () = shared.shutdown.cancelled() => shared.close(),
+                }
+            }
+            Delivery::Connected { session_present } => {
+                info!(session_present, "ingest connected");
+            }
+            Delivery::Lost { error, retry_in } => {
+                stats::add(&shared.stats.ingest_disconnects, 1);
+                warn!(%error, ?retry_in, "ingest connection lost");
+            }
+            Delivery::Sent { .. } | Delivery::Acked { .. } => {}
+        }
+        ControlFlow::Continue(())
+    }
 }

@@ -17,11 +17,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eddy_mqtt::{AsyncClient, Connector, Delivery, Pump, QoS};
 use eddy_proto::link::{FrameDecoder, MAX_WIRE_LEN, encode_framed};
 use eddy_proto::{Frame, MAX_FRAME_LEN, topic};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,10 @@ use crate::config::BrokerUrl;
 use crate::sinks::backoff;
 use crate::stats::{self, Stats};
 use crate::supervisor::{RestartPolicy, supervise};
+
+/// Device-bound messages queued between the MQTT client and the port;
+/// when full, the client stops reading until the port takes them.
+const DOWNLINK_QUEUE: usize = 64;
 
 /// Most distinct devices one port carries (a multi-drop bus); frames of
 /// further devices are counted and dropped.
@@ -105,10 +110,18 @@ impl Bridge {
     }
 
     async fn run(self: Arc<Self>) -> Result<(), std::convert::Infallible> {
-        let mut options =
-            MqttOptions::new(self.client_id(), self.broker.host.clone(), self.broker.port);
-        options.set_keep_alive(Duration::from_secs(15));
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        // Subscribed again at every connection: the session is clean.
+        let pump = [topic::ACK, topic::COMMAND, topic::OTA]
+            .into_iter()
+            .fold(Pump::new(), |pump, leaf| {
+                pump.subscribe(format!("{}/+/{leaf}", self.prefix), QoS::AtLeastOnce)
+            })
+            .reconnect(Duration::from_millis(200), Duration::from_millis(200));
+        let (tx, mut downlink) = mpsc::channel(DOWNLINK_QUEUE);
+        let stop = self.shutdown.child_token();
+        let _stop_pump = stop.clone().drop_guard();
+        // The session stays up while the port is away.
+        let (client, _pump) = Connector::new(&self.broker, self.client_id()).spawn(&pump, tx, stop);
         let mut devices = HashSet::new();
         let mut failures = 0u32;
         let path = self.port.path.display().to_string();
@@ -119,7 +132,7 @@ impl Bridge {
                     info!(port = %path, baud = self.port.baud, "serial port open");
                     failures = 0;
                     match self
-                        .connected(port, &client, &mut eventloop, &mut devices)
+                        .connected(port, &client, &mut downlink, &mut devices)
                         .await
                     {
                         PortEnd::Shutdown => return Ok(()),
@@ -136,7 +149,6 @@ impl Bridge {
                     failures = failures.saturating_add(1);
                 }
             }
-            // Keep the MQTT session alive while the port is away.
             let delay = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
@@ -144,28 +156,14 @@ impl Bridge {
                 tokio::select! {
                     () = &mut sleep => break,
                     () = self.shutdown.cancelled() => return Ok(()),
-                    e = eventloop.poll() => match e {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => self.subscribe(&client),
-                        // Acks are cumulative and commands are re-sent by
-                        // their sender; with the port away they are dropped.
-                        Ok(Event::Incoming(Packet::Publish(_))) => {
+                    // Acks are cumulative and commands are re-sent by
+                    // their sender; with the port away they are dropped.
+                    Some(delivery) = downlink.recv() => {
+                        if let Delivery::Message(_) = delivery {
                             stats::add(&self.stats.serial_downlink_dropped, 1);
                         }
-                        Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                    },
+                    }
                 }
-            }
-        }
-    }
-
-    /// Subscribes to the device-bound topics (again after every connect:
-    /// the session is clean).
-    fn subscribe(&self, client: &AsyncClient) {
-        for leaf in [topic::ACK, topic::COMMAND, topic::OTA] {
-            let filter = format!("{}/+/{leaf}", self.prefix);
-            if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
-                warn!(%filter, error = %e, "serial bridge cannot subscribe");
             }
         }
     }
@@ -175,7 +173,7 @@ impl Bridge {
         &self,
         mut port: SerialStream,
         client: &AsyncClient,
-        eventloop: &mut EventLoop,
+        downlink: &mut mpsc::Receiver<Delivery>,
         devices: &mut HashSet<String>,
     ) -> PortEnd {
         let mut decoder = FrameDecoder::new();
@@ -187,19 +185,13 @@ impl Bridge {
                     Ok(n) => decoder.feed(&buf[..n], |r| self.uplink(r, client, devices)),
                     Err(e) => return PortEnd::Failed(e.to_string()),
                 },
-                event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => self.subscribe(client),
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Err(e) = self.downlink(&p.topic, &p.payload, devices, &mut port).await {
-                            return PortEnd::Failed(e.to_string());
-                        }
+                Some(delivery) = downlink.recv() => {
+                    if let Delivery::Message(p) = delivery
+                        && let Err(e) = self.downlink(&p.topic, &p.payload, devices, &mut port).await
+                    {
+                        return PortEnd::Failed(e.to_string());
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        debug!(error = %e, "serial bridge MQTT reconnecting");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
+                }
                 () = self.shutdown.cancelled() => return PortEnd::Shutdown,
             }
         }

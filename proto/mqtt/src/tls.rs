@@ -1,4 +1,4 @@
-//! TLS for links the gateway opens (upstream): rustls with the ring
+//! TLS for `mqtts://` links (the gateway's upstream): rustls with the ring
 //! provider, a CA file or the system's roots, and an optional client
 //! certificate for mutual TLS.
 
@@ -26,12 +26,22 @@ pub struct TlsFiles {
 /// A TLS setting that cannot be used, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file is missing, unreadable or holds no usable PEM.
     #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Only one of `cert_file` and `key_file` is set.
     #[error("`cert_file` and `key_file` must be given together")]
     HalfClientAuth,
+    /// No CA file and no system roots.
     #[error("no usable system root certificates; set `ca_file`")]
     NoRoots,
+    /// rustls refused the configuration (a key not matching the
+    /// certificate, say).
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }
