@@ -303,6 +303,7 @@ impl SimDevice {
         let start = Instant::now();
         let now_ms = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let deadline = start + cfg.duration;
+        let run_ms = u64::try_from(cfg.duration.as_millis()).unwrap_or(u64::MAX);
         tokio::select! {
             () = tokio::time::sleep(cfg.start_offset) => {}
             () = stop.cancelled() => {}
@@ -338,16 +339,26 @@ impl SimDevice {
                 }
             }
             let sample_now = sampling && rebooting.is_none();
-            let wait = if sample_now {
-                Duration::from_millis(self.node.due_in(now_ms()))
+            let (wait, due_in_run) = if sample_now {
+                let now = now_ms();
+                let due_in = self.node.due_in(now);
+                // By the schedule, not by when the timer fires: a sample due
+                // at or after the end of the run is not taken, so a run
+                // sends duration x rate frames however late timers are.
+                (
+                    Duration::from_millis(due_in),
+                    now.saturating_add(due_in) < run_ms,
+                )
             } else {
-                Duration::MAX
+                (Duration::MAX, false)
             };
             let reboot_until = rebooting.unwrap_or(deadline);
             tokio::select! {
                 () = tokio::time::sleep_until(reboot_until), if rebooting.is_some() => {}
                 () = tokio::time::sleep(wait), if sample_now => {
-                    self.sample_and_send(&client, &topics, connected, now_ms());
+                    if due_in_run {
+                        self.sample_and_send(&client, &topics, connected, now_ms());
+                    }
                 }
                 Some(event) = link_rx.recv() => match event {
                     LinkEvent::Connected => {
