@@ -641,14 +641,12 @@ pub fn config_errors(e: ConfigError) -> RuleErrors {
     match e {
         ConfigError::Parse(p) => PlacedErrors(vec![p]),
         ConfigError::Invalid(errors) => errors,
-        other @ (ConfigError::Read { .. } | ConfigError::TooLarge { .. }) => {
-            let source = match &other {
-                ConfigError::Read { path, .. } | ConfigError::TooLarge { path } => {
-                    path.display().to_string()
-                }
-                _ => String::new(),
-            };
-            PlacedErrors(vec![Placed::unplaced(&source, None, other.to_string())])
+        ConfigError::Read { ref path, .. } | ConfigError::TooLarge { ref path } => {
+            PlacedErrors(vec![Placed::unplaced(
+                &path.display().to_string(),
+                None,
+                e.to_string(),
+            )])
         }
     }
 }

@@ -202,7 +202,7 @@ async fn a_misspelled_table_is_refused_by_every_path_with_its_place() {
 #[test]
 fn the_same_sql_error_is_reported_at_the_same_place_by_every_command() {
     let sql = "SELECT avg(t) FROM telemetry GROUP BY WOBBLY(3) HAVING avg(t) > 1";
-    // In eddy.toml: the query starts at column 8 of line 7.
+    // In eddy.toml: the query starts at column 8 of line 8.
     let setup = Setup::new(&format!("[[rules]]\nname = \"w\"\nsql = \"{sql}\"\n"));
     let place = format!(
         "{}:8:46: rule `w`: unknown window `wobbly`",
