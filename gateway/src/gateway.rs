@@ -6,7 +6,7 @@ use std::sync::Arc;
 use eddy_analytics::EngineError;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -19,7 +19,7 @@ use crate::pipeline::{Inbox, PipelineError, PipelineParts};
 use crate::rules::Registry;
 use crate::rules::actions::Webhooks;
 use crate::sinks::local::LocalPublisher;
-use crate::sinks::upstream;
+use crate::sinks::{self, OutboxHead};
 use crate::sources::{mqtt, serial};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
@@ -56,8 +56,8 @@ pub enum GatewayError {
     SourceClosed,
     #[error(transparent)]
     Http(#[from] HttpError),
-    #[error("upstream TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Sink(#[from] crate::sinks::SinkError),
     #[error("ota.public_key: {0}")]
     OtaKey(#[from] crate::ota_tools::OtaToolError),
 }
@@ -73,7 +73,8 @@ pub struct Gateway {
     drained: CancellationToken,
     /// Supervised; finishes once the source closed and it drained.
     pipeline: JoinHandle<()>,
-    upstream: Option<JoinHandle<()>>,
+    /// Outbox sinks, stopped after the pipeline drained.
+    sinks: Vec<JoinHandle<()>>,
     /// Every other task: sources' pumps, publishers, HTTP, watchers.
     tasks: Tasks,
     subscribed: eddy_mqtt::Ready,
@@ -130,40 +131,13 @@ impl Gateway {
         let (local, local_task) = LocalPublisher::spawn(
             &broker,
             &format!("{}-out", config.ingest.client_id),
+            &config.ingest.topic_prefix,
             stats.clone(),
             shutdown.clone(),
         );
-        // Bad certificate files are reported now, not at the first connect.
-        if let Some(up) = &config.upstream
-            && BrokerUrl::parse(&up.url).is_ok_and(|u| u.tls)
-        {
-            crate::tls::client_config(&up.tls.clone().unwrap_or_default())?;
-        }
-        let wake_upstream = Arc::new(Notify::new());
+        let outbox_head = OutboxHead::default();
         let policy = RestartPolicy::default();
-        let upstream = config.upstream.clone().map(|up| {
-            let (store, wake, stats, shutdown) = (
-                store.clone(),
-                wake_upstream.clone(),
-                stats.clone(),
-                shutdown.clone(),
-            );
-            supervise(
-                "upstream",
-                policy,
-                stats.clone(),
-                shutdown.clone(),
-                move || {
-                    upstream::run(
-                        up.clone(),
-                        store.clone(),
-                        wake.clone(),
-                        stats.clone(),
-                        shutdown.clone(),
-                    )
-                },
-            )
-        });
+        let sinks = sinks::spawn(&config, &store, &outbox_head, &stats, &shutdown)?;
         let (engine, _) = config.engine();
         let registry = {
             let (engine, rules, path, dir, store) = (
@@ -191,10 +165,10 @@ impl Gateway {
             store: store.clone(),
             ingest: config.ingest.clone(),
             acker: Arc::new(source.acker),
-            local,
-            outbox: config.upstream.is_some(),
+            local: Arc::new(local),
+            outbox: sinks::any(&config),
             limits: config.store_limits(),
-            wake_upstream,
+            outbox_head,
             stats: stats.clone(),
         };
         // Fail fast on a bad engine config or unreadable state, before
@@ -288,7 +262,7 @@ impl Gateway {
             shutdown,
             drained,
             pipeline,
-            upstream,
+            sinks,
             tasks,
             http,
             subscribed: source.ready,
@@ -376,12 +350,12 @@ impl Gateway {
             });
         }
         self.drained.cancel();
-        if let Some(up) = self.upstream.take()
-            && up.await.is_err()
-        {
-            result = result.and(Err(GatewayError::Panicked {
-                task: "upstream supervisor",
-            }));
+        for sink in self.sinks.drain(..) {
+            if sink.await.is_err() {
+                result = result.and(Err(GatewayError::Panicked {
+                    task: "sink supervisor",
+                }));
+            }
         }
         self.tasks.stop().await;
         result

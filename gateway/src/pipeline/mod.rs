@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eddy_analytics::{Engine, EngineConfig, LiveQuery, Output, Sample};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -23,7 +23,7 @@ use crate::config::{EngineSection, IngestConfig};
 use crate::rules::actions::{Dispatch, Webhooks};
 use crate::rules::{Compiled, Registry};
 use crate::sequencer::Sequencer;
-use crate::sinks::local::LocalPublisher;
+use crate::sinks::{OutboxHead, Publisher};
 use crate::sources::{Acknowledger, Message};
 use crate::stats::{self, Stats};
 use crate::store::{Limits, OutboxRecord, Store, StoreError, StoredSample};
@@ -47,7 +47,7 @@ pub enum PipelineError {
 mod admit;
 mod commit;
 mod publish;
-mod render;
+pub mod render;
 mod route;
 
 pub use render::Rendered;
@@ -71,11 +71,13 @@ pub struct PipelineParts {
     pub ingest: IngestConfig,
     /// The source's acknowledging end.
     pub acker: Acknowledger,
-    pub local: LocalPublisher,
-    /// Whether results go to the outbox (an upstream sink exists).
+    /// The live sink (the local broker).
+    pub local: Publisher,
+    /// Whether results go to the outbox (an outbox sink exists).
     pub outbox: bool,
     pub limits: Limits,
-    pub wake_upstream: Arc<Notify>,
+    /// Announces outbox growth to the outbox sinks.
+    pub outbox_head: OutboxHead,
     pub stats: Arc<Stats>,
 }
 

@@ -4,7 +4,7 @@
 //! dispatch, the devices whose frames were admitted. Output: broker
 //! acknowledgements (the broker may forget the messages now), `Ack`
 //! frames to Eddy devices, results on the local broker, the upstream sink
-//! woken, webhooks queued and device commands sent.
+//! told the outbox grew, webhooks queued and device commands sent.
 
 use eddy_analytics::{AlertState, Output};
 use eddy_proto::{Ack, Frame};
@@ -13,6 +13,7 @@ use tracing::warn;
 use super::Pipeline;
 use super::render::Rendered;
 use crate::rules::actions::{Dispatch, Effects};
+use crate::sinks::Guarantee;
 use crate::sources::{AckToken, Message};
 use crate::stats;
 
@@ -44,22 +45,14 @@ impl Pipeline {
             stats::add(counter, 1);
         }
         for r in windows.into_iter().chain(dispatch.local) {
-            self.parts
-                .local
-                .publish(
-                    format!("{}/{}", self.parts.ingest.topic_prefix, r.topic),
-                    r.payload,
-                    r.retain,
-                )
-                .await;
+            self.parts.local.publish(r, Guarantee::AtLeastOnce).await;
         }
         if outbox_grew {
-            self.parts.wake_upstream.notify_one();
+            self.parts.outbox_head.grew();
         }
         let effects = Effects {
             webhooks: &self.parts.webhooks,
-            local: &self.parts.local,
-            prefix: &self.parts.ingest.topic_prefix,
+            local: &*self.parts.local,
             stats: &self.parts.stats,
         };
         effects.run(dispatch.effects, &mut self.command_id).await;
@@ -68,13 +61,7 @@ impl Pipeline {
     /// The late output, QoS 0 (the samples themselves are stored).
     pub(super) async fn publish_late(&self, late: Vec<Rendered>) {
         for r in late {
-            self.parts
-                .local
-                .publish_once(
-                    format!("{}/{}", self.parts.ingest.topic_prefix, r.topic),
-                    r.payload,
-                )
-                .await;
+            self.parts.local.publish(r, Guarantee::AtMostOnce).await;
         }
     }
 
@@ -96,12 +83,12 @@ impl Pipeline {
         let Ok(bytes) = eddy_proto::encode(&frame, &mut buf) else {
             return;
         };
-        let topic = format!(
-            "{}/{device}/{}",
-            self.parts.ingest.topic_prefix,
-            eddy_proto::topic::ACK
-        );
-        if self.parts.local.publish_once(topic, bytes.to_vec()).await {
+        let ack = Rendered {
+            topic: format!("{device}/{}", eddy_proto::topic::ACK),
+            payload: bytes.to_vec(),
+            retain: false,
+        };
+        if self.parts.local.publish(ack, Guarantee::AtMostOnce).await {
             stats::add(&self.parts.stats.acks_sent, 1);
         }
     }

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::client;
 use crate::pipeline::Rendered;
-use crate::sinks::local::LocalPublisher;
+use crate::sinks::{Guarantee, Publish};
 use crate::stats::{self, Stats};
 use crate::store::OutboxRecord;
 
@@ -232,9 +232,8 @@ impl Dispatch {
 #[derive(Debug)]
 pub struct Effects<'a> {
     pub webhooks: &'a Webhooks,
-    pub local: &'a LocalPublisher,
-    /// The device topic prefix (`eddy/v1`).
-    pub prefix: &'a str,
+    /// The local broker, where commands go.
+    pub local: &'a dyn Publish,
     pub stats: &'a Stats,
 }
 
@@ -276,8 +275,12 @@ impl Effects<'_> {
         let Ok(bytes) = eddy_proto::encode(&frame, &mut buf) else {
             return;
         };
-        let topic = format!("{}/{device}/{}", self.prefix, eddy_proto::topic::COMMAND);
-        self.local.publish(topic, bytes.to_vec(), false).await;
+        let frame = Rendered {
+            topic: format!("{device}/{}", eddy_proto::topic::COMMAND),
+            payload: bytes.to_vec(),
+            retain: false,
+        };
+        self.local.publish(frame, Guarantee::AtLeastOnce).await;
         stats::add(&self.stats.commands_sent, 1);
         info!(rule, device, ?command, "command sent");
     }

@@ -1,4 +1,5 @@
-//! Publishes results to the local broker (alerts retained, aggregates not).
+//! The local broker as a live sink: results, alert states (retained),
+//! device acknowledgements and commands.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -7,7 +8,9 @@ use eddy_mqtt::{AsyncClient, Connector, Discard, Pump, QoS};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::{Guarantee, Publish, Publishing};
 use crate::config::BrokerUrl;
+use crate::pipeline::render::Rendered;
 use crate::stats::{self, Stats};
 use crate::supervisor::{RestartPolicy, supervise};
 
@@ -18,6 +21,8 @@ use crate::supervisor::{RestartPolicy, supervise};
 pub struct LocalPublisher {
     /// Replaced when the supervisor restarts the event loop.
     client: Arc<RwLock<AsyncClient>>,
+    /// Prepended to every topic (`eddy/v1`).
+    prefix: String,
     stats: Arc<Stats>,
 }
 
@@ -25,6 +30,7 @@ impl LocalPublisher {
     pub fn spawn(
         broker: &BrokerUrl,
         client_id: &str,
+        prefix: &str,
         stats: Arc<Stats>,
         shutdown: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
@@ -60,6 +66,7 @@ impl LocalPublisher {
         (
             Self {
                 client: shared,
+                prefix: prefix.to_string(),
                 stats,
             },
             task,
@@ -72,24 +79,25 @@ impl LocalPublisher {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
 
-    /// Publishes at QoS 0 (end-to-end acks: cumulative, so a lost one is
-    /// made good by the next). True when handed to the client.
-    pub async fn publish_once(&self, topic: String, payload: Vec<u8>) -> bool {
-        self.client()
-            .publish(topic, QoS::AtMostOnce, false, payload)
-            .await
-            .is_ok()
-    }
-
-    pub async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
-        if self
-            .client()
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-            .is_ok()
-        {
-            stats::add(&self.stats.local_published, 1);
-        }
+impl Publish for LocalPublisher {
+    fn publish(&self, message: Rendered, guarantee: Guarantee) -> Publishing<'_> {
+        Box::pin(async move {
+            let topic = format!("{}/{}", self.prefix, message.topic);
+            let qos = match guarantee {
+                Guarantee::AtMostOnce => QoS::AtMostOnce,
+                Guarantee::AtLeastOnce => QoS::AtLeastOnce,
+            };
+            let taken = self
+                .client()
+                .publish(topic, qos, message.retain, message.payload)
+                .await
+                .is_ok();
+            if taken && guarantee == Guarantee::AtLeastOnce {
+                stats::add(&self.stats.local_published, 1);
+            }
+            taken
+        })
     }
 }
