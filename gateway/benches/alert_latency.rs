@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use eddy_gateway::Gateway;
-use eddy_gateway::demo::demo_config;
+use eddy_gateway::config::demo_config;
 use eddy_mqtt::{Connector, Delivery, Discard, Pump, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

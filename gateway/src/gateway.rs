@@ -59,7 +59,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Sink(#[from] crate::sinks::SinkError),
     #[error("ota.public_key: {0}")]
-    OtaKey(#[from] crate::ota_tools::OtaToolError),
+    OtaKey(#[from] crate::campaign::key::KeyError),
 }
 
 /// A running gateway.
@@ -194,7 +194,7 @@ impl Gateway {
             },
         );
         let public_key = match &config.ota.public_key {
-            Some(path) => Some(crate::ota_tools::read_key(path)?),
+            Some(path) => Some(crate::campaign::key::read_key(path)?),
             None => None,
         };
         let (control, ota_task) = campaign::runner::spawn(

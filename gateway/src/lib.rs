@@ -1,8 +1,9 @@
 //! The Eddy gateway: ingest telemetry over MQTT, analyse it as it arrives,
 //! store it durably, and forward results upstream without losing any.
 //!
-//! The binary (`eddy`) is a thin shell over this library; see
-//! ARCHITECTURE.md for the map of the parts.
+//! This library is the daemon; the `eddy` command line (package
+//! `eddy-cli`) is a shell over it. See ARCHITECTURE.md for the map of the
+//! parts.
 
 #![forbid(unsafe_code)]
 
@@ -11,15 +12,10 @@ pub mod campaign;
 pub mod client;
 pub mod config;
 pub mod decode;
-pub mod demo;
 mod gateway;
 pub mod http;
 pub mod live;
-pub mod ota_tools;
 pub mod pipeline;
-pub mod qemu;
-#[cfg(feature = "polars")]
-pub mod query;
 pub mod rules;
 pub mod sequencer;
 pub mod sinks;

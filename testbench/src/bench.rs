@@ -307,10 +307,7 @@ async fn probe_latency(broker: std::net::SocketAddr, stop: CancellationToken) ->
             let _ = tx.send((Instant::now(), state));
         },
     );
-    if tokio::time::timeout(Duration::from_secs(5), ready)
-        .await
-        .is_err()
-    {
+    if ready.wait(Duration::from_secs(5)).await.is_err() {
         return histogram;
     }
     let publisher = publisher(&broker_url(broker), "bench-probe", 64);
@@ -383,10 +380,7 @@ async fn mosquitto_ceiling(messages: usize, size: usize) -> Peer {
             }
         },
     );
-    if tokio::time::timeout(Duration::from_secs(5), ready)
-        .await
-        .is_err()
-    {
+    if ready.wait(Duration::from_secs(5)).await.is_err() {
         return Peer {
             name,
             messages_per_s: None,
@@ -528,10 +522,7 @@ async fn node_red(messages: usize) -> Peer {
             let _ = tx.send((p.topic.clone(), Instant::now()));
         },
     );
-    if tokio::time::timeout(Duration::from_secs(5), subscribed)
-        .await
-        .is_err()
-    {
+    if subscribed.wait(Duration::from_secs(5)).await.is_err() {
         return peer(None, "the result subscriber did not connect".into());
     }
     // Warm up until the flow answers (it connects to the broker after start).

@@ -13,8 +13,7 @@
 //! served as-is by the HTTP API; [`runner`] drives the transfers.
 
 pub mod api;
-pub mod client;
-pub mod display;
+pub mod key;
 pub mod runner;
 
 use serde::{Deserialize, Serialize};

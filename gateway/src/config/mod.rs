@@ -922,3 +922,24 @@ fn valid_prefix(prefix: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The demo's gateway configuration: short windows so alerts show within
+/// seconds, a free port for the embedded broker, one threshold rule.
+pub fn demo_config(data_dir: PathBuf) -> Config {
+    let mut config = Config {
+        data_dir,
+        ..Config::default()
+    };
+    config.broker.listen = ([127, 0, 0, 1], 0).into();
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.engine.window = Duration::from_secs(2);
+    config.engine.allowed_lateness = Duration::from_millis(500);
+    config.rules = vec![RuleConfig::above(
+        "overheat",
+        "temperature",
+        Duration::from_secs(2),
+        eddy_analytics::Aggregate::Mean,
+        50.0,
+    )];
+    config
+}

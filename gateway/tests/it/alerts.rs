@@ -15,9 +15,9 @@ use eddy_gateway::client::exchange;
 use eddy_gateway::config::{BrokerUrl, Config};
 use eddy_test_support::http::http_get;
 use eddy_test_support::mqtt::Collector;
+use eddy_test_support::mqtt::Publisher;
 use eddy_test_support::{Mosquitto, free_port, wait_until};
 use hyper::Method;
-use rumqttc::AsyncClient;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +40,7 @@ struct Feeder {
 }
 
 impl Feeder {
-    fn start(client: AsyncClient, device: &'static str, value: f64) -> Self {
+    fn start(client: Publisher, device: &'static str, value: f64) -> Self {
         let value = Arc::new(Mutex::new(value));
         let sent = Arc::new(Mutex::new(0));
         let stop = CancellationToken::new();

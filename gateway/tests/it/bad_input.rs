@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use crate::common::*;
 use eddy_gateway::Gateway;
+use eddy_mqtt::{Connector, QoS};
 use eddy_proto::{Frame, MAX_FRAME_LEN, Reading, Telemetry};
 use eddy_test_support::wait_until;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Event, Packet};
 
 fn frame(device: &str, seq: u32, value: f64) -> Vec<u8> {
     let f = Frame::Telemetry(Telemetry {
@@ -43,9 +44,10 @@ device_level = 1"#,
     let stats = gateway.stats().clone();
     let broker = gateway.broker().clone();
 
-    let mut options = MqttOptions::new("bad-actor", broker.host.clone(), broker.port);
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    let (client, mut eventloop) = Connector::new(&broker, "bad-actor")
+        .max_packet_size(1 << 20)
+        .request_capacity(256)
+        .connect();
     let acks = tokio::spawn(async move {
         let mut acked = 0;
         while acked < 13 {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use eddy_gateway::broker::EmbeddedBroker;
 use eddy_gateway::config::BrokerConfig;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use eddy_mqtt::{BrokerUrl, Connector, QoS};
+use eddy_test_support::mqtt::burst;
+use rumqttc::{Event, Packet};
 
 const BURST: usize = 5_000;
 
@@ -22,15 +24,14 @@ async fn delivered_after_falling_behind(config: BrokerConfig) -> usize {
 async fn run_burst(config: BrokerConfig) -> usize {
     let mut broker = EmbeddedBroker::start(&config).await.expect("broker");
     let addr = broker.open().expect("listens");
-    let options = || {
-        let mut o = MqttOptions::new("slow-subscriber", addr.ip().to_string(), addr.port());
-        o.set_clean_session(false)
-            .set_keep_alive(Duration::from_secs(5));
-        o
-    };
+    let url = BrokerUrl::from(addr);
+    let subscriber = Connector::new(&url, "slow-subscriber")
+        .clean_session(false)
+        .keep_alive(Duration::from_secs(5))
+        .request_capacity(16);
     // Subscribe, then disconnect: the session (and its queue) stays.
     {
-        let (client, mut eventloop) = AsyncClient::new(options(), 16);
+        let (client, mut eventloop) = subscriber.connect();
         client
             .subscribe("burst/#", QoS::AtLeastOnce)
             .await
@@ -49,24 +50,13 @@ async fn run_burst(config: BrokerConfig) -> usize {
         }
     }
     // Publish the burst with QoS 1 and wait for every PUBACK.
-    let mut o = MqttOptions::new("burster", addr.ip().to_string(), addr.port());
-    o.set_inflight(500);
-    let (client, mut eventloop) = AsyncClient::new(o, BURST + 16);
-    for i in 0..BURST {
-        client
-            .try_publish(format!("burst/{i}"), QoS::AtLeastOnce, false, vec![0u8; 32])
-            .expect("queued");
-    }
-    let mut acked = 0;
-    while acked < BURST {
-        if let Event::Incoming(Packet::PubAck(_)) =
-            eventloop.poll().await.expect("burster connected")
-        {
-            acked += 1;
-        }
-    }
+    let burster = Connector::new(&url, "burster").inflight(500);
+    let messages = (0..BURST)
+        .map(|i| (format!("burst/{i}"), vec![0u8; 32]))
+        .collect();
+    burst(&burster, messages).await;
     // Come back and count what the session kept.
-    let (_client, mut eventloop) = AsyncClient::new(options(), 16);
+    let (_client, mut eventloop) = subscriber.connect();
     let mut got = 0;
     loop {
         match tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await {

@@ -11,8 +11,8 @@ use eddy_gateway::Gateway;
 use eddy_gateway::config::{Config, ViewConfig};
 use eddy_test_support::http::http_get;
 use eddy_test_support::mqtt::Collector;
+use eddy_test_support::mqtt::Publisher;
 use eddy_test_support::wait_until;
-use rumqttc::AsyncClient;
 
 /// Event times far from now, so only the samples move the watermark.
 const T0: i64 = 1_700_000_000_000;
@@ -54,11 +54,11 @@ fn config(dir: &Path) -> Config {
     config
 }
 
-async fn publisher(gateway: &Gateway) -> AsyncClient {
+async fn publisher(gateway: &Gateway) -> Publisher {
     json_publisher(gateway.broker(), "json-pub")
 }
 
-async fn send(client: &AsyncClient, device: &str, ts: i64, power: f64) {
+async fn send(client: &Publisher, device: &str, ts: i64, power: f64) {
     send_reading(client, device, "power", ts, power).await;
 }
 

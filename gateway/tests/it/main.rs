@@ -4,17 +4,10 @@
 mod alerts;
 mod bad_input;
 mod broker_limits;
-mod cli;
 mod common;
 mod config;
-mod crash;
 mod end_to_end;
 mod engine;
-mod one_path;
-mod ota_campaign;
-mod ota_cli;
-mod qemu;
-mod query;
 mod rules;
 mod serial;
 mod shutdown;

@@ -1,8 +1,7 @@
-//! Invalid rules: each gets its message with file, line and column, from
-//! the library and from `eddy rules check`.
+//! Invalid rules: each gets its message with file, line and column (the
+//! command line's `eddy rules check` is tested with the `eddy-cli` tests).
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use eddy_gateway::rules::check_file;
 
@@ -237,42 +236,4 @@ clear = "avg(t) < 0.5"
         "data_dir = \"x\"\n[engine]\nwindow = \"5s\"\n[[rules]]\nname = \"a\"\nmetric = \"t\"\nwindow = \"5s\"\naggregate = \"max\"\nbelow = 3\n",
     );
     assert_eq!(check_file(&config).expect("valid"), 1);
-}
-
-#[test]
-fn eddy_rules_check_exits_non_zero_and_prints_every_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let good = write(&dir, "good.toml", &sql_rule(SQL_OK));
-    let bad = write(
-        &dir,
-        "bad.toml",
-        "[[rules]]\nname = \"a\"\nmetric = \"t\"\n\n[[rules]]\nname = \"b\"\nsql = \"SELECT max(t) FROM telemetry GROUP BY COUNT(0) HAVING max(t) > 1\"\n",
-    );
-    let eddy = env!("CARGO_BIN_EXE_eddy");
-    let ok = Command::new(eddy)
-        .args(["rules", "check"])
-        .arg(&good)
-        .output()
-        .expect("runs");
-    assert!(ok.status.success(), "{ok:?}");
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok (1 rules)"));
-    let out = Command::new(eddy)
-        .args(["rules", "check"])
-        .arg(&good)
-        .arg(&bad)
-        .output()
-        .expect("runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let bad = bad.display().to_string();
-    assert!(
-        stderr.contains(&format!("{bad}:2:1: rule `a`: expected `window`")),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!(
-            "{bad}:7:52: rule `b`: expected a whole number of samples"
-        )),
-        "{stderr}"
-    );
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::common::*;
 use eddy_gateway::Gateway;
+use eddy_mqtt::{BrokerUrl, Connector};
+use eddy_test_support::mqtt::burst;
 use eddy_test_support::{Mosquitto, wait_until};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const MESSAGES: usize = 3000;
 
@@ -28,25 +29,14 @@ async fn shutdown_under_load_acknowledges_what_it_committed() {
     let stats = gateway.stats().clone();
 
     // A burst of JSON telemetry; wait until the broker took all of it.
-    let mut o = MqttOptions::new("burst", "127.0.0.1", broker.port());
-    o.set_inflight(200);
-    let (client, mut eventloop) = AsyncClient::new(o, MESSAGES + 16);
-    for i in 0..MESSAGES {
-        client
-            .try_publish(
-                "eddy/v1/dev-1/telemetry",
-                QoS::AtLeastOnce,
-                false,
-                format!("{{\"n\": {i}}}"),
-            )
-            .expect("queued");
-    }
-    let mut acked = 0;
-    while acked < MESSAGES {
-        if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.expect("connected") {
-            acked += 1;
-        }
-    }
+    let burster = Connector::new(&BrokerUrl::from(broker.addr()), "burst").inflight(200);
+    let messages = (0..MESSAGES)
+        .map(|i| {
+            let payload = format!("{{\"n\": {i}}}").into_bytes();
+            ("eddy/v1/dev-1/telemetry".to_string(), payload)
+        })
+        .collect();
+    burst(&burster, messages).await;
     // Stop while the gateway is still working through the burst.
     assert!(
         wait_until(Duration::from_secs(10), || stats

@@ -4,7 +4,8 @@
 //! dropped ([`process`]), MQTT subscribers that outlive broker restarts
 //! ([`mqtt`]), HTTP GETs and `/metrics` values ([`http`]), serial ports on
 //! pseudo-terminals ([`pty`]), and the exactly-once check of a fleet's
-//! frames against a store ([`exactly_once`]).
+//! frames against a store ([`exactly_once`]); gateway fixtures
+//! ([`gateway`]).
 //!
 //! Errors are `std::io::Error` values, since the testbench uses these at
 //! run time too; tests `expect` them.
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod exactly_once;
+pub mod gateway;
 pub mod http;
 pub mod mosquitto;
 pub mod mqtt;

@@ -2,12 +2,14 @@
 //! outlives broker restarts ([`watch`], [`Collector`]) and a publisher
 //! whose event loop runs on its own ([`publisher`]).
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_gateway::config::BrokerUrl;
-use rumqttc::{AsyncClient, ConnAck, Event, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use eddy_mqtt::{AsyncClient, BrokerUrl, Connector, Delivery, Discard, Publish, Pump, QoS, Ready};
+use rumqttc::{Event, Packet};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// What [`watch`] subscribes to, and how.
 #[derive(Debug, Clone)]
@@ -22,56 +24,38 @@ pub struct Subscription {
     pub persistent: bool,
 }
 
-/// Subscribes as `subscription` says on `broker`, again after each
-/// reconnect on which the broker has no session for it, and hands every
-/// message (retained ones included: see `Publish::retain`) to
-/// `on_message` until `stop`. The receiver resolves at the first
-/// subscription's acknowledgement.
+/// Subscribes as `subscription` says on `broker`, again at every
+/// reconnect, and hands every message (retained ones included: see
+/// `Publish::retain`) to `on_message` until `stop`. The returned
+/// [`Ready`] says when the subscription is acknowledged.
 pub fn watch(
     broker: &BrokerUrl,
     subscription: Subscription,
     stop: CancellationToken,
     mut on_message: impl FnMut(&Publish) + Send + 'static,
-) -> oneshot::Receiver<()> {
-    let mut options = MqttOptions::new(
-        subscription.client_id.as_str(),
-        broker.host.as_str(),
-        broker.port,
-    );
-    options
-        .set_clean_session(!subscription.persistent)
-        .set_keep_alive(Duration::from_secs(5))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
-    let (ready_tx, ready) = oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        loop {
-            let event = tokio::select! {
-                e = eventloop.poll() => e,
-                () = stop.cancelled() => return,
-            };
-            match event {
-                // Until the first acknowledgement, and whenever the broker
-                // forgot the session.
-                Ok(Event::Incoming(Packet::ConnAck(ConnAck {
-                    session_present, ..
-                }))) if !session_present || ready_tx.is_some() => {
-                    let _ = client.try_subscribe(subscription.filter.as_str(), QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(r) = ready_tx.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => on_message(&p),
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+) -> Ready {
+    let connector = Connector::new(broker, subscription.client_id)
+        .clean_session(!subscription.persistent)
+        .keep_alive(Duration::from_secs(5))
+        .max_packet_size(1 << 20)
+        .request_capacity(1024);
+    let pump = Pump::new()
+        .subscribe(subscription.filter, QoS::AtLeastOnce)
+        .reconnect(RETRY, RETRY);
+    let (_client, running) = connector.spawn(
+        &pump,
+        move |delivery: Delivery| {
+            if let Delivery::Message(p) = delivery {
+                on_message(&p);
             }
-        }
-    });
-    ready
+        },
+        stop,
+    );
+    running.ready
 }
+
+/// How soon a test client connects again after its broker went away.
+const RETRY: Duration = Duration::from_millis(100);
 
 /// Everything published on a filter, in arrival order, on a persistent
 /// session (a broker restart loses nothing for it). Stops when dropped.
@@ -99,10 +83,10 @@ impl Collector {
         let ready = watch(&url, subscription, stop.clone(), move |p| {
             let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
         });
-        tokio::time::timeout(Duration::from_secs(10), ready)
+        ready
+            .wait(Duration::from_secs(10))
             .await
-            .expect("subscribed in time")
-            .expect("collector alive");
+            .expect("subscribed in time");
         Self {
             rx,
             messages: Vec::new(),
@@ -134,24 +118,34 @@ impl Drop for Collector {
     }
 }
 
-/// A client on `broker` whose event loop a task polls until the client
-/// is dropped (retrying after errors); `capacity` requests may wait.
-pub fn publisher(broker: &BrokerUrl, client_id: &str, capacity: usize) -> AsyncClient {
-    let (client, mut eventloop) = AsyncClient::new(
-        MqttOptions::new(client_id, broker.host.as_str(), broker.port),
-        capacity,
-    );
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(_) => {}
-                // Every client handle is gone: nothing more to send.
-                Err(rumqttc::ConnectionError::RequestsDone) => return,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    client
+/// A client on `broker` whose event loop runs on its own task,
+/// reconnecting after errors, until the last clone of the [`Publisher`]
+/// is dropped; `capacity` requests may wait.
+pub fn publisher(broker: &BrokerUrl, client_id: &str, capacity: usize) -> Publisher {
+    let stop = CancellationToken::new();
+    let (client, _running) = Connector::new(broker, client_id)
+        .request_capacity(capacity)
+        .spawn(&Pump::new().reconnect(RETRY, RETRY), Discard, stop.clone());
+    Publisher {
+        client,
+        _stop: Arc::new(stop.drop_guard()),
+    }
+}
+
+/// A publishing client from [`publisher`]: an [`AsyncClient`] whose
+/// event loop stops when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+    _stop: Arc<DropGuard>,
+}
+
+impl Deref for Publisher {
+    type Target = AsyncClient;
+
+    fn deref(&self) -> &AsyncClient {
+        &self.client
+    }
 }
 
 /// Publishes `payload` (JSON) on `device`'s telemetry topic, QoS 1; false
@@ -166,4 +160,25 @@ pub async fn send_json(client: &AsyncClient, device: &str, payload: &serde_json:
         )
         .await
         .is_ok()
+}
+
+/// Publishes every `(topic, payload)` with QoS 1 as one burst (all queued
+/// before the event loop first runs, so the client sends them as fast as
+/// its in-flight window allows) and returns once the broker acknowledged
+/// each. Panics if the connection fails.
+pub async fn burst(connector: &Connector, messages: Vec<(String, Vec<u8>)>) {
+    let total = messages.len();
+    let (client, mut eventloop) = connector.clone().request_capacity(total + 16).connect();
+    for (topic, payload) in messages {
+        client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .expect("queued");
+    }
+    let mut acked = 0;
+    while acked < total {
+        if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.expect("connected") {
+            acked += 1;
+        }
+    }
+    let _ = client.try_disconnect();
 }

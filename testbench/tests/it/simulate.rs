@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use eddy_gateway::Gateway;
-use eddy_gateway::demo::demo_config;
+use eddy_gateway::config::demo_config;
 use eddy_test_support::process::stdout_of_success;
 use tempfile::TempDir;
 

@@ -7,14 +7,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use eddy_analytics::Aggregate;
 use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
 use eddy_mqtt::{Connector, Delivery, Pump, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::Gateway;
-use crate::config::{Config, RuleConfig};
-use crate::stats::Snapshot;
+use eddy_gateway::Gateway;
+use eddy_gateway::config::demo_config;
+use eddy_gateway::stats::Snapshot;
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -34,27 +33,6 @@ pub struct DemoReport {
     pub stored_samples: u64,
     pub elapsed: Duration,
     pub alerts_seen: Vec<String>,
-}
-
-/// The demo's gateway configuration: short windows so alerts show within
-/// seconds, a free port for the embedded broker, one threshold rule.
-pub fn demo_config(data_dir: PathBuf) -> Config {
-    let mut config = Config {
-        data_dir,
-        ..Config::default()
-    };
-    config.broker.listen = ([127, 0, 0, 1], 0).into();
-    config.http.listen = ([127, 0, 0, 1], 0).into();
-    config.engine.window = Duration::from_secs(2);
-    config.engine.allowed_lateness = Duration::from_millis(500);
-    config.rules = vec![RuleConfig::above(
-        "overheat",
-        "temperature",
-        Duration::from_secs(2),
-        Aggregate::Mean,
-        50.0,
-    )];
-    config
 }
 
 /// Runs the demo; `print` receives each alert line as it arrives.

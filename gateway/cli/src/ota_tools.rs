@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use eddy_gateway::campaign::key::{KeyError, read_key, to_hex};
 use eddy_ota::{ImageHeader, KEY_LEN, SignedImage, Version, public_key, sign_header};
 
 /// File names `keygen` writes.
@@ -22,8 +23,8 @@ pub enum OtaToolError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a key (expected 64 hex digits)")]
-    BadKey { path: PathBuf },
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("{path} exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
     #[error("{path}: {source}")]
@@ -39,31 +40,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OtaToolError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// Reads a key file (64 hex digits, surrounding white space allowed).
-pub fn read_key(path: &Path) -> Result<[u8; KEY_LEN], OtaToolError> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let hex = text.trim();
-    let bad = || OtaToolError::BadKey {
-        path: path.to_path_buf(),
-    };
-    if hex.len() != 2 * KEY_LEN {
-        return Err(bad());
-    }
-    let mut key = [0u8; KEY_LEN];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
-            .map_err(|_| bad())?;
-    }
-    Ok(key)
 }
 
 /// Writes a new key pair into `dir`; never overwrites one.

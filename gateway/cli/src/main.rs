@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use eddy_cli::client::{Campaigns, Client};
+use eddy_cli::demo::{self, DemoOptions};
+use eddy_cli::display;
 use eddy_gateway::Gateway;
-use eddy_gateway::campaign::client::Client;
-use eddy_gateway::campaign::{Status, display};
+use eddy_gateway::campaign::Status;
 use eddy_gateway::config::Config;
-use eddy_gateway::demo::{self, DemoOptions};
 use hyper::Method;
 use tracing_subscriber::EnvFilter;
 
@@ -54,7 +55,7 @@ enum Command {
     /// SQL over the stored samples, table `samples` (device, metric, ts,
     /// ts_ms, value, boot, seq), computed with polars. Reads the store
     /// file: run it while the gateway is stopped.
-    #[cfg(feature = "polars")]
+    #[cfg(feature = "query")]
     Query {
         /// e.g. "SELECT device, avg(value) AS mean FROM samples WHERE metric = 'temperature' GROUP BY device"
         #[arg(long)]
@@ -212,14 +213,14 @@ const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
 /// `90s`, `15m`, `2h`, `7d` in milliseconds: the same duration words as
 /// `eddy.toml` (humantime).
-#[cfg(feature = "polars")]
+#[cfg(feature = "query")]
 fn parse_duration(s: &str) -> anyhow::Result<i64> {
     let d = humantime::parse_duration(s)
         .with_context(|| format!("`{s}`: expected a duration such as 90s, 15m, 2h or 7d"))?;
     i64::try_from(d.as_millis()).context("duration too long")
 }
 
-#[cfg(feature = "polars")]
+#[cfg(feature = "query")]
 fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -316,7 +317,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ota { command } => {
-            use eddy_gateway::ota_tools;
+            use eddy_cli::ota_tools;
             match command {
                 OtaCommand::Keygen { out } => {
                     let (secret, public) = ota_tools::keygen(&out)?;
@@ -404,11 +405,11 @@ async fn main() -> anyhow::Result<()> {
             init_logging("info,rmqtt=error,rmqtt_net=warn,rmqtt_acl=warn,rmqtt_retainer=warn");
             let elf = match elf {
                 Some(e) => e,
-                None => eddy_gateway::qemu::build_firmware(Path::new(".")).context(
+                None => eddy_cli::qemu::build_firmware(Path::new(".")).context(
                     "building the QEMU firmware (run from the repository root, or pass --elf)",
                 )?,
             };
-            let mut board = eddy_gateway::qemu::QemuBoard::start(&elf)?;
+            let mut board = eddy_cli::qemu::QemuBoard::start(&elf)?;
             println!(
                 "QEMU lm3s6965evb running {}; UART0 on {}",
                 elf.display(),
@@ -461,7 +462,7 @@ async fn main() -> anyhow::Result<()> {
             println!("flashed {} to {chip}", elf.display());
             Ok(())
         }
-        #[cfg(feature = "polars")]
+        #[cfg(feature = "query")]
         Command::Query {
             sql,
             config,
@@ -470,7 +471,7 @@ async fn main() -> anyhow::Result<()> {
             out,
             since,
         } => {
-            use eddy_gateway::query;
+            use eddy_cli::query;
             let format = query::Format::parse(&format)
                 .with_context(|| format!("--format {format}: expected table, csv or parquet"))?;
             let mut config = match config {

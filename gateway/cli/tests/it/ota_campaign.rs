@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{Wire, eddy_process, terminate, test_config};
+use eddy_cli::client::{Campaigns, Client, ClientError};
 use eddy_firmware_host::ota::{OtaReport, SimOta, SimOtaConfig};
 use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
 use eddy_gateway::Gateway;
 use eddy_gateway::campaign::api::Detail;
-use eddy_gateway::campaign::client::{Client, ClientError};
 use eddy_gateway::campaign::{DeviceState, Status};
 use eddy_ota::{ImageHeader, KEY_LEN, Version, public_key, sign_header};
 use eddy_proto::{Frame, Hello};

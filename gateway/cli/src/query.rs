@@ -18,7 +18,7 @@ use std::path::Path;
 use polars::prelude::*;
 use polars::sql::SQLContext;
 
-use crate::store::{Store, StoreError};
+use eddy_gateway::store::{Store, StoreError};
 
 /// How results are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

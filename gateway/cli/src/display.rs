@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::api::{Detail, Summary};
-use super::client::{Client, ClientError};
-use super::{DeviceState, Status};
+use eddy_gateway::campaign::api::{Detail, Summary};
+use eddy_gateway::campaign::{DeviceState, Status};
+
+use crate::client::{Campaigns, Client, ClientError};
 
 fn status_text(status: &Status) -> String {
     match status {

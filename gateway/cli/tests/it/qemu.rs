@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common::{Commander, gateway_on_serial};
-use eddy_gateway::qemu::{QemuBoard, build_firmware};
+use eddy_cli::qemu::{QemuBoard, build_firmware};
 use eddy_proto::Command;
 use eddy_test_support::wait_until;
 
@@ -15,7 +15,7 @@ const DEVICE: &str = "qemu-0001";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firmware_in_qemu_reports_alerts_fire_and_commands_take_effect() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let elf = tokio::task::spawn_blocking(move || build_firmware(&root))
         .await
         .expect("join")

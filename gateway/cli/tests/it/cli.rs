@@ -5,8 +5,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use eddy_mqtt::{BrokerUrl, Connector};
+use eddy_test_support::mqtt::burst;
 use eddy_test_support::process::ChildGuard;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 fn eddy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_eddy"))
@@ -62,28 +63,16 @@ fn run_ingests_and_stops_cleanly_on_ctrl_c() {
     };
 
     // Publish JSON telemetry and wait for the broker's acknowledgements.
-    let (client, mut connection) = Client::new(MqttOptions::new("cli-test", "127.0.0.1", port), 64);
-    for i in 0..20 {
-        client
-            .publish(
-                "eddy/v1/cli-dev/telemetry",
-                QoS::AtLeastOnce,
-                false,
-                format!("{{\"t\": {i}}}"),
-            )
-            .expect("queued");
-    }
-    let mut acked = 0;
-    for event in connection.iter() {
-        match event {
-            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-            Ok(_) => {}
-            Err(e) => panic!("publisher: {e}"),
-        }
-        if acked == 20 {
-            break;
-        }
-    }
+    let url = BrokerUrl::from(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let messages = (0..20)
+        .map(|i| {
+            let payload = format!("{{\"t\": {i}}}").into_bytes();
+            ("eddy/v1/cli-dev/telemetry".to_string(), payload)
+        })
+        .collect();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(burst(&Connector::new(&url, "cli-test"), messages));
     std::thread::sleep(Duration::from_millis(500));
 
     // Ctrl-C: the gateway drains, commits and exits 0.
@@ -132,7 +121,7 @@ fn a_bad_config_exits_non_zero_and_names_the_problem() {
 
 #[test]
 fn check_accepts_the_example_config() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/eddy.toml");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/eddy.toml");
     let out = eddy().arg("check").arg(&example).output().expect("runs");
     assert!(
         out.status.success(),

@@ -4,12 +4,33 @@
 
 use hyper::Method;
 
-use super::api::{Detail, Summary};
-pub use crate::client::{Client, ClientError};
+use eddy_gateway::campaign::api::{Detail, Summary};
+pub use eddy_gateway::client::{Client, ClientError};
 
-impl Client {
+/// The campaigns API of a running gateway, on its HTTP client.
+pub trait Campaigns {
     /// Creates a campaign of `image` for the devices `selector` matches.
-    pub async fn deploy(
+    fn deploy(
+        &self,
+        image: Vec<u8>,
+        selector: &str,
+        canary: &str,
+        stages: &str,
+        max_failures: &str,
+    ) -> impl Future<Output = Result<Detail, ClientError>> + Send;
+
+    /// Every campaign, newest last.
+    fn campaigns(&self) -> impl Future<Output = Result<Vec<Summary>, ClientError>> + Send;
+
+    /// One campaign with every device's state.
+    fn campaign(&self, id: u32) -> impl Future<Output = Result<Detail, ClientError>> + Send;
+
+    /// Stops a campaign from starting further devices.
+    fn halt(&self, id: u32) -> impl Future<Output = Result<Detail, ClientError>> + Send;
+}
+
+impl Campaigns for Client {
+    async fn deploy(
         &self,
         image: Vec<u8>,
         selector: &str,
@@ -27,17 +48,17 @@ impl Client {
         self.json(Method::POST, &path, image).await
     }
 
-    pub async fn campaigns(&self) -> Result<Vec<Summary>, ClientError> {
+    async fn campaigns(&self) -> Result<Vec<Summary>, ClientError> {
         self.json(Method::GET, "/api/ota/campaigns", Vec::new())
             .await
     }
 
-    pub async fn campaign(&self, id: u32) -> Result<Detail, ClientError> {
+    async fn campaign(&self, id: u32) -> Result<Detail, ClientError> {
         self.json(Method::GET, &format!("/api/ota/campaigns/{id}"), Vec::new())
             .await
     }
 
-    pub async fn halt(&self, id: u32) -> Result<Detail, ClientError> {
+    async fn halt(&self, id: u32) -> Result<Detail, ClientError> {
         self.json(
             Method::POST,
             &format!("/api/ota/campaigns/{id}/halt"),

@@ -1,7 +1,7 @@
 //! `eddy query`: polars SQL over a store's samples, as a table, CSV and
 //! Parquet; bad SQL and bad options are clear errors.
 
-#![cfg(feature = "polars")]
+#![cfg(feature = "query")]
 
 use std::path::Path;
 use std::process::{Command, Output};

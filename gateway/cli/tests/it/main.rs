@@ -1,0 +1,12 @@
+//! The integration tests of the `eddy` command line, one test binary: a
+//! module per behaviour (`cargo test -p eddy-cli --test it`).
+
+mod cli;
+mod common;
+mod crash;
+mod one_path;
+mod ota_campaign;
+mod ota_cli;
+mod qemu;
+mod query;
+mod rules_check;
