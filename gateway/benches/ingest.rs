@@ -5,13 +5,17 @@
 //! windows with count, mean, min and max plus a p99 sketch, as in
 //! `eddy-analytics`' engine bench.
 //!
+//! The `decode_*` benches time decoding alone, per payload format, on
+//! 100,000 messages of each: JSON objects, JSON batches of 10 readings,
+//! plain values and Eddy frames (samples/s from payload bytes).
+//!
 //! `cargo bench -p eddy-gateway --bench ingest`
 
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
 use eddy_analytics::{Engine, EngineConfig, Output, Sample, ViewSpec, WindowKind};
 use eddy_gateway::config::PayloadFormat;
-use eddy_gateway::decode::decode;
+use eddy_gateway::decode::{Decoder, decode};
 
 const DEVICES: usize = 50_000;
 const SECONDS: i64 = 20;
@@ -70,7 +74,7 @@ fn json_decode_and_aggregate(bencher: Bencher) {
                         if let Ok(series) = engine.series_key(&decoded.device, &r.metric) {
                             samples.push(Sample {
                                 series,
-                                ts_ms: decoded.ts_ms,
+                                ts_ms: r.ts_ms,
                                 value: r.value,
                             });
                         }
@@ -81,4 +85,87 @@ fn json_decode_and_aggregate(bencher: Bencher) {
             }
             black_box(engine)
         });
+}
+
+/// Messages per decode bench.
+const DECODED: usize = 100_000;
+
+/// Decodes every payload with `decoder`; the samples decoded.
+fn decode_all(decoder: &Decoder, metric: Option<&str>, payloads: &[Vec<u8>]) -> usize {
+    payloads
+        .iter()
+        .filter_map(|p| decoder.decode("dev-00001", metric, p, T0).ok())
+        .map(|d| d.readings.len())
+        .sum()
+}
+
+fn bench_decode(bencher: Bencher, format: PayloadFormat, metric: Option<&str>, payloads: Vec<Vec<u8>>) {
+    let decoder = Decoder::new(format);
+    let samples = decode_all(&decoder, metric, &payloads);
+    assert!(samples >= payloads.len(), "every payload decodes");
+    bencher
+        .counter(ItemsCount::new(samples))
+        .bench_local(|| black_box(decode_all(&decoder, metric, black_box(&payloads))));
+}
+
+#[divan::bench(sample_count = 10)]
+fn decode_json_object(bencher: Bencher) {
+    let payloads = (0..DECODED)
+        .map(|i| {
+            format!(
+                r#"{{"temperature": {:.2}, "humidity": {:.1}, "ts": {}}}"#,
+                20.0 + (i % 100) as f64 / 10.0,
+                40.0 + (i % 37) as f64,
+                T0 + i as i64
+            )
+            .into_bytes()
+        })
+        .collect();
+    bench_decode(bencher, PayloadFormat::Json, None, payloads);
+}
+
+#[divan::bench(sample_count = 10)]
+fn decode_json_batch(bencher: Bencher) {
+    let payloads = (0..DECODED / 10)
+        .map(|i| {
+            let items: Vec<String> = (0..10)
+                .map(|k| format!(r#"{{"power": {:.1}, "ts": {}}}"#, 100.0 + k as f64, T0 + (i * 10 + k) as i64))
+                .collect();
+            format!("[{}]", items.join(",")).into_bytes()
+        })
+        .collect();
+    bench_decode(bencher, PayloadFormat::Json, None, payloads);
+}
+
+#[divan::bench(sample_count = 10)]
+fn decode_plain_value(bencher: Bencher) {
+    let payloads = (0..DECODED)
+        .map(|i| format!("{:.2}", 20.0 + (i % 100) as f64 / 10.0).into_bytes())
+        .collect();
+    bench_decode(bencher, PayloadFormat::Value, Some("temperature"), payloads);
+}
+
+#[divan::bench(sample_count = 10)]
+fn decode_eddy_frame(bencher: Bencher) {
+    let payloads = (0..DECODED)
+        .map(|i| {
+            let frame = eddy_proto::Frame::Telemetry(eddy_proto::Telemetry {
+                device: "dev-00001".try_into().expect("fits"),
+                boot: 1,
+                seq: i as u32,
+                oldest: 0,
+                timestamp_ms: T0 as u64 + i as u64,
+                readings: ["temperature", "humidity"]
+                    .iter()
+                    .map(|m| eddy_proto::Reading {
+                        metric: (*m).try_into().expect("fits"),
+                        value: 20.0 + (i % 100) as f64,
+                    })
+                    .collect(),
+            });
+            let mut buf = [0u8; eddy_proto::MAX_FRAME_LEN];
+            eddy_proto::encode(&frame, &mut buf).expect("encodes").to_vec()
+        })
+        .collect();
+    bench_decode(bencher, PayloadFormat::Eddy, None, payloads);
 }

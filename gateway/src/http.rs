@@ -68,6 +68,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             let mut out = String::with_capacity(8192);
             state.stats.snapshot().prometheus(&mut out);
             render_restarts(&state.stats, &mut out);
+            render_reasons(&state.stats, &mut out);
             let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
                 let _ = writeln!(out, "# HELP eddy_{name} {help}");
                 let _ = writeln!(out, "# TYPE eddy_{name} gauge");
@@ -137,6 +138,34 @@ fn render_restarts(stats: &Stats, out: &mut String) {
         }
         for (task, n) in counts {
             let _ = writeln!(out, "{name}{{task=\"{task}\"}} {n}");
+        }
+    }
+}
+
+/// Refused messages and dropped fields by reason; every reason is
+/// listed, also at 0, so a rate over it is defined from the start.
+fn render_reasons(stats: &Stats, out: &mut String) {
+    let dropped_reasons = crate::decode::DropReason::ALL.map(|r| r.name());
+    for (name, help, reasons, mut counts) in [
+        (
+            "eddy_messages_refused_total",
+            "Messages refused whole, by reason.",
+            &crate::decode::DecodeError::REASONS[..],
+            stats.refused_by_reason(),
+        ),
+        (
+            "eddy_values_dropped_total",
+            "Fields of accepted messages that did not become readings, by reason.",
+            &dropped_reasons[..],
+            stats.dropped_by_reason(),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for reason in reasons {
+            counts.entry(reason).or_insert(0);
+        }
+        for (reason, n) in counts {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
         }
     }
 }

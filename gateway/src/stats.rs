@@ -15,6 +15,10 @@ macro_rules! counters {
             restarts: PerTask,
             /// Panics per task (supervised or not).
             panics: PerTask,
+            /// Refused messages by reason.
+            refused: PerTask,
+            /// Dropped fields by reason.
+            dropped: PerTask,
         }
 
         /// A point-in-time copy of [`Stats`]' counters.
@@ -70,15 +74,39 @@ impl Stats {
     pub fn task_panics(&self) -> BTreeMap<&'static str, u64> {
         read(&self.panics)
     }
+
+    /// Counts `n` messages refused for `reason`.
+    pub fn messages_refused(&self, reason: &'static str, n: u64) {
+        add_to(&self.refused, reason, n);
+    }
+
+    /// Refused messages by reason (reasons never seen are absent).
+    pub fn refused_by_reason(&self) -> BTreeMap<&'static str, u64> {
+        read(&self.refused)
+    }
+
+    /// Counts `n` fields dropped for `reason`.
+    pub fn values_dropped(&self, reason: &'static str, n: u64) {
+        add_to(&self.dropped, reason, n);
+    }
+
+    /// Dropped fields by reason (reasons never seen are absent).
+    pub fn dropped_by_reason(&self) -> BTreeMap<&'static str, u64> {
+        read(&self.dropped)
+    }
 }
 
 type PerTask = Mutex<BTreeMap<&'static str, u64>>;
 
 fn bump(counts: &PerTask, task: &'static str) -> u64 {
+    add_to(counts, task, 1)
+}
+
+fn add_to(counts: &PerTask, key: &'static str, n: u64) -> u64 {
     let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
-    let n = map.entry(task).or_insert(0);
-    *n += 1;
-    *n
+    let total = map.entry(key).or_insert(0);
+    *total += n;
+    *total
 }
 
 fn read(counts: &PerTask) -> BTreeMap<&'static str, u64> {
@@ -96,6 +124,12 @@ counters! {
     messages_oversized,
     /// Messages on topics no mapping claims.
     messages_unknown_topic,
+    /// Retained messages delivered at subscription, skipped as old readings (`ingest.skip_retained`).
+    messages_retained_skipped,
+    /// Readings timed beyond `ingest.future_horizon`, refused (`on_future = "refuse"`).
+    samples_future_refused,
+    /// Readings timed beyond `ingest.future_horizon`, stamped with their arrival time (`on_future = "arrival_time"`).
+    samples_future_stamped,
     /// Eddy frames already stored (retransmissions, redeliveries): dropped.
     frames_duplicate,
     /// Eddy frames refused because an earlier one is missing; the device resends.

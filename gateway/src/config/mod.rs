@@ -275,6 +275,28 @@ pub struct IngestConfig {
     pub max_devices: usize,
     /// Extra topics for devices that do not speak Eddy (Tasmota, ...).
     pub topics: Vec<TopicMapping>,
+    /// How far ahead of the gateway's clock an event time may be. A
+    /// device's clock further ahead is handled by `on_future`, so no
+    /// device can move the fleet's event time (and watermarks) past it.
+    #[serde(with = "humantime_serde")]
+    pub future_horizon: Duration,
+    /// What happens to a reading timed beyond `future_horizon`: refused,
+    /// or stamped with its arrival time; counted either way.
+    pub on_future: FuturePolicy,
+    /// A retained message the broker delivers at subscription is an old
+    /// reading, not a new one: skipped (counted) unless this is false.
+    pub skip_retained: bool,
+}
+
+/// What happens to a reading timed beyond `ingest.future_horizon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FuturePolicy {
+    /// Not stored or analysed; counted (`eddy_samples_future_refused_total`).
+    Refuse,
+    /// Stored and analysed at its arrival time; counted
+    /// (`eddy_samples_future_stamped_total`).
+    ArrivalTime,
 }
 
 impl Default for IngestConfig {
@@ -288,6 +310,9 @@ impl Default for IngestConfig {
             max_payload_bytes: 64 * 1024,
             max_devices: 100_000,
             topics: Vec::new(),
+            future_horizon: Duration::from_secs(300),
+            on_future: FuturePolicy::Refuse,
+            skip_retained: true,
         }
     }
 }
@@ -300,8 +325,12 @@ pub enum PayloadFormat {
     Auto,
     /// Eddy binary frames.
     Eddy,
-    /// A JSON object of readings: `{"temperature": 21.5, "ts": 1700000000}`.
+    /// A JSON object of readings (`{"temperature": 21.5, "ts": 1700000000}`)
+    /// or an array of them.
     Json,
+    /// One plain value per message (`21.5`, `ON`), the metric named by a
+    /// topic level (`metric_level`).
+    Value,
 }
 
 /// Maps an MQTT topic filter to a payload format and the topic level that
@@ -312,12 +341,45 @@ pub struct TopicMapping {
     /// MQTT filter, e.g. `tele/+/SENSOR`.
     pub filter: String,
     pub format: PayloadFormat,
-    /// Zero-based topic level of the device id (`tele/+/SENSOR` -> 1).
-    pub device_level: usize,
+    /// Zero-based topic level of the device id (`tele/+/SENSOR` -> 1), or
+    /// several levels joined with `.` (`home/+/+/state` with `[1, 2]`:
+    /// `kitchen.plug`, so the same device name in two rooms stays two
+    /// devices).
+    pub device_level: Levels,
     /// Topic levels that make the device's hierarchy path, outermost
     /// first (`factory/+/+/+/data` with `[1, 2]`: site, line).
     #[serde(default)]
     pub path_levels: Vec<usize>,
+    /// Topic level of the metric, for `format = "value"`
+    /// (`sensor/+/+/state` -> 2).
+    #[serde(default)]
+    pub metric_level: Option<usize>,
+    /// The payload member holding the event time (`Time`, `meta.ts`;
+    /// default `ts`).
+    #[serde(default)]
+    pub time_key: Option<String>,
+    /// The zone of times written without an offset: an IANA name
+    /// (`Europe/Berlin`), `UTC` (the default) or an offset (`+01:00`).
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+/// One topic level, or several.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Levels {
+    One(usize),
+    Several(Vec<usize>),
+}
+
+impl Levels {
+    /// The levels, in order.
+    pub fn levels(&self) -> &[usize] {
+        match self {
+            Self::One(l) => std::slice::from_ref(l),
+            Self::Several(ls) => ls,
+        }
+    }
 }
 
 /// Window settings of the engine.
@@ -752,15 +814,44 @@ impl Config {
         if let Err(r) = valid_prefix(&ingest.topic_prefix) {
             bad(field("ingest.topic_prefix"), &r);
         }
+        require!(
+            ingest.future_horizon >= Duration::from_secs(1),
+            "ingest.future_horizon",
+            "must be at least 1s"
+        );
         let topics = field("ingest.topics");
         for (i, m) in ingest.topics.iter().enumerate() {
             let at = topics.index(i);
             let levels: Vec<&str> = m.filter.split('/').collect();
-            if levels.get(m.device_level) != Some(&"+") {
+            let device = m.device_level.levels();
+            if device.is_empty() {
+                bad(at.key("device_level"), "names no topic level");
+            }
+            if let Some(level) = device.iter().find(|&&l| levels.get(l) != Some(&"+")) {
                 bad(
                     at.key("device_level"),
-                    &format!("level {} of `{}` must be `+`", m.device_level, m.filter),
+                    &format!("level {level} of `{}` must be `+`", m.filter),
                 );
+            }
+            match (m.format, m.metric_level) {
+                (PayloadFormat::Value, None) => bad(
+                    at.key("metric_level"),
+                    "format \"value\" takes the metric from a topic level",
+                ),
+                (_, Some(level)) if levels.get(level) != Some(&"+") => bad(
+                    at.key("metric_level"),
+                    &format!("level {level} of `{}` must be `+`", m.filter),
+                ),
+                (PayloadFormat::Value, Some(_)) | (_, None) => {}
+                (_, Some(_)) => bad(at.key("metric_level"), "only for format \"value\""),
+            }
+            if let Some(zone) = &m.timezone
+                && let Err(e) = crate::decode::time::zone(zone)
+            {
+                bad(at.key("timezone"), &e);
+            }
+            if m.time_key.as_deref().is_some_and(str::is_empty) {
+                bad(at.key("time_key"), "must not be empty");
             }
             if levels.iter().any(|l| l.contains('#') && *l != "#") {
                 bad(at.key("filter"), "misplaced `#`");

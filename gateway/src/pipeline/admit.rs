@@ -5,17 +5,22 @@
 //! routed ([`super::route`]), decoded ([`crate::decode`]), refused at a
 //! full store under the `refuse` policy, and, for Eddy frames, admitted
 //! exactly once by `(device, boot, seq)` ([`crate::sequencer`]). A message
-//! that cannot be used is counted and logged, never affects its
-//! neighbours, and is acknowledged with the batch.
+//! that cannot be used is counted by reason and logged (rate-limited),
+//! never affects its neighbours, and is acknowledged with the batch; so is
+//! a field dropped from an accepted message. A reading timed beyond
+//! `ingest.future_horizon` is refused or stamped with its arrival time
+//! (`ingest.on_future`), so no device's clock moves the fleet's event
+//! time past that bound.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use eddy_analytics::Sample;
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 use super::Pipeline;
-use crate::config::{FullPolicy, TimeMode};
-use crate::decode::{self, DecodeError};
+use crate::config::{FullPolicy, FuturePolicy, TimeMode};
+use crate::decode::{DecodeError, Dropped};
 use crate::sequencer::Verdict;
 use crate::sources::Message;
 use crate::stats;
@@ -41,40 +46,51 @@ impl Pipeline {
             stored: Vec::with_capacity(batch.len() * 2),
             ack_devices: HashSet::new(),
         };
-        let mut rejected = Rejections::default();
+        let stats = self.parts.stats.clone();
+        let horizon_ms = i64::try_from(self.parts.ingest.future_horizon.as_millis())
+            .unwrap_or(i64::MAX);
+        let mut refused: HashMap<&'static str, u64> = HashMap::new();
+        let mut dropped: HashMap<&'static str, u64> = HashMap::new();
         for msg in batch {
-            let Some((device, format)) = self.router.route(&msg.topic) else {
-                stats::add(&self.parts.stats.messages_unknown_topic, 1);
-                debug!(topic = %msg.topic, "message on an unmapped topic");
+            if msg.retained && self.parts.ingest.skip_retained {
+                stats::add(&stats.messages_retained_skipped, 1);
+                continue;
+            }
+            let Some(route) = self.router.route(&msg.topic) else {
+                stats::add(&stats.messages_unknown_topic, 1);
+                self.diagnostics.unknown_topic(&msg.topic);
                 continue;
             };
+            let device = route.device;
             if let Some(path) = self.router.path(&msg.topic) {
-                self.engine.set_path(device, &path);
+                self.engine.set_path(&device, &path);
             }
-            let decoded = match decode::decode(
-                format,
-                device,
-                &msg.payload,
-                self.parts.ingest.max_payload_bytes,
-                now_ms,
-            ) {
+            let decoded = match route
+                .decoder
+                .decode(&device, route.metric, &msg.payload, now_ms)
+            {
                 Ok(d) => d,
                 Err(e) => {
                     let counter = match e {
-                        DecodeError::Oversized { .. } => &self.parts.stats.messages_oversized,
-                        _ => &self.parts.stats.messages_malformed,
+                        DecodeError::Oversized { .. } => &stats.messages_oversized,
+                        _ => &stats.messages_malformed,
                     };
                     stats::add(counter, 1);
-                    rejected.note(&msg.topic, e);
+                    *refused.entry(e.reason()).or_default() += 1;
+                    self.diagnostics.refused(&device, &msg.topic, &e);
                     continue;
                 }
             };
+            for d in &decoded.dropped {
+                *dropped.entry(d.reason.name()).or_default() += 1;
+                self.diagnostics.dropped(&device, &msg.topic, d);
+            }
             if self.refusing() {
                 // The store is full and the policy keeps what it has: Eddy
                 // devices are not acknowledged and keep their frames.
                 let counter = match decoded.seq {
-                    Some(_) => &self.parts.stats.frames_refused_full,
-                    None => &self.parts.stats.samples_refused,
+                    Some(_) => &stats.frames_refused_full,
+                    None => &stats.samples_refused,
                 };
                 stats::add(counter, decoded.readings.len() as u64);
                 continue;
@@ -83,16 +99,18 @@ impl Pipeline {
                 let counter = match self.sequencer.admit(&decoded.device, frame) {
                     Verdict::Admit { lost } => {
                         if lost > 0 {
-                            stats::add(&self.parts.stats.frames_lost, u64::from(lost));
+                            stats::add(&stats.frames_lost, u64::from(lost));
                             warn!(device = %decoded.device, lost, "device dropped unacknowledged frames");
                         }
                         None
                     }
-                    Verdict::Duplicate => Some(&self.parts.stats.frames_duplicate),
-                    Verdict::Gap => Some(&self.parts.stats.frames_gap),
+                    Verdict::Duplicate => Some(&stats.frames_duplicate),
+                    Verdict::Gap => Some(&stats.frames_gap),
                     Verdict::TooManyDevices => {
-                        rejected.note(&msg.topic, DecodeError::TooManyDevices);
-                        stats::add(&self.parts.stats.frames_device_cap, 1);
+                        let e = DecodeError::TooManyDevices;
+                        *refused.entry(e.reason()).or_default() += 1;
+                        self.diagnostics.refused(&device, &msg.topic, &e);
+                        stats::add(&stats.frames_device_cap, 1);
                         continue;
                     }
                 };
@@ -103,18 +121,33 @@ impl Pipeline {
                 }
             }
             let frame = decoded.seq.map(|f| (f.boot, f.seq));
-            let ts_ms = match self.parts.engine_section.time {
-                TimeMode::Event => decoded.ts_ms,
-                TimeMode::Processing => now_ms,
-            };
+            let mut any = false;
             for r in &decoded.readings {
+                let mut ts_ms = match self.parts.engine_section.time {
+                    TimeMode::Event => r.ts_ms,
+                    TimeMode::Processing => now_ms,
+                };
+                if ts_ms.saturating_sub(now_ms) > horizon_ms {
+                    self.diagnostics.future(&decoded.device, &msg.topic, ts_ms - now_ms);
+                    match self.parts.ingest.on_future {
+                        FuturePolicy::Refuse => {
+                            stats::add(&stats.samples_future_refused, 1);
+                            continue;
+                        }
+                        FuturePolicy::ArrivalTime => {
+                            stats::add(&stats.samples_future_stamped, 1);
+                            ts_ms = now_ms;
+                        }
+                    }
+                }
+                any = true;
                 match self.engine.series_key(&decoded.device, &r.metric) {
                     Ok(series) => admitted.samples.push(Sample {
                         series,
                         ts_ms,
                         value: r.value,
                     }),
-                    Err(_) => stats::add(&self.parts.stats.samples_series_refused, 1),
+                    Err(_) => stats::add(&stats.samples_series_refused, 1),
                 }
                 admitted.stored.push(StoredSample {
                     device: decoded.device.clone(),
@@ -124,9 +157,16 @@ impl Pipeline {
                     frame,
                 });
             }
-            stats::add(&self.parts.stats.messages_accepted, 1);
+            if any || decoded.seq.is_some() {
+                stats::add(&stats.messages_accepted, 1);
+            }
         }
-        rejected.log();
+        for (reason, n) in refused {
+            stats.messages_refused(reason, n);
+        }
+        for (reason, n) in dropped {
+            stats.values_dropped(reason, n);
+        }
         admitted
     }
 
@@ -136,22 +176,76 @@ impl Pipeline {
     }
 }
 
-/// Rejected messages of one batch, logged once per batch, not per message.
+/// How often each kind of bad input may log a line.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Unknown topics logged once each, up to this many.
+const MAX_UNKNOWN_TOPICS_LOGGED: usize = 1000;
+
+/// Logs of refused and dropped input, rate-limited: per reason at most
+/// one line per [`LOG_EVERY`] (with the device, the topic and how many
+/// were not logged since); each unknown topic once. Counters count every
+/// one of them.
 #[derive(Debug, Default)]
-struct Rejections {
-    count: usize,
-    first: Option<(String, DecodeError)>,
+pub(super) struct Diagnostics {
+    /// Reason -> (last line, occurrences not logged since).
+    last: HashMap<&'static str, (Instant, u64)>,
+    unknown_topics: HashSet<String>,
 }
 
-impl Rejections {
-    fn note(&mut self, topic: &str, error: DecodeError) {
-        self.count += 1;
-        self.first.get_or_insert_with(|| (topic.to_string(), error));
+impl Diagnostics {
+    /// `Some(not logged since the last line)` when a line of `reason` is due.
+    fn due(&mut self, reason: &'static str) -> Option<u64> {
+        let now = Instant::now();
+        match self.last.get_mut(reason) {
+            Some((at, skipped)) if now.duration_since(*at) < LOG_EVERY => {
+                *skipped += 1;
+                None
+            }
+            Some((at, skipped)) => {
+                *at = now;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                self.last.insert(reason, (now, 0));
+                Some(0)
+            }
+        }
     }
 
-    fn log(&self) {
-        if let Some((topic, error)) = &self.first {
-            warn!(rejected = self.count, first_topic = %topic, first_error = %error, "messages rejected");
+    fn refused(&mut self, device: &str, topic: &str, error: &DecodeError) {
+        if let Some(suppressed) = self.due(error.reason()) {
+            warn!(device, topic, reason = error.reason(), %error, suppressed, "message refused");
+        }
+    }
+
+    fn dropped(&mut self, device: &str, topic: &str, field: &Dropped) {
+        let reason = field.reason.name();
+        if let Some(suppressed) = self.due(reason) {
+            warn!(device, topic, field = %field.field, reason, suppressed, "field dropped");
+        }
+    }
+
+    fn future(&mut self, device: &str, topic: &str, ahead_ms: i64) {
+        if let Some(suppressed) = self.due("future") {
+            warn!(
+                device,
+                topic,
+                ahead_s = ahead_ms / 1000,
+                suppressed,
+                "event time beyond ingest.future_horizon: the device's clock is ahead"
+            );
+        }
+    }
+
+    fn unknown_topic(&mut self, topic: &str) {
+        if self.unknown_topics.len() < MAX_UNKNOWN_TOPICS_LOGGED
+            && self.unknown_topics.insert(topic.to_string())
+        {
+            let more = match self.unknown_topics.len() == MAX_UNKNOWN_TOPICS_LOGGED {
+                true => "; further unknown topics are counted, not logged",
+                false => "",
+            };
+            info!(topic, "message on a topic no mapping claims (counted){more}");
         }
     }
 }

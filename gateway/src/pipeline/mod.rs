@@ -48,6 +48,8 @@ mod admit;
 mod commit;
 mod publish;
 pub mod render;
+
+use admit::Diagnostics;
 mod route;
 
 pub use render::Rendered;
@@ -121,6 +123,16 @@ impl PipelineParts {
         let rules = compiled.rules.clone();
         let mut engine = match self.store.load_snapshot()? {
             Some((offset, bytes)) => match Engine::restore(config.clone(), rules.clone(), &bytes) {
+                // Taken after a device clock ahead had moved event time
+                // past the horizon: its windows would never close.
+                Ok(engine) if engine.max_event_ms() > Some(self.horizon_ms()) => {
+                    warn!(
+                        event_time_ms = engine.max_event_ms(),
+                        horizon_ms = self.horizon_ms(),
+                        "engine snapshot is ahead of ingest.future_horizon; open windows start empty"
+                    );
+                    Engine::new(config, rules)?
+                }
                 Ok(engine) => {
                     let mut engine = engine;
                     let replayed = self.replay(&mut engine, offset)?;
@@ -148,6 +160,7 @@ impl PipelineParts {
             router: Router::new(&self.ingest),
             sequencer: Sequencer::new(self.store.devices()?, self.ingest.max_devices),
             full: false,
+            diagnostics: Diagnostics::default(),
             parts: self.clone(),
         })
     }
@@ -160,8 +173,15 @@ impl PipelineParts {
         let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
         let mut out = Output::default();
         let mut replayed = 0u64;
+        let mut ahead = 0u64;
+        let horizon_ms = self.horizon_ms();
         self.store.for_each_sample_from(offset, |_, s| {
             replayed += 1;
+            // Stored before the horizon applied: not fed to the engine.
+            if s.ts_ms > horizon_ms {
+                ahead += 1;
+                return;
+            }
             if let Ok(series) = engine.series_key(&s.device, &s.metric) {
                 chunk.push(Sample {
                     series,
@@ -176,7 +196,20 @@ impl PipelineParts {
             }
         })?;
         engine.ingest(&chunk, &mut out);
+        if ahead > 0 {
+            warn!(
+                ahead,
+                "stored samples beyond ingest.future_horizon not replayed into open windows"
+            );
+        }
         Ok(replayed)
+    }
+
+    /// The latest event time admitted now: the wall clock plus
+    /// `ingest.future_horizon`, in Unix milliseconds.
+    fn horizon_ms(&self) -> i64 {
+        let horizon = i64::try_from(self.ingest.future_horizon.as_millis()).unwrap_or(i64::MAX);
+        wall_ms().saturating_add(horizon)
     }
 }
 
@@ -194,6 +227,8 @@ pub struct Pipeline {
     sequencer: Sequencer,
     /// The sample log was at a cap after the last commit.
     full: bool,
+    /// Rate-limited logs of refused and dropped input.
+    diagnostics: Diagnostics,
     parts: PipelineParts,
 }
 
@@ -336,8 +371,11 @@ impl Pipeline {
         }
         let admitted = self.admit(batch, wall_ms());
         out.clear();
+        let late_before = self.engine.stats().late;
         self.engine.ingest(&admitted.samples, out);
-        stats::add(&self.parts.stats.samples_late, out.late.len() as u64);
+        // Once per sample, however many views it was late for.
+        let late = self.engine.stats().late.saturating_sub(late_before);
+        stats::add(&self.parts.stats.samples_late, late);
         let late = self.render_late(&out.late);
         self.commit_and_publish(admitted.stored, batch, out).await?;
         self.publish_late(late).await;

@@ -25,6 +25,9 @@ pub struct Message {
     pub topic: String,
     /// The payload, undecoded.
     pub payload: Bytes,
+    /// A retained message delivered because the source subscribed: the
+    /// last value the broker kept, not a new reading.
+    pub retained: bool,
     /// Given back to the source once the message's batch committed.
     pub ack: AckToken,
 }

@@ -61,6 +61,9 @@ pub fn message(p: Publish) -> Message {
     Message {
         topic: p.topic,
         payload: p.payload,
+        // Set by the broker only on what it delivers for a new
+        // subscription (MQTT 3.1.1, 3.3.1.3): an old reading.
+        retained: p.retain,
         ack: AckToken(qos << 16 | u64::from(p.pkid)),
     }
 }

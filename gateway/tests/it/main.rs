@@ -8,6 +8,7 @@ mod common;
 mod config;
 mod end_to_end;
 mod engine;
+mod field_input;
 mod rules;
 mod serial;
 mod shutdown;

@@ -111,6 +111,20 @@ pub async fn stored_per_device(gateway: &Gateway) -> BTreeMap<String, u64> {
     .expect("join")
 }
 
+/// Every stored sample, in log order.
+pub async fn stored_samples(gateway: &Gateway) -> Vec<eddy_gateway::store::StoredSample> {
+    let store = gateway.store().clone();
+    tokio::task::spawn_blocking(move || {
+        let mut samples = Vec::new();
+        store
+            .for_each_sample(|_, s| samples.push(s))
+            .expect("store readable");
+        samples
+    })
+    .await
+    .expect("join")
+}
+
 /// The assertions shared by the end-to-end tests.
 pub async fn assert_end_to_end(
     gateway: &Gateway,
