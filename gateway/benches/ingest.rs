@@ -99,7 +99,12 @@ fn decode_all(decoder: &Decoder, metric: Option<&str>, payloads: &[Vec<u8>]) -> 
         .sum()
 }
 
-fn bench_decode(bencher: Bencher, format: PayloadFormat, metric: Option<&str>, payloads: Vec<Vec<u8>>) {
+fn bench_decode(
+    bencher: Bencher,
+    format: PayloadFormat,
+    metric: Option<&str>,
+    payloads: Vec<Vec<u8>>,
+) {
     let decoder = Decoder::new(format);
     let samples = decode_all(&decoder, metric, &payloads);
     assert!(samples >= payloads.len(), "every payload decodes");
@@ -129,7 +134,13 @@ fn decode_json_batch(bencher: Bencher) {
     let payloads = (0..DECODED / 10)
         .map(|i| {
             let items: Vec<String> = (0..10)
-                .map(|k| format!(r#"{{"power": {:.1}, "ts": {}}}"#, 100.0 + k as f64, T0 + (i * 10 + k) as i64))
+                .map(|k| {
+                    format!(
+                        r#"{{"power": {:.1}, "ts": {}}}"#,
+                        100.0 + k as f64,
+                        T0 + (i * 10 + k) as i64
+                    )
+                })
                 .collect();
             format!("[{}]", items.join(",")).into_bytes()
         })
@@ -164,7 +175,9 @@ fn decode_eddy_frame(bencher: Bencher) {
                     .collect(),
             });
             let mut buf = [0u8; eddy_proto::MAX_FRAME_LEN];
-            eddy_proto::encode(&frame, &mut buf).expect("encodes").to_vec()
+            eddy_proto::encode(&frame, &mut buf)
+                .expect("encodes")
+                .to_vec()
         })
         .collect();
     bench_decode(bencher, PayloadFormat::Eddy, None, payloads);

@@ -262,7 +262,7 @@ impl<'de> Visitor<'de> for Element<'_, '_> {
 }
 
 impl Element<'_, '_> {
-    fn not_an_object(&mut self) {
+    fn not_an_object(self) {
         self.sink
             .drop_field(&format!("[{}]", self.index), DropReason::NotAnObject);
     }

@@ -252,9 +252,12 @@ impl Decoder {
             PayloadFormat::Auto if json() => json::decode(device, payload, &self.time, now_ms),
             PayloadFormat::Json => json::decode(device, payload, &self.time, now_ms),
             PayloadFormat::Auto | PayloadFormat::Eddy => decode_frame(device, payload, now_ms),
-            PayloadFormat::Value => {
-                decode_value(device, metric.ok_or(DecodeError::NoMetric)?, payload, now_ms)
-            }
+            PayloadFormat::Value => decode_value(
+                device,
+                metric.ok_or(DecodeError::NoMetric)?,
+                payload,
+                now_ms,
+            ),
         }
     }
 }
@@ -295,7 +298,11 @@ fn check_name(name: &str, max: usize) -> Result<(), DropReason> {
     if name.len() > max {
         return Err(DropReason::NameTooLong);
     }
-    if name.is_empty() || name.chars().any(|c| c.is_control() || matches!(c, '/' | '+' | '#')) {
+    if name.is_empty()
+        || name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '/' | '+' | '#'))
+    {
         return Err(DropReason::BadName);
     }
     Ok(())
@@ -401,7 +408,13 @@ mod tests {
     const T: i64 = 1_709_294_400_000;
 
     fn json(payload: &str) -> Result<Decoded, DecodeError> {
-        decode(PayloadFormat::Auto, "dev-1", payload.as_bytes(), 1 << 20, 42)
+        decode(
+            PayloadFormat::Auto,
+            "dev-1",
+            payload.as_bytes(),
+            1 << 20,
+            42,
+        )
     }
 
     fn values(d: &Decoded) -> Vec<(&str, f64)> {
@@ -479,7 +492,13 @@ mod tests {
             vec![("c", 3.0), ("total_energy_consumption_at_date_kwh", 7.0)]
         );
         assert_eq!(d.dropped[0].reason, DropReason::NameTooLong);
-        assert_eq!(d.dropped[1], Dropped { field: "a/b".into(), reason: DropReason::BadName });
+        assert_eq!(
+            d.dropped[1],
+            Dropped {
+                field: "a/b".into(),
+                reason: DropReason::BadName
+            }
+        );
         let many: String = (0..MAX_JSON_READINGS + 6)
             .map(|i| format!("\"m{i}\":{i}"))
             .collect::<Vec<_>>()
@@ -487,7 +506,11 @@ mod tests {
         let d = json(&format!("{{{many}}}")).expect("decodes");
         assert_eq!(d.readings.len(), MAX_JSON_READINGS);
         assert_eq!(d.dropped.len(), 6);
-        assert!(d.dropped.iter().all(|x| x.reason == DropReason::TooManyFields));
+        assert!(
+            d.dropped
+                .iter()
+                .all(|x| x.reason == DropReason::TooManyFields)
+        );
     }
 
     #[test]
@@ -525,25 +548,41 @@ mod tests {
         // A key given twice keeps its last value; escaped keys decode.
         let d = json(r#"{"t": 1, "t": 2, "h\u0075m": 3}"#).expect("decodes");
         assert_eq!(values(&d), vec![("hum", 3.0), ("t", 2.0)]);
-        let d = json(r#"{"a": [1, {"b": 2}], "n": null, "big": 18446744073709551615, "e": -1.5e3}"#)
-            .expect("decodes");
+        let d =
+            json(r#"{"a": [1, {"b": 2}], "n": null, "big": 18446744073709551615, "e": -1.5e3}"#)
+                .expect("decodes");
         assert_eq!(
             values(&d),
-            vec![("a.0", 1.0), ("a.1.b", 2.0), ("big", u64::MAX as f64), ("e", -1500.0)]
+            vec![
+                ("a.0", 1.0),
+                ("a.1.b", 2.0),
+                ("big", u64::MAX as f64),
+                ("e", -1500.0)
+            ]
         );
         // Values nested deeper than the limit are dropped, counted.
-        let deep = format!("{}1{}", "{\"a\":".repeat(MAX_JSON_DEPTH + 1), "}".repeat(MAX_JSON_DEPTH + 1));
+        let deep = format!(
+            "{}1{}",
+            "{\"a\":".repeat(MAX_JSON_DEPTH + 1),
+            "}".repeat(MAX_JSON_DEPTH + 1)
+        );
         let deep = deep.replacen("{\"a\":", "{\"x\": 0, \"a\":", 1);
         let d = json(&deep).expect("decodes");
         assert_eq!(values(&d), vec![("x", 0.0)]);
         assert_eq!(d.dropped[0].reason, DropReason::TooDeep);
         // `ts` counts at the top level only.
         let d = json(r#"{"a": {"ts": 5}, "ts": 1709294400}"#).expect("decodes");
-        assert_eq!((d.readings[0].metric.as_str(), d.readings[0].ts_ms), ("a.ts", T));
+        assert_eq!(
+            (d.readings[0].metric.as_str(), d.readings[0].ts_ms),
+            ("a.ts", T)
+        );
         // Trailing bytes and a truncated object are JSON errors, found
         // even after readings were read.
         assert!(matches!(json(r#"{"t": 1} x"#), Err(DecodeError::Json(_))));
-        assert!(matches!(json(r#"{"t": 1, "h": "#), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            json(r#"{"t": 1, "h": "#),
+            Err(DecodeError::Json(_))
+        ));
         let as_json = |p: &str| decode(PayloadFormat::Json, "dev-1", p.as_bytes(), 1024, 42);
         assert_eq!(as_json(r#"  "text""#), Err(DecodeError::NotAnObject));
         assert!(matches!(as_json("  [1, "), Err(DecodeError::Json(_))));
@@ -559,11 +598,21 @@ mod tests {
             ..Decoder::new(PayloadFormat::Json)
         };
         let d = decoder
-            .decode("plug-1", None, br#"{"Time": "2024-03-01T13:00:00", "t": 21}"#, 42)
+            .decode(
+                "plug-1",
+                None,
+                br#"{"Time": "2024-03-01T13:00:00", "t": 21}"#,
+                42,
+            )
             .expect("decodes");
         assert_eq!(d.readings[0].ts_ms, T);
         let d = decoder
-            .decode("plug-1", None, br#"{"Time": "2024-03-01T12:00:00Z", "ts": 5, "t": 21}"#, 42)
+            .decode(
+                "plug-1",
+                None,
+                br#"{"Time": "2024-03-01T12:00:00Z", "ts": 5, "t": 21}"#,
+                42,
+            )
             .expect("decodes");
         assert_eq!(values(&d), vec![("t", 21.0), ("ts", 5.0)]);
         assert_eq!(d.readings[0].ts_ms, T);
@@ -576,13 +625,18 @@ mod tests {
             .decode("kitchen", Some("temperature"), b" 21.5\n", 42)
             .expect("decodes");
         assert_eq!(values(&d), vec![("temperature", 21.5)]);
-        let on = decoder.decode("kitchen", Some("light"), b"ON", 42).expect("on");
+        let on = decoder
+            .decode("kitchen", Some("light"), b"ON", 42)
+            .expect("on");
         assert_eq!(values(&on), vec![("light", 1.0)]);
         assert_eq!(
             decoder.decode("kitchen", Some("t"), b"unavailable", 42),
             Err(DecodeError::NoReadings)
         );
-        assert_eq!(decoder.decode("kitchen", None, b"1", 42), Err(DecodeError::NoMetric));
+        assert_eq!(
+            decoder.decode("kitchen", None, b"1", 42),
+            Err(DecodeError::NoMetric)
+        );
     }
 
     type Named = (String, f64);
@@ -597,7 +651,12 @@ mod tests {
                 }
                 serde_json::Value::Bool(b) => out.push((key.to_string(), f64::from(u8::from(*b)))),
                 serde_json::Value::String(s) => {
-                    if let Ok(v) = s.trim().parse::<f64>().map_err(drop).and_then(|v| v.is_finite().then_some(v).ok_or(())) {
+                    if let Ok(v) = s
+                        .trim()
+                        .parse::<f64>()
+                        .map_err(drop)
+                        .and_then(|v| v.is_finite().then_some(v).ok_or(()))
+                    {
                         out.push((key.to_string(), v));
                     }
                 }

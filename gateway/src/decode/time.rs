@@ -124,11 +124,18 @@ mod tests {
 
     #[test]
     fn implausible_numbers_are_refused_not_reinterpreted() {
-        for v in [0.0, 12_345.0, -1.0, 5e10, 5e13, 5e16, 5e19, f64::NAN, f64::INFINITY] {
-            assert!(
-                matches!(epoch_ms(v), Err(TimeError::Implausible(_))),
-                "{v}"
-            );
+        for v in [
+            0.0,
+            12_345.0,
+            -1.0,
+            5e10,
+            5e13,
+            5e16,
+            5e19,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            assert!(matches!(epoch_ms(v), Err(TimeError::Implausible(_))), "{v}");
         }
     }
 

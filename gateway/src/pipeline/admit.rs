@@ -47,8 +47,8 @@ impl Pipeline {
             ack_devices: HashSet::new(),
         };
         let stats = self.parts.stats.clone();
-        let horizon_ms = i64::try_from(self.parts.ingest.future_horizon.as_millis())
-            .unwrap_or(i64::MAX);
+        let horizon_ms =
+            i64::try_from(self.parts.ingest.future_horizon.as_millis()).unwrap_or(i64::MAX);
         let mut refused: HashMap<&'static str, u64> = HashMap::new();
         let mut dropped: HashMap<&'static str, u64> = HashMap::new();
         for msg in batch {
@@ -128,7 +128,8 @@ impl Pipeline {
                     TimeMode::Processing => now_ms,
                 };
                 if ts_ms.saturating_sub(now_ms) > horizon_ms {
-                    self.diagnostics.future(&decoded.device, &msg.topic, ts_ms - now_ms);
+                    self.diagnostics
+                        .future(&decoded.device, &msg.topic, ts_ms - now_ms);
                     match self.parts.ingest.on_future {
                         FuturePolicy::Refuse => {
                             stats::add(&stats.samples_future_refused, 1);
@@ -245,7 +246,10 @@ impl Diagnostics {
                 true => "; further unknown topics are counted, not logged",
                 false => "",
             };
-            info!(topic, "message on a topic no mapping claims (counted){more}");
+            info!(
+                topic,
+                "message on a topic no mapping claims (counted){more}"
+            );
         }
     }
 }

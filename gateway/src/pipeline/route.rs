@@ -204,7 +204,10 @@ mod tests {
         let r = router
             .route("home/kitchen/plug/power/state")
             .expect("routed");
-        assert_eq!((r.device.as_ref(), r.metric), ("kitchen.plug", Some("power")));
+        assert_eq!(
+            (r.device.as_ref(), r.metric),
+            ("kitchen.plug", Some("power"))
+        );
         assert_eq!(r.decoder.format, PayloadFormat::Value);
     }
 }

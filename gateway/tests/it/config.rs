@@ -172,7 +172,7 @@ fn broker_urls() {
 fn the_shipped_example_config_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/eddy.toml");
     let c = Config::load(&path).expect("examples/eddy.toml is valid");
-    assert_eq!(c.ingest.topics.len(), 2);
+    assert_eq!(c.ingest.topics.len(), 3);
     assert!(c.upstream.is_some());
     assert_eq!(c.engine.views.len(), 2);
     let (engine, _) = c.engine();

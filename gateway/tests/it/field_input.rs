@@ -54,23 +54,45 @@ async fn one_device_clock_does_not_stall_the_fleet() {
     let client = json_publisher(gateway.broker(), "clocks");
     let t = |d: &str| format!("eddy/v1/{d}/telemetry");
     let now = now_ms();
-    publish(&client, &t("a"), &format!(r#"{{"temperature": 20, "ts": {now}}}"#)).await;
+    publish(
+        &client,
+        &t("a"),
+        &format!(r#"{{"temperature": 20, "ts": {now}}}"#),
+    )
+    .await;
     // Microseconds: the same instant, read as such.
     let now_us = now * 1000;
-    publish(&client, &t("b"), &format!(r#"{{"temperature": 22, "ts": {now_us}}}"#)).await;
+    publish(
+        &client,
+        &t("b"),
+        &format!(r#"{{"temperature": 22, "ts": {now_us}}}"#),
+    )
+    .await;
     // A clock a day ahead: refused, counted.
     let tomorrow = now + 86_400_000;
-    publish(&client, &t("c"), &format!(r#"{{"temperature": 23, "ts": {tomorrow}}}"#)).await;
+    publish(
+        &client,
+        &t("c"),
+        &format!(r#"{{"temperature": 23, "ts": {tomorrow}}}"#),
+    )
+    .await;
     // Not an instant in any unit: refused, never reinterpreted.
     publish(&client, &t("d"), r#"{"temperature": 24, "ts": 12345}"#).await;
     // `a` runs hot for 4 s: the rule (mean over 1 s > 50) fires.
     for _ in 0..20 {
         let ts = now_ms();
-        publish(&client, &t("a"), &format!(r#"{{"temperature": 80, "ts": {ts}}}"#)).await;
+        publish(
+            &client,
+            &t("a"),
+            &format!(r#"{{"temperature": 80, "ts": {ts}}}"#),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        wait_until(Duration::from_secs(10), || stats.snapshot().alerts_fired >= 1).await,
+        wait_until(Duration::from_secs(10), || stats.snapshot().alerts_fired
+            >= 1)
+        .await,
         "the rule never fired: {}",
         stats.snapshot()
     );
@@ -150,7 +172,7 @@ metric_level = 3"#,
         &format!(r#"[{{"t": 1, "ts": {s}}}, {{"t": 2, "ts": {}}}]"#, s + 1),
     )
     .await;
-    wait_committed(&gateway, 17).await;
+    wait_committed(&gateway, 15).await;
     let samples = stored_samples(&gateway).await;
     let got = rows(&samples);
     let (_, _, arrival, _) = got
@@ -160,10 +182,7 @@ metric_level = 3"#,
         .expect("kitchen stored");
     let row = |d: &str, m: &str, ts: i64, v: f64| (d.to_string(), m.to_string(), ts, v);
     let arrived = |d: &str, m: &str, v: f64| {
-        let ts = got
-            .iter()
-            .find(|r| r.0 == d && r.1 == m)
-            .map_or(0, |r| r.2);
+        let ts = got.iter().find(|r| r.0 == d && r.1 == m).map_or(0, |r| r.2);
         assert!((ts - arrival).abs() < 10_000, "{d} {m} at {ts}");
         row(d, m, ts, v)
     };
@@ -198,16 +217,8 @@ metric_level = 3"#,
 async fn a_retained_reading_is_stored_once_across_restarts() {
     let broker = Mosquitto::start().expect("mosquitto starts");
     let data = tempfile::tempdir().expect("temp dir");
-    let config = || {
-        let mut c = test_config(data.path().to_path_buf(), None);
-        c.broker.url = Some(broker.url());
-        c
-    };
-    let gateway = Gateway::start(config()).await.expect("gateway starts");
-    gateway
-        .subscribed(Duration::from_secs(10))
-        .await
-        .expect("subscribed");
+    let config = || config_on(data.path(), broker.url());
+    let gateway = start_subscribed(config()).await;
     let client = json_publisher(gateway.broker(), "retainer");
     client
         .publish(

@@ -16,16 +16,8 @@ const MESSAGES: usize = 3000;
 async fn shutdown_under_load_acknowledges_what_it_committed() {
     let data = tempfile::tempdir().expect("temp dir");
     let broker = Mosquitto::start().expect("mosquitto starts");
-    let config = || {
-        let mut c = test_config(data.path().to_path_buf(), None);
-        c.broker.url = Some(broker.url());
-        c
-    };
-    let gateway = Gateway::start(config()).await.expect("gateway starts");
-    gateway
-        .subscribed(Duration::from_secs(10))
-        .await
-        .expect("subscribed");
+    let config = || config_on(data.path(), broker.url());
+    let gateway = start_subscribed(config()).await;
     let stats = gateway.stats().clone();
 
     // A burst of JSON telemetry; wait until the broker took all of it.

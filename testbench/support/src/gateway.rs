@@ -56,6 +56,23 @@ pub fn test_config(data_dir: PathBuf, upstream: Option<String>) -> Config {
     config
 }
 
+/// [`test_config`] with an external broker at `url` for ingest.
+pub fn config_on(data_dir: &Path, url: String) -> Config {
+    let mut config = test_config(data_dir.to_path_buf(), None);
+    config.broker.url = Some(url);
+    config
+}
+
+/// Starts a gateway and waits until its ingest session subscribed.
+pub async fn start_subscribed(config: Config) -> Gateway {
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    gateway
+        .subscribed(Duration::from_secs(10))
+        .await
+        .expect("subscribed");
+    gateway
+}
+
 /// The fleet used by the end-to-end tests: devices 0 and 3 run hot.
 pub fn test_fleet(host: &str, port: u16, duration: Duration) -> FleetConfig {
     FleetConfig {
