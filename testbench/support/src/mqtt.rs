@@ -9,7 +9,7 @@ use std::time::Duration;
 use eddy_mqtt::{AsyncClient, BrokerUrl, Connector, Delivery, Discard, Publish, Pump, QoS, Ready};
 use rumqttc::{Event, Packet};
 use tokio::sync::mpsc;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 /// What [`watch`] subscribes to, and how.
 #[derive(Debug, Clone)]
@@ -119,8 +119,9 @@ impl Drop for Collector {
 }
 
 /// A client on `broker` whose event loop runs on its own task,
-/// reconnecting after errors, until the last clone of the [`Publisher`]
-/// is dropped; `capacity` requests may wait.
+/// reconnecting after errors, until [`LINGER`] after the last clone of
+/// the [`Publisher`] is dropped (so what was queued just before still goes
+/// out); `capacity` requests may wait.
 pub fn publisher(broker: &BrokerUrl, client_id: &str, capacity: usize) -> Publisher {
     let stop = CancellationToken::new();
     let (client, _running) = Connector::new(broker, client_id)
@@ -128,16 +129,19 @@ pub fn publisher(broker: &BrokerUrl, client_id: &str, capacity: usize) -> Publis
         .spawn(&Pump::new().reconnect(RETRY, RETRY), Discard, stop.clone());
     Publisher {
         client,
-        _stop: Arc::new(stop.drop_guard()),
+        _stop: Arc::new(StopLater(stop)),
     }
 }
 
+/// How long a dropped [`Publisher`]'s event loop keeps sending.
+pub const LINGER: Duration = Duration::from_secs(5);
+
 /// A publishing client from [`publisher`]: an [`AsyncClient`] whose
-/// event loop stops when the last clone is dropped.
+/// event loop stops [`LINGER`] after the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     client: AsyncClient,
-    _stop: Arc<DropGuard>,
+    _stop: Arc<StopLater>,
 }
 
 impl Deref for Publisher {
@@ -145,6 +149,26 @@ impl Deref for Publisher {
 
     fn deref(&self) -> &AsyncClient {
         &self.client
+    }
+}
+
+/// Cancels its token [`LINGER`] after being dropped (at once outside a
+/// runtime).
+#[derive(Debug)]
+struct StopLater(CancellationToken);
+
+impl Drop for StopLater {
+    fn drop(&mut self) {
+        let stop = self.0.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(LINGER).await;
+                    stop.cancel();
+                });
+            }
+            Err(_) => stop.cancel(),
+        }
     }
 }
 
