@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
         PayloadFormat::Eddy,
         PayloadFormat::Json,
         PayloadFormat::Value,
+        PayloadFormat::Senml,
     ] {
         if let Ok(d) = Decoder::new(format).decode("dev-1", Some("m"), data, 0) {
             assert!(!d.readings.is_empty());

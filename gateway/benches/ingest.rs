@@ -7,7 +7,8 @@
 //!
 //! The `decode_*` benches time decoding alone, per payload format, on
 //! 100,000 messages of each: JSON objects, JSON batches of 10 readings,
-//! plain values and Eddy frames (samples/s from payload bytes).
+//! SenML packs of 10 records, plain values and Eddy frames (samples/s
+//! from payload bytes).
 //!
 //! `cargo bench -p eddy-gateway --bench ingest`
 
@@ -146,6 +147,26 @@ fn decode_json_batch(bencher: Bencher) {
         })
         .collect();
     bench_decode(bencher, PayloadFormat::Json, None, payloads);
+}
+
+#[divan::bench(sample_count = 10)]
+fn decode_senml_pack(bencher: Bencher) {
+    let payloads = (0..DECODED / 10)
+        .map(|i| {
+            let records: Vec<String> = (0..10)
+                .map(|k| match k {
+                    0 => format!(
+                        r#"{{"bn": "urn:dev:mac:0024befffe804ff1:", "bt": {}, "n": "power", "u": "W", "v": {:.1}}}"#,
+                        T0 / 1000 + i as i64,
+                        100.0 + k as f64
+                    ),
+                    _ => format!(r#"{{"n": "power", "u": "W", "t": {k}, "v": {:.1}}}"#, 100.0 + k as f64),
+                })
+                .collect();
+            format!("[{}]", records.join(",")).into_bytes()
+        })
+        .collect();
+    bench_decode(bencher, PayloadFormat::Senml, None, payloads);
 }
 
 #[divan::bench(sample_count = 10)]

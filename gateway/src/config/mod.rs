@@ -331,6 +331,9 @@ pub enum PayloadFormat {
     /// One plain value per message (`21.5`, `ON`), the metric named by a
     /// topic level (`metric_level`).
     Value,
+    /// A SenML pack (RFC 8428, JSON): an array of records with base name,
+    /// time and value.
+    Senml,
 }
 
 /// Maps an MQTT topic filter to a payload format and the topic level that

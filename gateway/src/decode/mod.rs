@@ -1,8 +1,9 @@
 //! Payload decoders: an MQTT message -> readings of one device.
 //!
 //! Formats: Eddy frames (`eddy_proto`), JSON ([`json`]: objects of
-//! readings, batches, numbers as strings, arrays, ISO or epoch times) and
-//! plain values (`21.5` on a topic per metric). Every refused message
+//! readings, batches, numbers as strings, arrays, ISO or epoch times),
+//! SenML packs ([`senml`], RFC 8428) and plain values (`21.5` on a topic
+//! per metric). Every refused message
 //! names what was wrong ([`DecodeError`]); a field that cannot be a
 //! reading is dropped alone and reported ([`Dropped`]), its neighbours
 //! kept; a refused message never affects the other messages of its batch.
@@ -22,6 +23,7 @@ use crate::config::PayloadFormat;
 use crate::sequencer::FrameSeq;
 
 mod json;
+mod senml;
 pub mod time;
 
 use time::TimeError;
@@ -258,6 +260,7 @@ impl Decoder {
                 payload,
                 now_ms,
             ),
+            PayloadFormat::Senml => senml::decode(device, payload, now_ms),
         }
     }
 }

@@ -134,8 +134,24 @@ format = "value"
 device_level = [1, 2]
 metric_level = 3"#,
     );
+    mapping(
+        &mut config,
+        r#"filter = "senml/+"
+format = "senml"
+device_level = 1"#,
+    );
     let gateway = Gateway::start(config).await.expect("gateway starts");
     let client = json_publisher(gateway.broker(), "devices");
+    // SenML (RFC 8428): base name, base time in seconds, a relative time.
+    publish(
+        &client,
+        "senml/meter-7",
+        &format!(
+            r#"[{{"bn": "urn:dev:mac:0024befffe804ff1:", "bt": {}, "n": "voltage", "u": "V", "v": 230.1}}, {{"n": "current", "u": "A", "t": 1, "v": 0.5}}, {{"n": "label", "vs": "hall"}}]"#,
+            T / 1000
+        ),
+    )
+    .await;
     // Tasmota: local time without an offset, arrays of phases.
     publish(
         &client,
@@ -172,7 +188,7 @@ metric_level = 3"#,
         &format!(r#"[{{"t": 1, "ts": {s}}}, {{"t": 2, "ts": {}}}]"#, s + 1),
     )
     .await;
-    wait_committed(&gateway, 15).await;
+    wait_committed(&gateway, 17).await;
     let samples = stored_samples(&gateway).await;
     let got = rows(&samples);
     let (_, _, arrival, _) = got
@@ -191,6 +207,8 @@ metric_level = 3"#,
         row(uuid, "ok", T, 1.0),
         row(uuid, "total_energy_consumption_at_date_kwh", T, 7.5),
         row("batch-1", "t", T, 1.0),
+        row("meter-7", "current", T + 1000, 0.5),
+        row("meter-7", "voltage", T, 230.1),
         row("batch-1", "t", T + 1000, 2.0),
         arrived("garage.plug", "power", 13.0),
         arrived("kitchen", "temperature", 21.5),
@@ -206,7 +224,7 @@ metric_level = 3"#,
     want.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     assert_eq!(got, want);
     let http = gateway.http_addr().expect("http");
-    for (reason, n) in [("not_a_number", 1), ("not_finite", 1), ("bad_name", 0)] {
+    for (reason, n) in [("not_a_number", 2), ("not_finite", 1), ("bad_name", 0)] {
         let name = format!("eddy_values_dropped_total{{reason=\"{reason}\"}}");
         assert_eq!(scrape(http, &name).await, Some(n), "{name}");
     }
