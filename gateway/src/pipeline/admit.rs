@@ -62,8 +62,8 @@ impl Pipeline {
                 continue;
             };
             let device = route.device;
-            if let Some(path) = self.router.path(&msg.topic) {
-                self.engine.set_path(&device, &path);
+            if let Some(path) = &route.path {
+                self.engine.set_path(&device, path);
             }
             let decoded = match route
                 .decoder

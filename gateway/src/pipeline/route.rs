@@ -33,6 +33,8 @@ pub struct Route<'r, 't> {
     pub device: Cow<'t, str>,
     /// The metric the topic names (plain values).
     pub metric: Option<&'t str>,
+    /// The hierarchy path the mapping's `path_levels` read (`site/line`).
+    pub path: Option<String>,
     pub decoder: &'r Decoder,
 }
 
@@ -79,6 +81,7 @@ impl Router {
             return Some(Route {
                 device: Cow::Borrowed(device),
                 metric: None,
+                path: None,
                 decoder: &self.eddy,
             });
         }
@@ -92,22 +95,20 @@ impl Router {
                 Cow::Owned(parts?.join("."))
             }
         };
+        let path = match m.path.is_empty() {
+            true => None,
+            false => {
+                let parts: Option<Vec<&str>> =
+                    m.path.iter().map(|&i| levels.get(i).copied()).collect();
+                Some(parts?.join("/"))
+            }
+        };
         Some(Route {
             device,
             metric: m.metric.and_then(|l| levels.get(l).copied()),
+            path,
             decoder: &m.decoder,
         })
-    }
-
-    /// The hierarchy path a mapping with `path_levels` reads from a topic.
-    pub fn path(&self, topic: &str) -> Option<String> {
-        let levels: Vec<&str> = topic.split('/').collect();
-        let m = self
-            .mappings
-            .iter()
-            .find(|m| !m.path.is_empty() && matches(&m.filter, &levels))?;
-        let parts: Option<Vec<&str>> = m.path.iter().map(|&i| levels.get(i).copied()).collect();
-        Some(parts?.join("/"))
     }
 }
 
@@ -164,7 +165,10 @@ mod tests {
         assert_eq!(route("eddy/v1/d1/status"), None);
         assert_eq!(route("tele/plug-3/STATE"), None);
         assert_eq!(route("tele/plug-3/SENSOR/extra"), None);
-        assert_eq!(router.path("tele/plug-3/SENSOR"), None);
+        assert_eq!(
+            router.route("tele/plug-3/SENSOR").and_then(|r| r.path),
+            None
+        );
         let config = Config::parse(
             r#"
             [[ingest.topics]]
@@ -180,12 +184,7 @@ mod tests {
             .route("factory/plant-1/line-4/press-2/data")
             .expect("routed");
         assert_eq!(r.device, "press-2");
-        assert_eq!(
-            router
-                .path("factory/plant-1/line-4/press-2/data")
-                .as_deref(),
-            Some("plant-1/line-4")
-        );
+        assert_eq!(r.path.as_deref(), Some("plant-1/line-4"));
     }
 
     #[test]
