@@ -51,6 +51,82 @@ pub struct SqlError {
     pub message: String,
 }
 
+/// Longest rule text (query or condition), in bytes.
+pub const MAX_RULE_BYTES: usize = 8192;
+/// Most operators (`AND`, `OR`, `NOT`, comparisons, arithmetic) in one
+/// rule text: with the nesting limit, this bounds the depth of the
+/// expression trees the engine evaluates recursively.
+pub const MAX_RULE_OPERATORS: usize = 256;
+/// Deepest parenthesis nesting in one rule text.
+pub const MAX_RULE_NESTING: usize = 32;
+
+/// Refuses texts over the size, operator and nesting limits before the
+/// parser builds a tree of them: every path to a rule (config, rules
+/// directory, API, `eddy rules check`) goes through here.
+fn check_limits(text: &str) -> Result<(), SqlError> {
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    if text.len() > MAX_RULE_BYTES {
+        return Err(SqlError {
+            line: 1,
+            column: 1,
+            message: format!(
+                "rule of {} bytes exceeds the limit of {MAX_RULE_BYTES}",
+                text.len()
+            ),
+        });
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, text)
+        .tokenize_with_location()
+        .map_err(|e| {
+            parser_error(
+                text,
+                sqlparser::parser::ParserError::TokenizerError(e.to_string()),
+            )
+        })?;
+    let (mut operators, mut depth) = (0usize, 0usize);
+    for t in &tokens {
+        let at = |message: String| SqlError {
+            line: t.span.start.line,
+            column: t.span.start.column,
+            message,
+        };
+        match &t.token {
+            Token::LParen => {
+                depth += 1;
+                if depth > MAX_RULE_NESTING {
+                    return Err(at(format!(
+                        "parentheses nested deeper than {MAX_RULE_NESTING}"
+                    )));
+                }
+            }
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR | Keyword::NOT) => {
+                operators += 1
+            }
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq => operators += 1,
+            _ => {}
+        }
+        if operators > MAX_RULE_OPERATORS {
+            return Err(at(format!(
+                "more than {MAX_RULE_OPERATORS} operators in one rule; split it into several rules"
+            )));
+        }
+    }
+    Ok(())
+}
+
 const AGGREGATES: &str = "count, sum, avg, min, max, first, last, stddev, variance, rate, delta, \
                           p50, p90, p99 (or percentile(metric, 0.99))";
 const WINDOWS: &str = "TUMBLING(size), HOPPING(size, hop), SLIDING(size), SESSION(gap[, max]) \
@@ -74,6 +150,7 @@ fn err_at(node: &impl Spanned, message: impl Into<String>) -> SqlError {
 
 /// Parses one rule query.
 pub fn parse(sql: &str) -> Result<Query, SqlError> {
+    check_limits(sql)?;
     let statements =
         Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| parser_error(sql, e))?;
     let [statement] = statements.as_slice() else {
@@ -161,6 +238,7 @@ pub fn parse(sql: &str) -> Result<Query, SqlError> {
 /// A condition over the same metric as `query`, e.g. the `clear`
 /// condition of a rule with hysteresis: `avg(temperature) < 28`.
 pub fn parse_condition(query: &Query, text: &str) -> Result<Expr, SqlError> {
+    check_limits(text)?;
     let dialect = GenericDialect {};
     let mut parser = Parser::new(&dialect)
         .try_with_sql(text)
@@ -889,6 +967,36 @@ mod tests {
         assert_eq!(q.value, Expr::Agg(Aggregate::Mean));
         assert!(q.filter.admits("d1", Some("plant-1/b1")));
         assert!(!q.filter.admits("d1", Some("plant-2/b1")));
+    }
+
+    #[test]
+    fn oversized_rules_are_refused_before_parsing_at_their_place() {
+        let rule = |terms: usize| {
+            let having: Vec<String> = (0..terms).map(|i| format!("avg(t) > {i}")).collect();
+            format!(
+                "SELECT device FROM telemetry GROUP BY device, TUMBLING(INTERVAL '1' SECOND)\nHAVING {}",
+                having.join(" OR ")
+            )
+        };
+        // 5,000 terms (the 20 KB rule that overflowed the stack).
+        let e = parse(&rule(5000)).expect_err("too large");
+        assert!(e.message.contains("exceeds the limit of 8192"), "{e}");
+        // Small enough in bytes, too many operators: placed at the first
+        // one past the limit.
+        let e = parse(&rule(140)).expect_err("too many operators");
+        assert!(e.message.contains("operators"), "{e}");
+        assert_eq!(e.line, 2, "{e}");
+        // Within the limits: compiles, and evaluates without trouble.
+        let q = parse(&rule(120)).expect("within the limits");
+        assert!(matches!(q.condition, Expr::Or(..)));
+        let nested = format!(
+            "{}avg(t) > 1{}",
+            "(".repeat(MAX_RULE_NESTING + 1),
+            ")".repeat(MAX_RULE_NESTING + 1)
+        );
+        let e = parse_condition(&q, &nested).expect_err("too deep");
+        assert!(e.message.contains("nested"), "{e}");
+        assert_eq!((e.line, e.column), (1, MAX_RULE_NESTING as u64 + 1), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
 use eddy_analytics::{Engine, EngineConfig, Output, Sample, ViewSpec, WindowKind};
 use eddy_gateway::config::PayloadFormat;
-use eddy_gateway::decode::{Decoder, decode};
+use eddy_gateway::decode::{Decoder, LineSpec, decode};
 
 const DEVICES: usize = 50_000;
 const SECONDS: i64 = 20;
@@ -93,11 +93,18 @@ const DECODED: usize = 100_000;
 
 /// Decodes every payload with `decoder`; the samples decoded.
 fn decode_all(decoder: &Decoder, metric: Option<&str>, payloads: &[Vec<u8>]) -> usize {
-    payloads
-        .iter()
-        .filter_map(|p| decoder.decode("dev-00001", metric, p, T0).ok())
-        .map(|d| d.readings.len())
-        .sum()
+    let mut out = Vec::with_capacity(4);
+    let mut samples = 0;
+    for p in payloads {
+        out.clear();
+        if decoder
+            .decode_into("dev-00001", metric, p, T0, &mut out)
+            .is_ok()
+        {
+            samples += out.iter().map(|d| d.readings.len()).sum::<usize>();
+        }
+    }
+    samples
 }
 
 fn bench_decode(
@@ -106,7 +113,13 @@ fn bench_decode(
     metric: Option<&str>,
     payloads: Vec<Vec<u8>>,
 ) {
-    let decoder = Decoder::new(format);
+    let decoder = Decoder {
+        line: LineSpec {
+            device_tag: Some("host".into()),
+            ..LineSpec::default()
+        },
+        ..Decoder::new(format)
+    };
     let samples = decode_all(&decoder, metric, &payloads);
     assert!(samples >= payloads.len(), "every payload decodes");
     bencher
@@ -167,6 +180,28 @@ fn decode_senml_pack(bencher: Bencher) {
         })
         .collect();
     bench_decode(bencher, PayloadFormat::Senml, None, payloads);
+}
+
+#[divan::bench(sample_count = 10)]
+fn decode_line_protocol(bencher: Bencher) {
+    // Telegraf-like: ten lines per message, two hosts, a tag, two fields.
+    let payloads = (0..DECODED / 10)
+        .map(|i| {
+            let lines: Vec<String> = (0..10)
+                .map(|k| {
+                    format!(
+                        "cpu,host=box-{},cpu=cpu{k} usage_user={:.2},usage_system={:.2} {}",
+                        k % 2,
+                        10.0 + (i % 50) as f64 / 10.0,
+                        2.0 + k as f64 / 10.0,
+                        (T0 + (i * 10 + k) as i64) * 1_000_000
+                    )
+                })
+                .collect();
+            lines.join("\n").into_bytes()
+        })
+        .collect();
+    bench_decode(bencher, PayloadFormat::LineProtocol, None, payloads);
 }
 
 #[divan::bench(sample_count = 10)]

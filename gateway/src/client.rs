@@ -58,10 +58,40 @@ pub async fn exchange(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), ClientError> {
+    let headers = [(hyper::header::CONTENT_TYPE.as_str(), content_type)];
+    let answer = send(addr, method, path, &headers, body, timeout).await?;
+    Ok((answer.status, answer.body))
+}
+
+/// What a server answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// One request with `headers` (`Host` is added) on a fresh connection
+/// to `addr` (`host:port`); an answer over 64 MiB is an error.
+pub async fn send(
+    addr: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
     let http = |e: &dyn std::fmt::Display| ClientError::Http {
         addr: addr.to_string(),
         message: e.to_string(),
     };
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| http(&e))?;
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -73,22 +103,22 @@ pub async fn exchange(
             .await
             .map_err(|e| http(&e))?;
         tokio::spawn(connection);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, addr)
-            .header(hyper::header::CONTENT_TYPE, content_type)
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| http(&e))?;
+        let host = hyper::header::HeaderValue::from_str(addr).map_err(|e| http(&e))?;
+        request.headers_mut().insert(hyper::header::HOST, host);
         let response = sender.send_request(request).await.map_err(|e| http(&e))?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
             .await
             .map_err(|e| http(&e))?
             .to_bytes()
             .to_vec();
-        Ok((status, body))
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     };
     tokio::time::timeout(timeout, exchange)
         .await

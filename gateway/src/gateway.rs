@@ -20,9 +20,10 @@ use crate::rules::Registry;
 use crate::rules::actions::Webhooks;
 use crate::sinks::local::LocalPublisher;
 use crate::sinks::{self, OutboxHead};
-use crate::sources::{mqtt, serial};
+use crate::sources::http::HttpSource;
+use crate::sources::{Acknowledger, Fanout, mqtt, serial};
 use crate::stats::Stats;
-use crate::store::{Store, StoreError};
+use crate::store::{OpenOptions, Store, StoreError};
 use crate::supervisor::{RestartPolicy, Tasks, supervise};
 
 /// The store file inside `data_dir`.
@@ -94,7 +95,11 @@ impl Gateway {
         let store_path = config.data_dir.join(STORE_FILE);
         let store = {
             let path = store_path.clone();
-            tokio::task::spawn_blocking(move || Store::open(&path))
+            let options = OpenOptions {
+                cache_bytes: config.store.cache_bytes,
+                verify: config.store.verify_on_open,
+            };
+            tokio::task::spawn_blocking(move || Store::open_with(&path, options))
                 .await
                 .map_err(|_| GatewayError::Panicked { task: "store open" })??
         };
@@ -123,11 +128,20 @@ impl Gateway {
         let source = mqtt::spawn(
             &broker,
             &config.ingest,
-            tx,
+            tx.clone(),
             stats.clone(),
             shutdown.clone(),
             drained.clone(),
         );
+        // HTTP ingest is source 1 of the pipeline's fanout (MQTT is 0).
+        let http_source = (config.http.enabled && config.http.ingest).then(|| {
+            HttpSource::spawn(&config.http, tx.clone(), 1, stats.clone(), shutdown.clone())
+        });
+        drop(tx);
+        let acker: Acknowledger = match &http_source {
+            Some(http) => Arc::new(Fanout(vec![Arc::new(source.acker), http.clone()])),
+            None => Arc::new(source.acker),
+        };
         let (local, local_task) = LocalPublisher::spawn(
             &broker,
             &format!("{}-out", config.ingest.client_id),
@@ -164,7 +178,7 @@ impl Gateway {
             requests: Arc::new(tokio::sync::Mutex::new(request_rx)),
             store: store.clone(),
             ingest: config.ingest.clone(),
-            acker: Arc::new(source.acker),
+            acker,
             local: Arc::new(local),
             outbox: sinks::any(&config),
             limits: config.store_limits(),
@@ -218,6 +232,10 @@ impl Gateway {
             store: store.clone(),
             pipeline: request_tx,
         }));
+        let api = match &http_source {
+            Some(http) => api.merge(http.router()),
+            None => api,
+        };
         let tasks = Tasks::new(shutdown.clone(), stats.clone());
         for (name, task) in [
             ("ingest", source.task),

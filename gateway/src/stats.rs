@@ -114,8 +114,18 @@ fn read(counts: &PerTask) -> BTreeMap<&'static str, u64> {
 }
 
 counters! {
-    /// MQTT messages received on ingest topics.
+    /// Messages received: MQTT messages on ingest topics and HTTP ingest requests handed to the pipeline.
     messages_received,
+    /// HTTP ingest requests answered 2xx (every record stored).
+    http_ingest_ok,
+    /// HTTP ingest requests answered 4xx (refused, partly stored, unauthorized, too large).
+    http_ingest_bad,
+    /// HTTP ingest requests answered 5xx (busy, store full, commit too slow).
+    http_ingest_failed,
+    /// HTTP ingest requests refused with 503 before reaching the pipeline (queue full, too many waiting, shutting down).
+    http_ingest_busy,
+    /// HTTP ingest requests without the configured token.
+    http_ingest_unauthorized,
     /// Messages whose samples were committed and then acknowledged.
     messages_accepted,
     /// Messages rejected as malformed (bad frame, bad JSON, bad names).

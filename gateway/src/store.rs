@@ -87,6 +87,34 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
+    /// The file exists but is damaged: not opened, never reset.
+    #[error(
+        "store {path} is damaged ({reason}); nothing was changed. Move it aside \
+         (`mv {path} {path}.damaged`) and keep it for recovery; the gateway then \
+         starts with an empty store"
+    )]
+    Damaged { path: PathBuf, reason: String },
+}
+
+/// How the store file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// redb's page cache, in bytes: the store's share of the gateway's
+    /// memory, whatever the file's size.
+    pub cache_bytes: usize,
+    /// Verify every page's checksum at open (redb's integrity check; reads
+    /// the whole file), so a file damaged outside redb is refused instead
+    /// of trusted.
+    pub verify: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 16 << 20,
+            verify: true,
+        }
+    }
 }
 
 fn corrupt(table: &str, offset: u64) -> redb::Error {
@@ -353,12 +381,38 @@ fn append(
 }
 
 impl Store {
-    /// Opens or creates the store file. A file that is not a redb database
-    /// or is damaged beyond repair is an error naming the file.
+    /// Opens or creates the store file with the default [`OpenOptions`].
+    ///
+    /// Errors: [`StoreError::Damaged`] for an existing file that is empty,
+    /// not a redb database or fails the integrity check;
+    /// [`StoreError::Db`] for I/O errors.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Db {
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    /// Opens or creates the store file: see [`Store::open`].
+    pub fn open_with(path: &Path, options: OpenOptions) -> Result<Self, StoreError> {
+        let damaged = |reason: String| StoreError::Damaged {
             path: path.to_path_buf(),
-            source: e.into(),
+            reason,
+        };
+        // A file cut to nothing would otherwise become a new, empty store.
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.is_file()
+            && meta.len() == 0
+        {
+            return Err(damaged("the file is empty (0 bytes)".into()));
+        }
+        let mut builder = redb::Builder::new();
+        builder
+            .set_cache_size(options.cache_bytes)
+            .set_check_integrity_on_open(options.verify);
+        let db = builder.create(path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => damaged(reason),
+            e => StoreError::Db {
+                path: path.to_path_buf(),
+                source: e.into(),
+            },
         })?;
         let store = Self {
             db: Arc::new(db),

@@ -128,13 +128,30 @@ impl Default for OtaConfig {
     }
 }
 
-/// The gateway's HTTP port: `/metrics` (Prometheus) and `/healthz`.
+/// The gateway's HTTP port: `/metrics` (Prometheus), `/healthz`, the
+/// API and HTTP ingest.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub enabled: bool,
     /// Address to listen on; loopback by default (port 0 picks a free one).
     pub listen: SocketAddr,
+    /// Accept readings by `POST` (JSON, SenML, line protocol).
+    pub ingest: bool,
+    /// The bearer token HTTP ingest requires (`Authorization: Bearer
+    /// <token>`, or `Token <token>` as InfluxDB 2 clients send it).
+    /// Required when `listen` is not a loopback address.
+    pub ingest_token: Option<String>,
+    /// Largest request body, in bytes; larger ones are answered `413`.
+    pub max_body_bytes: usize,
+    /// Ingest requests waiting for their commit at once; more are
+    /// answered `503`.
+    pub max_pending_requests: usize,
+    /// Line protocol over HTTP: the tag naming each line's device.
+    pub device_tag: String,
+    /// Line protocol over HTTP: tags whose values make the device's
+    /// hierarchy path, outermost first.
+    pub path_tags: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -142,6 +159,12 @@ impl Default for HttpConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ingest: true,
+            ingest_token: None,
+            max_body_bytes: 1 << 20,
+            max_pending_requests: 64,
+            device_tag: "device".into(),
+            path_tags: Vec::new(),
         }
     }
 }
@@ -184,6 +207,13 @@ pub struct StoreConfig {
     /// crash or power loss rolls the store back to the last durable commit,
     /// losing acknowledged data. Use `none` only for disposable data.
     pub durability: DurabilityMode,
+    /// redb's page cache, in bytes: the store's memory, whatever the
+    /// file's size (16 MiB by default, fit for a 1 GB board).
+    pub cache_bytes: usize,
+    /// Check every page of the file at start (redb's integrity check;
+    /// reads the whole file once), so a file damaged outside the gateway
+    /// stops start-up with an error instead of being trusted.
+    pub verify_on_open: bool,
 }
 
 impl Default for StoreConfig {
@@ -194,6 +224,8 @@ impl Default for StoreConfig {
             max_age: None,
             on_full: FullPolicy::DropOldest,
             durability: DurabilityMode::Immediate,
+            cache_bytes: 16 << 20,
+            verify_on_open: true,
         }
     }
 }
@@ -261,7 +293,10 @@ pub struct IngestConfig {
     pub topic_prefix: String,
     /// Most messages committed in one redb transaction.
     pub batch_size: usize,
-    /// Longest a message waits for its batch to fill.
+    /// Longest a message waits for its batch to fill. `0s` (the default)
+    /// is group commit: a batch is what arrived while the previous commit
+    /// ran, committed at once, so the disk sets the pace (batches grow
+    /// under load and are one message when idle).
     #[serde(with = "humantime_serde")]
     pub batch_delay: Duration,
     /// Messages buffered between the MQTT client and the pipeline; when
@@ -305,7 +340,7 @@ impl Default for IngestConfig {
             client_id: "eddy-gateway".into(),
             topic_prefix: DEFAULT_PREFIX.into(),
             batch_size: 1000,
-            batch_delay: Duration::from_millis(20),
+            batch_delay: Duration::ZERO,
             queue_capacity: 10_000,
             max_payload_bytes: 64 * 1024,
             max_devices: 100_000,
@@ -334,6 +369,10 @@ pub enum PayloadFormat {
     /// A SenML pack (RFC 8428, JSON): an array of records with base name,
     /// time and value.
     Senml,
+    /// InfluxDB line protocol: lines of measurement, tags, fields and a
+    /// timestamp; the device from a tag (`device_tag`) or the topic.
+    #[serde(rename = "line_protocol")]
+    LineProtocol,
 }
 
 /// Maps an MQTT topic filter to a payload format and the topic level that
@@ -347,8 +386,9 @@ pub struct TopicMapping {
     /// Zero-based topic level of the device id (`tele/+/SENSOR` -> 1), or
     /// several levels joined with `.` (`home/+/+/state` with `[1, 2]`:
     /// `kitchen.plug`, so the same device name in two rooms stays two
-    /// devices).
-    pub device_level: Levels,
+    /// devices). Optional only for line protocol naming devices by a tag.
+    #[serde(default)]
+    pub device_level: Option<Levels>,
     /// Topic levels that make the device's hierarchy path, outermost
     /// first (`factory/+/+/+/data` with `[1, 2]`: site, line).
     #[serde(default)]
@@ -365,6 +405,18 @@ pub struct TopicMapping {
     /// (`Europe/Berlin`), `UTC` (the default) or an offset (`+01:00`).
     #[serde(default)]
     pub timezone: Option<String>,
+    /// Line protocol: the tag naming each line's device (lines without it
+    /// belong to the topic's device).
+    #[serde(default)]
+    pub device_tag: Option<String>,
+    /// Line protocol: tags whose values make the device's hierarchy path,
+    /// outermost first.
+    #[serde(default)]
+    pub path_tags: Vec<String>,
+    /// Line protocol: the timestamps' unit, `ns` (the default), `us`, `ms`
+    /// or `s`.
+    #[serde(default)]
+    pub precision: Option<crate::decode::Precision>,
 }
 
 /// One topic level, or several.
@@ -736,6 +788,32 @@ impl Config {
                 }
             };
         }
+        // Every size and count has a ceiling, so no accepted value makes
+        // `run` allocate absurdly, overflow or spin.
+        macro_rules! within {
+            ($value:expr, $lo:expr, $hi:expr, $field:expr) => {
+                if !($lo..=$hi).contains(&$value) {
+                    bad(field($field), &format!("must be in {}..={}", $lo, $hi));
+                }
+            };
+        }
+        macro_rules! within_time {
+            ($value:expr, $lo:expr, $hi:expr, $field:expr) => {
+                if !($lo..=$hi).contains(&$value) {
+                    bad(
+                        field($field),
+                        &format!(
+                            "must be from {} to {}",
+                            humantime_serde::re::humantime::format_duration($lo),
+                            humantime_serde::re::humantime::format_duration($hi)
+                        ),
+                    );
+                }
+            };
+        }
+        const MS: Duration = Duration::from_millis(1);
+        const SECOND: Duration = Duration::from_secs(1);
+        const DAY: Duration = Duration::from_secs(86_400);
         if let Some(url) = &self.broker.url {
             match BrokerUrl::parse(url) {
                 Err(r) => bad(field("broker.url"), &r.to_string()),
@@ -773,6 +851,12 @@ impl Config {
             "ota.max_image_bytes",
             "smaller than an image header"
         );
+        within!(
+            self.store.cache_bytes,
+            1 << 20,
+            64 << 30,
+            "store.cache_bytes"
+        );
         require!(
             self.store.max_bytes >= 4096,
             "store.max_bytes",
@@ -788,27 +872,35 @@ impl Config {
             "broker.max_inflight",
             "must be at least 1"
         );
+        within!(
+            self.broker.max_queued_messages,
+            1,
+            10_000_000,
+            "broker.max_queued_messages"
+        );
+        // MQTT's own ceiling: a remaining length of at most 268,435,455.
+        within!(
+            self.broker.max_packet_size,
+            64,
+            268_435_455,
+            "broker.max_packet_size"
+        );
         let ingest = &self.ingest;
-        require!(
-            ingest.batch_size > 0,
-            "ingest.batch_size",
-            "must be at least 1"
+        within!(ingest.batch_size, 1, 100_000, "ingest.batch_size");
+        within_time!(
+            ingest.batch_delay,
+            Duration::ZERO,
+            60 * SECOND,
+            "ingest.batch_delay"
         );
-        require!(
-            ingest.queue_capacity > 0,
-            "ingest.queue_capacity",
-            "must be at least 1"
+        within!(ingest.queue_capacity, 1, 1_000_000, "ingest.queue_capacity");
+        within!(
+            ingest.max_payload_bytes,
+            1,
+            16 << 20,
+            "ingest.max_payload_bytes"
         );
-        require!(
-            ingest.max_payload_bytes > 0,
-            "ingest.max_payload_bytes",
-            "must be at least 1"
-        );
-        require!(
-            ingest.max_devices > 0,
-            "ingest.max_devices",
-            "must be at least 1"
-        );
+        within!(ingest.max_devices, 1, 10_000_000, "ingest.max_devices");
         require!(
             !ingest.client_id.is_empty(),
             "ingest.client_id",
@@ -817,18 +909,65 @@ impl Config {
         if let Err(r) = valid_prefix(&ingest.topic_prefix) {
             bad(field("ingest.topic_prefix"), &r);
         }
-        require!(
-            ingest.future_horizon >= Duration::from_secs(1),
-            "ingest.future_horizon",
-            "must be at least 1s"
+        within_time!(
+            ingest.future_horizon,
+            SECOND,
+            366 * DAY,
+            "ingest.future_horizon"
+        );
+        let http = &self.http;
+        if http.enabled
+            && http.ingest
+            && http.ingest_token.is_none()
+            && !http.listen.ip().is_loopback()
+        {
+            bad(
+                field("http.ingest_token"),
+                "HTTP ingest on a non-loopback address needs a token (or set http.ingest = false)",
+            );
+        }
+        if http.ingest_token.as_deref().is_some_and(|t| t.len() < 16) {
+            bad(field("http.ingest_token"), "must be at least 16 characters");
+        }
+        within!(http.max_body_bytes, 1, 64 << 20, "http.max_body_bytes");
+        within!(
+            http.max_pending_requests,
+            1,
+            10_000,
+            "http.max_pending_requests"
         );
         let topics = field("ingest.topics");
         for (i, m) in ingest.topics.iter().enumerate() {
             let at = topics.index(i);
             let levels: Vec<&str> = m.filter.split('/').collect();
-            let device = m.device_level.levels();
-            if device.is_empty() {
-                bad(at.key("device_level"), "names no topic level");
+            let line = m.format == PayloadFormat::LineProtocol;
+            let device = m.device_level.as_ref().map_or(&[][..], Levels::levels);
+            match (&m.device_level, line && m.device_tag.is_some()) {
+                (None, false) => bad(
+                    at.key("device_level"),
+                    "names no topic level (only line protocol with a device_tag may omit it)",
+                ),
+                (Some(_), _) if device.is_empty() => {
+                    bad(at.key("device_level"), "names no topic level")
+                }
+                _ => {}
+            }
+            if !line {
+                for (key, set) in [
+                    ("device_tag", m.device_tag.is_some()),
+                    ("path_tags", !m.path_tags.is_empty()),
+                    ("precision", m.precision.is_some()),
+                ] {
+                    if set {
+                        bad(at.key(key), "only for format \"line_protocol\"");
+                    }
+                }
+            }
+            if !m.path_levels.is_empty() && !m.path_tags.is_empty() {
+                bad(
+                    at.key("path_tags"),
+                    "a path comes from levels or tags, not both",
+                );
             }
             if let Some(level) = device.iter().find(|&&l| levels.get(l) != Some(&"+")) {
                 bad(
@@ -866,20 +1005,26 @@ impl Config {
                 );
             }
         }
-        require!(
-            !self.engine.window.is_zero(),
-            "engine.window",
-            "must be longer than 0"
+        // The engine counts in whole milliseconds.
+        within_time!(self.engine.window, MS, 366 * DAY, "engine.window");
+        within_time!(
+            self.engine.allowed_lateness,
+            Duration::ZERO,
+            31 * DAY,
+            "engine.allowed_lateness"
         );
-        require!(
-            self.engine.max_series > 0,
-            "engine.max_series",
-            "must be at least 1"
+        within_time!(
+            self.engine.max_source_skew,
+            Duration::ZERO,
+            31 * DAY,
+            "engine.max_source_skew"
         );
-        require!(
-            self.engine.snapshot_every >= Duration::from_secs(1),
-            "engine.snapshot_every",
-            "must be at least 1s"
+        within!(self.engine.max_series, 1, 10_000_000, "engine.max_series");
+        within_time!(
+            self.engine.snapshot_every,
+            SECOND,
+            DAY,
+            "engine.snapshot_every"
         );
         let views = field("engine.views");
         let mut names = std::collections::HashSet::new();
@@ -909,20 +1054,22 @@ impl Config {
                 );
             }
         }
-        require!(
-            !self.alerts.reload_every.is_zero(),
-            "alerts.reload_every",
-            "must be longer than 0"
+        let alerts = &self.alerts;
+        within_time!(alerts.reload_every, 10 * MS, DAY, "alerts.reload_every");
+        within!(alerts.webhook_queue, 1, 1_000_000, "alerts.webhook_queue");
+        within!(alerts.webhook_attempts, 1, 1000, "alerts.webhook_attempts");
+        within_time!(alerts.webhook_backoff, MS, DAY, "alerts.webhook_backoff");
+        within_time!(
+            alerts.webhook_max_backoff,
+            alerts.webhook_backoff,
+            DAY,
+            "alerts.webhook_max_backoff"
         );
-        require!(
-            self.alerts.webhook_queue > 0,
-            "alerts.webhook_queue",
-            "must be at least 1"
-        );
-        require!(
-            self.alerts.webhook_attempts > 0,
-            "alerts.webhook_attempts",
-            "must be at least 1"
+        within_time!(
+            alerts.webhook_timeout,
+            MS,
+            3600 * SECOND,
+            "alerts.webhook_timeout"
         );
         let serial = field("serial");
         let mut ports = std::collections::HashSet::new();
@@ -949,16 +1096,8 @@ impl Config {
             if let Err(r) = valid_prefix(&up.topic_prefix) {
                 bad(field("upstream.topic_prefix"), &r);
             }
-            require!(
-                up.max_inflight > 0,
-                "upstream.max_inflight",
-                "must be at least 1"
-            );
-            require!(
-                up.max_outbox > 0,
-                "upstream.max_outbox",
-                "must be at least 1"
-            );
+            within!(up.max_inflight, 1, 65_535, "upstream.max_inflight");
+            within!(up.max_outbox, 1, 10_000_000_000u64, "upstream.max_outbox");
         }
         p
     }

@@ -63,6 +63,7 @@ pub(super) fn decode(
         seq: None,
         readings: sink.readings,
         dropped: sink.dropped,
+        path: None,
     })
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Formats: Eddy frames (`eddy_proto`), JSON ([`json`]: objects of
 //! readings, batches, numbers as strings, arrays, ISO or epoch times),
-//! SenML packs ([`senml`], RFC 8428) and plain values (`21.5` on a topic
+//! SenML packs ([`senml`], RFC 8428), InfluxDB line protocol ([`line`],
+//! lines of any number of devices) and plain values (`21.5` on a topic
 //! per metric). Every refused message
 //! names what was wrong ([`DecodeError`]); a field that cannot be a
 //! reading is dropped alone and reported ([`Dropped`]), its neighbours
@@ -23,14 +24,21 @@ use crate::config::PayloadFormat;
 use crate::sequencer::FrameSeq;
 
 mod json;
+pub mod line;
 mod senml;
 pub mod time;
+
+pub use line::{LineSpec, Precision};
 
 use time::TimeError;
 
 /// Most readings taken from one message; further fields are dropped
 /// ([`DropReason::TooManyFields`]).
 pub const MAX_JSON_READINGS: usize = 1024;
+/// Most readings taken from one line protocol message (lines of many
+/// devices, as over HTTP); further fields are dropped
+/// ([`DropReason::TooManyFields`]).
+pub const MAX_LINE_READINGS: usize = 65_536;
 /// Deepest nesting followed in a JSON message (`{"ENERGY": {"Power": [5]}}`
 /// is 3); deeper values are dropped ([`DropReason::TooDeep`]).
 pub const MAX_JSON_DEPTH: usize = 8;
@@ -58,6 +66,9 @@ pub struct Decoded {
     pub readings: Vec<Reading>,
     /// Fields of the message that were not taken, and why.
     pub dropped: Vec<Dropped>,
+    /// The device's hierarchy path when the payload names it (line
+    /// protocol's path tags: `north/4`).
+    pub path: Option<String>,
 }
 
 /// A field of a message that did not become a reading.
@@ -81,19 +92,25 @@ pub enum DropReason {
     NameTooLong,
     /// A name with a control character, `/`, `+` or `#`, or empty.
     BadName,
-    /// Past [`MAX_JSON_READINGS`] readings in one message.
+    /// Past [`MAX_JSON_READINGS`] readings in one message
+    /// ([`MAX_LINE_READINGS`] for line protocol).
     TooManyFields,
     /// Nested deeper than [`MAX_JSON_DEPTH`].
     TooDeep,
     /// A batch element that is not an object.
     NotAnObject,
-    /// Its object's time was refused.
+    /// Its object's or line's time was refused.
     BadTimestamp,
+    /// A line of line protocol that does not parse.
+    BadLine,
+    /// A line of line protocol naming no valid device (no device tag,
+    /// and no device in the topic).
+    NoDevice,
 }
 
 impl DropReason {
     /// Every reason, in the order `/metrics` lists them.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         Self::NotANumber,
         Self::NotFinite,
         Self::NameTooLong,
@@ -102,6 +119,8 @@ impl DropReason {
         Self::TooDeep,
         Self::NotAnObject,
         Self::BadTimestamp,
+        Self::BadLine,
+        Self::NoDevice,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,6 +133,8 @@ impl DropReason {
             Self::TooDeep => "too_deep",
             Self::NotAnObject => "not_an_object",
             Self::BadTimestamp => "bad_timestamp",
+            Self::BadLine => "bad_line",
+            Self::NoDevice => "no_device",
         }
     }
 }
@@ -149,11 +170,17 @@ pub enum DecodeError {
     NoMetric,
     #[error("device limit reached (ingest.max_devices); the device keeps its frames")]
     TooManyDevices,
+    #[error("payload is not UTF-8 text: {0}")]
+    NotUtf8(String),
+    #[error("no line holds a reading ({} dropped)", .0.len())]
+    NoLines(Vec<Dropped>),
+    #[error("payload holds readings of several devices; decode it with `Decoder::decode_into`")]
+    SeveralDevices,
 }
 
 impl DecodeError {
     /// Every reason, in the order `/metrics` lists them.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 13] = [
         "oversized",
         "bad_device",
         "bad_frame",
@@ -165,6 +192,8 @@ impl DecodeError {
         "no_readings",
         "no_metric",
         "device_cap",
+        "not_utf8",
+        "several_devices",
     ];
 
     /// The `reason` label of `eddy_messages_refused_total`.
@@ -178,7 +207,9 @@ impl DecodeError {
             Self::Json(_) => "bad_json",
             Self::NotAnObject => "not_an_object",
             Self::BadTimestamp(_) => "bad_timestamp",
-            Self::NoReadings => "no_readings",
+            Self::NoReadings | Self::NoLines(_) => "no_readings",
+            Self::NotUtf8(_) => "not_utf8",
+            Self::SeveralDevices => "several_devices",
             Self::NoMetric => "no_metric",
             Self::TooManyDevices => "device_cap",
         }
@@ -208,6 +239,8 @@ impl Default for TimeSpec {
 pub struct Decoder {
     pub format: PayloadFormat,
     pub time: TimeSpec,
+    /// Where line protocol names the device, the path and its time unit.
+    pub line: LineSpec,
     /// Larger payloads are refused.
     pub max_payload: usize,
 }
@@ -218,13 +251,17 @@ impl Decoder {
         Self {
             format,
             time: TimeSpec::default(),
+            line: LineSpec::default(),
             max_payload: 64 * 1024,
         }
     }
 
-    /// Decodes one message published on a topic of `device`; `metric` is
-    /// the metric a topic names (plain values). `now_ms` stamps readings
-    /// that carry no event time.
+    /// Decodes one message of one device published on a topic of
+    /// `device`; `metric` is the metric a topic names (plain values).
+    /// `now_ms` stamps readings that carry no event time.
+    ///
+    /// Errors: as [`Decoder::decode_into`], and
+    /// [`DecodeError::SeveralDevices`] for line protocol naming several.
     pub fn decode(
         &self,
         device: &str,
@@ -232,16 +269,43 @@ impl Decoder {
         payload: &[u8],
         now_ms: i64,
     ) -> Result<Decoded, DecodeError> {
+        let mut out = Vec::with_capacity(1);
+        self.decode_into(device, metric, payload, now_ms, &mut out)?;
+        match (out.pop(), out.is_empty()) {
+            (Some(one), true) => Ok(one),
+            (Some(_), false) => Err(DecodeError::SeveralDevices),
+            (None, _) => Err(DecodeError::NoReadings),
+        }
+    }
+
+    /// Decodes one message and appends its readings to `out`: one
+    /// [`Decoded`] per device (several only for line protocol, whose
+    /// lines may name their devices; `device` is empty when the topic
+    /// names none).
+    ///
+    /// Errors: the whole message is refused ([`DecodeError`]); a field
+    /// or line that cannot be used is reported in [`Decoded::dropped`].
+    pub fn decode_into(
+        &self,
+        device: &str,
+        metric: Option<&str>,
+        payload: &[u8],
+        now_ms: i64,
+        out: &mut Vec<Decoded>,
+    ) -> Result<(), DecodeError> {
         if payload.len() > self.max_payload {
             return Err(DecodeError::Oversized {
                 len: payload.len(),
                 max: self.max_payload,
             });
         }
-        valid_device(device).map_err(|reason| DecodeError::BadDevice {
-            device: device.chars().take(64).collect(),
-            reason: reason.into(),
-        })?;
+        let lines_name_devices = self.format == PayloadFormat::LineProtocol && device.is_empty();
+        if !lines_name_devices {
+            valid_device(device).map_err(|reason| DecodeError::BadDevice {
+                device: device.chars().take(64).collect(),
+                reason: reason.into(),
+            })?;
+        }
         // JSON opens with `{` or `[` after optional white space; an Eddy
         // frame opens with its version byte.
         let json = || {
@@ -250,7 +314,7 @@ impl Decoder {
                 .find(|b| !b.is_ascii_whitespace())
                 .is_some_and(|b| matches!(b, b'{' | b'['))
         };
-        match self.format {
+        let one = match self.format {
             PayloadFormat::Auto if json() => json::decode(device, payload, &self.time, now_ms),
             PayloadFormat::Json => json::decode(device, payload, &self.time, now_ms),
             PayloadFormat::Auto | PayloadFormat::Eddy => decode_frame(device, payload, now_ms),
@@ -261,7 +325,13 @@ impl Decoder {
                 now_ms,
             ),
             PayloadFormat::Senml => senml::decode(device, payload, now_ms),
-        }
+            PayloadFormat::LineProtocol => {
+                out.append(&mut line::decode(device, payload, &self.line, now_ms)?);
+                return Ok(());
+            }
+        };
+        out.push(one?);
+        Ok(())
     }
 }
 
@@ -330,6 +400,7 @@ fn decode_value(
         seq: None,
         readings: Vec::new(),
         dropped: Vec::new(),
+        path: None,
     };
     let reason = match value {
         None => Some(DropReason::NotANumber),
@@ -398,6 +469,7 @@ fn decode_frame(device: &str, payload: &[u8], now_ms: i64) -> Result<Decoded, De
             })
             .collect(),
         dropped: Vec::new(),
+        path: None,
     })
 }
 

@@ -47,6 +47,7 @@ pub(super) fn decode(device: &str, payload: &[u8], now_ms: i64) -> Result<Decode
         seq: None,
         readings: Vec::new(),
         dropped: Vec::new(),
+        path: None,
     };
     let (mut base_name, mut base_time, mut base_value) = (String::new(), 0.0, 0.0);
     for (i, r) in records.into_iter().enumerate() {

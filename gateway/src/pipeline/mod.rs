@@ -264,14 +264,17 @@ impl Pipeline {
                     batch.push(msg);
                     last_arrival = Instant::now();
                     deadline.get_or_insert(last_arrival + self.parts.ingest.batch_delay);
-                    // Take what is already queued without waiting.
+                    // Take what is already queued without waiting: under
+                    // group commit, what arrived during the last commit.
                     while batch.len() < self.parts.ingest.batch_size {
                         match rx.try_recv() {
                             Ok(m) => batch.push(m),
                             Err(_) => break,
                         }
                     }
-                    if batch.len() >= self.parts.ingest.batch_size {
+                    if batch.len() >= self.parts.ingest.batch_size
+                        || self.parts.ingest.batch_delay.is_zero()
+                    {
                         self.flush(&mut batch, &mut out).await?;
                         deadline = None;
                     }

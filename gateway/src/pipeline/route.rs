@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use crate::config::{IngestConfig, PayloadFormat, TopicMapping};
-use crate::decode::{Decoder, TimeSpec, time};
+use crate::decode::{Decoder, LineSpec, TimeSpec, time};
 
 /// Which messages are telemetry, in which format, from which device.
 #[derive(Debug, Clone)]
@@ -63,9 +63,17 @@ impl Router {
                                 .and_then(|z| time::zone(z).ok())
                                 .unwrap_or(jiff::tz::TimeZone::UTC),
                         },
+                        line: LineSpec {
+                            device_tag: m.device_tag.clone(),
+                            path_tags: m.path_tags.clone(),
+                            precision: m.precision.unwrap_or_default(),
+                        },
                         ..decoder(m.format)
                     },
-                    device: m.device_level.levels().to_vec(),
+                    device: m
+                        .device_level
+                        .as_ref()
+                        .map_or_else(Vec::new, |l| l.levels().to_vec()),
                     metric: m.metric_level,
                     path: m.path_levels.clone(),
                 })
@@ -88,6 +96,8 @@ impl Router {
         let levels: Vec<&'t str> = topic.split('/').collect();
         let m = self.mappings.iter().find(|m| matches(&m.filter, &levels))?;
         let device = match m.device.as_slice() {
+            // Line protocol whose lines name their devices.
+            [] => Cow::Borrowed(""),
             [one] => Cow::Borrowed(*levels.get(*one)?),
             several => {
                 let parts: Option<Vec<&str>> =

@@ -64,6 +64,7 @@ pub fn message(p: Publish) -> Message {
         // Set by the broker only on what it delivers for a new
         // subscription (MQTT 3.1.1, 3.3.1.3): an old reading.
         retained: p.retain,
+        preset: None,
         ack: AckToken(qos << 16 | u64::from(p.pkid)),
     }
 }

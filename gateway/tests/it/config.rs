@@ -172,7 +172,7 @@ fn broker_urls() {
 fn the_shipped_example_config_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/eddy.toml");
     let c = Config::load(&path).expect("examples/eddy.toml is valid");
-    assert_eq!(c.ingest.topics.len(), 3);
+    assert_eq!(c.ingest.topics.len(), 4);
     assert!(c.upstream.is_some());
     assert_eq!(c.engine.views.len(), 2);
     let (engine, _) = c.engine();
@@ -214,5 +214,124 @@ fn bad_views_and_paths_name_the_view_and_the_reason() {
     ] {
         let err = error_of(&text);
         assert!(err.contains(expected), "{text}\n=> {err}");
+    }
+}
+
+/// Fields that size or time something, with their section.
+const COUNTS: [(&str, &str); 9] = [
+    ("broker", "max_queued_messages"),
+    ("http", "max_body_bytes"),
+    ("http", "max_pending_requests"),
+    ("ingest", "batch_size"),
+    ("ingest", "queue_capacity"),
+    ("ingest", "max_devices"),
+    ("ingest", "max_payload_bytes"),
+    ("engine", "max_series"),
+    ("alerts", "webhook_queue"),
+];
+const TIMES: [(&str, &str); 6] = [
+    ("ingest", "batch_delay"),
+    ("ingest", "future_horizon"),
+    ("engine", "window"),
+    ("engine", "snapshot_every"),
+    ("alerts", "webhook_timeout"),
+    ("alerts", "reload_every"),
+];
+
+/// One field set to a value as people mistype them: zero, tiny, huge,
+/// the type's ceiling; as TOML `section.key = value`.
+fn extreme_field() -> impl proptest::strategy::Strategy<Value = (String, String, String)> {
+    use proptest::prelude::*;
+    let count = prop_oneof![
+        Just(0i64),
+        1i64..4,
+        Just(1000),
+        Just(1_000_000_000),
+        Just(1 << 62),
+        Just(i64::MAX),
+    ];
+    let time = prop_oneof![
+        Just("0s"),
+        Just("1ns"),
+        Just("1ms"),
+        Just("2s"),
+        Just("400days"),
+        Just("100years"),
+    ];
+    prop_oneof![
+        (0..COUNTS.len(), count).prop_map(|(i, v)| {
+            (
+                COUNTS[i].0.to_string(),
+                COUNTS[i].1.to_string(),
+                v.to_string(),
+            )
+        }),
+        (0..TIMES.len(), time).prop_map(|(i, v)| {
+            (
+                TIMES[i].0.to_string(),
+                TIMES[i].1.to_string(),
+                format!("\"{v}\""),
+            )
+        }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 32,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Whatever `eddy check` accepts starts and stops cleanly; what it
+    /// refuses names the field.
+    #[test]
+    fn any_accepted_config_starts_and_stops(
+        picked in proptest::collection::vec(extreme_field(), 1..3)
+    ) {
+        use proptest::prelude::*;
+        let fields: std::collections::BTreeMap<(String, String), String> =
+            picked.into_iter().map(|(s, k, v)| ((s, k), v)).collect();
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut sections: std::collections::BTreeMap<&str, Vec<String>> = [
+            ("broker", vec!["listen = \"127.0.0.1:0\"".to_string()]),
+            ("http", vec!["listen = \"127.0.0.1:0\"".to_string()]),
+        ]
+        .into_iter()
+        .collect();
+        for ((section, key), value) in &fields {
+            sections.entry(section.as_str()).or_default().push(format!("{key} = {value}"));
+        }
+        let mut text = format!("data_dir = \"{}\"\n", data.path().display());
+        for (section, lines) in &sections {
+            text.push_str(&format!("[{section}]\n{}\n", lines.join("\n")));
+        }
+        let config = match Config::parse(&text) {
+            Ok(config) => config,
+            Err(e) => {
+                let e = e.to_string();
+                let named = fields.keys().any(|(s, k)| e.contains(&format!("{s}.{k}")) || e.contains(k.as_str()));
+                prop_assert!(named, "{e}");
+                return Ok(());
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let gateway = tokio::time::timeout(
+                Duration::from_secs(30),
+                eddy_gateway::Gateway::start(config),
+            )
+            .await
+            .expect("starts in time")
+            .unwrap_or_else(|e| panic!("an accepted config starts: {e}\n{text}"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::timeout(Duration::from_secs(30), gateway.shutdown())
+                .await
+                .expect("stops in time")
+                .expect("stops cleanly");
+        });
     }
 }

@@ -9,6 +9,7 @@ mod config;
 mod end_to_end;
 mod engine;
 mod field_input;
+mod http_ingest;
 mod rules;
 mod serial;
 mod shutdown;

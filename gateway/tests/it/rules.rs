@@ -162,6 +162,27 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
             "6:10",
             "expected HOPPING(size, hop)",
         ),
+        // Limits: the 20 KB rule of 5,000 terms that once overflowed the
+        // stack, and parentheses nested past 32 (the 33rd is placed).
+        (
+            sql_rule(&format!(
+                "{} HAVING {}",
+                &SQL_OK[..SQL_OK.find(" HAVING").expect("having")],
+                vec!["avg(t) > 1"; 5000].join(" OR ")
+            )),
+            "3:8",
+            "exceeds the limit of 8192",
+        ),
+        (
+            sql_rule(&format!(
+                "{} HAVING {}avg(t) > 1{}",
+                &SQL_OK[..SQL_OK.find(" HAVING").expect("having")],
+                "(".repeat(33),
+                ")".repeat(33)
+            )),
+            "3:132",
+            "nested deeper than 32",
+        ),
     ]
 }
 

@@ -160,6 +160,72 @@ fn a_truncated_store_is_an_error_not_a_panic() {
     }
 }
 
+/// A store of 20,000 samples, closed cleanly; its path and length.
+fn written_store(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    let path = dir.join("eddy.redb");
+    let store = Store::open(&path).expect("opens");
+    for chunk in 0..10 {
+        let many: Vec<_> = (0..2000).map(|i| sample("d", chunk * 2000 + i)).collect();
+        store
+            .commit_batch(&samples(&many), Limits::NONE)
+            .expect("commits");
+    }
+    drop(store);
+    let len = std::fs::metadata(&path).expect("stat").len();
+    (path, len)
+}
+
+/// Overwrites `bytes` at `at` in the file.
+fn overwrite(path: &std::path::Path, at: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    f.seek(SeekFrom::Start(at)).expect("seek");
+    f.write_all(bytes).expect("write");
+}
+
+#[test]
+fn a_damaged_store_is_refused_at_open_never_reset() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let expect_damaged = |path: &std::path::Path, case: &str| match Store::open(path) {
+        Err(e @ StoreError::Damaged { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("eddy.redb") && text.contains("mv "),
+                "{case}: {text}"
+            );
+        }
+        Err(e) => panic!("{case}: expected Damaged, got {e}"),
+        Ok(_) => panic!("{case}: a damaged store opened"),
+    };
+    // Flipped bytes in the middle.
+    let (path, len) = written_store(dir.path());
+    overwrite(&path, len / 2, &[0xa5; 16]);
+    expect_damaged(&path, "flipped bytes");
+    // A zeroed 4 KiB block.
+    std::fs::remove_file(&path).expect("remove");
+    let (path, len) = written_store(dir.path());
+    overwrite(&path, (len / 3) & !4095, &[0; 4096]);
+    expect_damaged(&path, "zeroed block");
+    // Cut to nothing: not a new empty store.
+    std::fs::write(&path, b"").expect("truncate");
+    expect_damaged(&path, "empty file");
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        0,
+        "left as it was"
+    );
+    // An intact store still opens, with everything in it.
+    std::fs::remove_file(&path).expect("remove");
+    let (path, _) = written_store(dir.path());
+    let store = Store::open(&path).expect("intact");
+    let mut n = 0;
+    store.for_each_sample(|_, _| n += 1).expect("readable");
+    assert_eq!(n, 20_000);
+}
+
 #[test]
 fn a_full_sample_log_drops_the_oldest_and_counts_them() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use eddy_gateway::client::{ClientError, exchange};
+use eddy_gateway::client::{Answer, ClientError, exchange, send};
 
 /// Longest wait for an answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,4 +43,24 @@ pub fn metric(body: &str, name: &str) -> Option<u64> {
 pub async fn scrape(addr: SocketAddr, name: &str) -> Option<u64> {
     let (_, body) = get(addr, "/metrics").await.ok()?;
     metric(&body, name)
+}
+
+/// POST `body` to `path` with `headers`, for tests: panics when there is
+/// no answer.
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Vec<u8>>,
+) -> Answer {
+    send(
+        &addr.to_string(),
+        hyper::Method::POST,
+        path,
+        headers,
+        body.into(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
 }
