@@ -184,6 +184,7 @@ impl Gateway {
             limits: config.store_limits(),
             outbox_head,
             stats: stats.clone(),
+            stop: shutdown.clone(),
         };
         // Fail fast on a bad engine config or unreadable state, before
         // anything is supervised.

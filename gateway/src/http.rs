@@ -46,7 +46,7 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(err)?;
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .with_state(AppState { stats, store })
         .merge(api);
     info!(%addr, "http listening");
@@ -59,6 +59,19 @@ pub async fn serve(
         }
     });
     Ok((addr, task))
+}
+
+/// `200 ok`, or `503 degraded: ...` with the reason while the store
+/// cannot write (a full disk): a load balancer or watchdog sees it.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.fault() {
+        None => "ok\n".into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: store cannot write: {reason}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -97,6 +110,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 "outbox_depth",
                 "Outbox records not yet delivered by every sink.",
                 gauges.outbox,
+            );
+            gauge(
+                &mut out,
+                "store_degraded",
+                "1 while the store cannot write (its last write failed: a full disk), else 0.",
+                u64::from(state.store.fault().is_some()),
             );
             gauge(
                 &mut out,

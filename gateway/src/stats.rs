@@ -116,6 +116,8 @@ fn read(counts: &PerTask) -> BTreeMap<&'static str, u64> {
 counters! {
     /// Messages received: MQTT messages on ingest topics and HTTP ingest requests handed to the pipeline.
     messages_received,
+    /// Store writes that failed with an I/O error (a full disk); the batch is held and retried.
+    store_write_failures,
     /// HTTP ingest requests answered 2xx (every record stored).
     http_ingest_ok,
     /// HTTP ingest requests answered 4xx (refused, partly stored, unauthorized, too large).

@@ -9,11 +9,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::{DurabilityMode, FullPolicy};
 use crate::sequencer::DeviceSeq;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tracing::{info, warn};
 
 const SAMPLES: TableDefinition<u64, &[u8]> = TableDefinition::new("samples");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
@@ -94,6 +95,20 @@ pub enum StoreError {
          starts with an empty store"
     )]
     Damaged { path: PathBuf, reason: String },
+}
+
+impl StoreError {
+    /// An I/O failure (a full disk, a failing device): the store reopens
+    /// itself, and a write can succeed once the cause is gone.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            Self::Db {
+                source: redb::Error::Io(_) | redb::Error::PreviousIo,
+                ..
+            }
+        )
+    }
 }
 
 /// How the store file is opened.
@@ -250,11 +265,22 @@ pub struct Committed {
 
 /// The gateway's store. Cheap to clone; one writer at a time (redb
 /// serialises write transactions).
+///
+/// After an I/O error (a full disk, a failing device) redb refuses every
+/// later operation on the same handle; the store then closes and reopens
+/// the file (redb recovers it as after a crash: committed data is kept)
+/// and reports itself degraded ([`Store::fault`]) until a write succeeds.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<RwLock<Option<Arc<Database>>>>,
     path: Arc<PathBuf>,
+    options: OpenOptions,
+    /// Why the last write failed, until one succeeds.
+    fault: Arc<Mutex<Option<String>>>,
 }
+
+/// Longest a reopen waits for the old handle's readers to finish.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Next offset of the sample log. Offsets are kept here, not derived
 /// from the last key, so they stay monotonic when a log is trimmed empty.
@@ -415,8 +441,10 @@ impl Store {
             },
         })?;
         let store = Self {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
             path: Arc::new(path.to_path_buf()),
+            options,
+            fault: Arc::new(Mutex::new(None)),
         };
         // Create the tables up front so readers never see them missing.
         store.write(|txn| {
@@ -442,6 +470,69 @@ impl Store {
         }
     }
 
+    /// The open handle; an error while a reopen has not succeeded.
+    fn handle(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| self.db_err(redb::Error::PreviousIo))
+    }
+
+    /// Why the store is degraded: the last write failed (and with what),
+    /// until a write succeeds; `None` when healthy.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Notes the outcome of a write; after an I/O error, reopens the file
+    /// so the next write can succeed once the cause is gone.
+    fn after_write<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let io = match &result {
+            Ok(_) => {
+                let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+                if fault.take().is_some() {
+                    info!(path = %self.path.display(), "store writable again");
+                }
+                return result;
+            }
+            Err(e) => e.is_io(),
+        };
+        if let Err(e) = &result {
+            *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        }
+        if io && let Err(e) = self.reopen() {
+            warn!(error = %e, "store not reopened; retried at the next write");
+        }
+        result
+    }
+
+    /// Closes the file (once the old handle's readers finished) and opens
+    /// it again, without the integrity check: redb recovers an interrupted
+    /// commit as after a crash.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.take() {
+            let deadline = std::time::Instant::now() + REOPEN_WAIT;
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if Arc::strong_count(&old) > 1 {
+                *slot = Some(old);
+                return Err(self.db_err(redb::Error::PreviousIo));
+            }
+            drop(old);
+        }
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(self.options.cache_bytes);
+        let db = builder
+            .create(self.path.as_path())
+            .map_err(|e| self.db_err(e))?;
+        *slot = Some(Arc::new(db));
+        info!(path = %self.path.display(), "store reopened after an I/O error");
+        Ok(())
+    }
+
     fn write<T>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
@@ -454,14 +545,18 @@ impl Store {
         durability: DurabilityMode,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
-        if durability == DurabilityMode::None {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| self.db_err(redb::Error::from(e)))?;
-        }
-        let value = f(&txn).map_err(|e| self.db_err(e))?;
-        txn.commit().map_err(|e| self.db_err(e))?;
-        Ok(value)
+        let written = (|| {
+            let db = self.handle()?;
+            let mut txn = db.begin_write().map_err(|e| self.db_err(e))?;
+            if durability == DurabilityMode::None {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| self.db_err(redb::Error::from(e)))?;
+            }
+            let value = f(&txn).map_err(|e| self.db_err(e))?;
+            txn.commit().map_err(|e| self.db_err(e))?;
+            Ok(value)
+        })();
+        self.after_write(written)
     }
 
     /// Appends samples to the log and records to the outbox in one durable
@@ -526,7 +621,7 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let txn = self.handle()?.begin_read().map_err(|e| self.db_err(e))?;
         f(&txn).map_err(|e| self.db_err(e))
     }
 

@@ -6,12 +6,18 @@
 //! store is full. All of it is one redb transaction, run off the async
 //! runtime's threads.
 
+use std::time::Duration;
+
 use tracing::{info, warn};
 
 use super::{Pipeline, PipelineError};
 use crate::config::FullPolicy;
 use crate::stats;
 use crate::store::{Batch, Committed, OutboxRecord, StoredSample};
+
+/// First wait before retrying a failed commit; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Pipeline {
     /// Writes one batch durably.
@@ -22,15 +28,50 @@ impl Pipeline {
         alerts: Vec<Vec<u8>>,
     ) -> Result<Committed, PipelineError> {
         let limits = self.parts.limits;
-        let store = self.parts.store.clone();
-        let batch = Batch {
+        let mut batch = Batch {
             samples,
             outbox,
             devices: self.sequencer.take_dirty(),
             alerts,
         };
-        let committed =
-            tokio::task::spawn_blocking(move || store.commit_batch(&batch, limits)).await??;
+        let mut backoff = RETRY_FIRST;
+        let mut failures = 0u64;
+        let committed = loop {
+            let store = self.parts.store.clone();
+            let (held, result) = tokio::task::spawn_blocking(move || {
+                let result = store.commit_batch(&batch, limits);
+                (batch, result)
+            })
+            .await?;
+            match result {
+                Ok(committed) => break committed,
+                // A full disk or a failing device: hold the batch (its
+                // messages stay unacknowledged, devices keep their data)
+                // and retry on the reopened store until the cause is gone.
+                Err(e) if e.is_io() && !self.parts.stop.is_cancelled() => {
+                    stats::add(&self.parts.stats.store_write_failures, 1);
+                    if failures.is_multiple_of(20) {
+                        warn!(
+                            error = %e,
+                            retry_in = ?backoff,
+                            failures,
+                            "store write failed: holding the batch and retrying (devices keep their data; /healthz degraded)"
+                        );
+                    }
+                    failures += 1;
+                    batch = held;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.parts.stop.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if failures > 0 {
+            info!(failures, "store write succeeded again: batch committed");
+        }
         let stats = &self.parts.stats;
         stats::add(&stats.samples_committed, committed.samples);
         stats::add(&stats.samples_expired, committed.samples_expired);

@@ -81,6 +81,9 @@ pub struct PipelineParts {
     /// Announces outbox growth to the outbox sinks.
     pub outbox_head: OutboxHead,
     pub stats: Arc<Stats>,
+    /// The gateway's shutdown: a commit held by a failing store stops
+    /// retrying (its messages stay unacknowledged, redelivered later).
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// A question from the HTTP API about the engine's state, and where the

@@ -6,6 +6,7 @@ mod bad_input;
 mod broker_limits;
 mod common;
 mod config;
+mod disk_full;
 mod end_to_end;
 mod engine;
 mod field_input;
