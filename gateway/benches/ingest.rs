@@ -10,6 +10,12 @@
 //! SenML packs of 10 records, plain values and Eddy frames (samples/s
 //! from payload bytes).
 //!
+//! The `series_*` benches time resolving names to series in an engine
+//! holding 20,000 live series: names it knows (the reference), 10,000
+//! new names below the `max_series` cap (admitted), and the same at the
+//! cap (refused and counted; idle eviction is tried at most every quarter
+//! of the idle timeout, so a refusal costs a lookup, not a scan).
+//!
 //! `cargo bench -p eddy-gateway --bench ingest`
 
 use divan::counter::ItemsCount;
@@ -237,4 +243,78 @@ fn decode_eddy_frame(bencher: Bencher) {
         })
         .collect();
     bench_decode(bencher, PayloadFormat::Eddy, None, payloads);
+}
+
+/// Live series in the `series_*` benches.
+const LIVE: usize = 20_000;
+/// Names resolved per `series_*` iteration.
+const NAMES: usize = 10_000;
+
+/// An engine with [`LIVE`] series that each had a sample at `T0`, capped
+/// at `max_series`.
+fn engine_with_live_series(max_series: usize) -> Engine {
+    let mut engine = Engine::new(
+        EngineConfig {
+            window_ms: 10_000,
+            max_series,
+            ..EngineConfig::default()
+        },
+        vec![],
+    )
+    .expect("valid");
+    let samples: Vec<Sample> = (0..LIVE)
+        .map(|i| Sample {
+            series: engine
+                .series_key(&format!("dev-{:05}", i / 4), &format!("m{}", i % 4))
+                .expect("below the cap"),
+            ts_ms: T0,
+            value: 1.0,
+        })
+        .collect();
+    engine.ingest(&samples, &mut Output::default());
+    engine
+}
+
+/// Resolves `names` in a fresh engine per iteration; how many resolved.
+fn bench_series(bencher: Bencher, max_series: usize, names: &[(String, String)]) {
+    bencher
+        .counter(ItemsCount::new(names.len()))
+        .with_inputs(|| engine_with_live_series(max_series))
+        .bench_local_values(|mut engine| {
+            let resolved = names
+                .iter()
+                .filter(|(d, m)| engine.series_key(d, m).is_ok())
+                .count();
+            black_box((engine, resolved))
+        });
+}
+
+/// Names of series the engine holds.
+fn known_names() -> Vec<(String, String)> {
+    (0..NAMES)
+        .map(|i| (format!("dev-{:05}", i / 4), format!("m{}", i % 4)))
+        .collect()
+}
+
+/// Metric names no series has: a device adding readings, or a trickle
+/// of junk names.
+fn new_names() -> Vec<(String, String)> {
+    (0..NAMES)
+        .map(|i| (format!("dev-{:05}", i / 4), format!("extra_{i}")))
+        .collect()
+}
+
+#[divan::bench(sample_count = 10)]
+fn series_known(bencher: Bencher) {
+    bench_series(bencher, LIVE, &known_names());
+}
+
+#[divan::bench(sample_count = 10)]
+fn series_new_below_cap(bencher: Bencher) {
+    bench_series(bencher, LIVE + NAMES, &new_names());
+}
+
+#[divan::bench(sample_count = 10)]
+fn series_new_at_cap(bencher: Bencher) {
+    bench_series(bencher, LIVE, &new_names());
 }

@@ -1,21 +1,24 @@
 //! The embedded MQTT broker (rmqtt, in process), so `eddy run` needs no
 //! external server.
 //!
-//! rmqtt's listener defaults (16 in flight, 1,000 queued per client) drop
-//! QoS 1 messages for a subscriber that falls behind; the gateway's ingest
-//! client is exactly such a subscriber under load, so both limits come from
-//! [`BrokerConfig`] with much larger defaults.
+//! Devices' publishes on ingest topics are stored before the broker
+//! acknowledges them ([`crate::sources::embedded`]). rmqtt's listener
+//! defaults (16 in flight, 1,000 queued per client) drop QoS 1 messages
+//! for a subscriber that falls behind (a local consumer of telemetry
+//! under load), so both limits come from [`BrokerConfig`].
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 
 use rmqtt::context::ServerContext;
+use rmqtt::hook::{Priority, Type};
 use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 use crate::config::BrokerConfig;
+use crate::sources::embedded::IngestHook;
 
 /// The broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +32,16 @@ pub struct BrokerError {
 ///
 /// It starts with a private loopback listener for the gateway's own
 /// clients; [`EmbeddedBroker::open`] adds the configured public listener.
-/// The gateway opens it only after its ingest session is subscribed, so no
-/// device can publish into a broker that has no subscriber for it yet
-/// (such a message would be dropped: MQTT has no subscriber to queue it for).
+/// The gateway registers its ingest hook ([`EmbeddedBroker::ingest`])
+/// before it opens that listener, so no device publishes before the hook
+/// takes publishes.
 pub struct EmbeddedBroker {
     scx: ServerContext,
     config: BrokerConfig,
     internal: SocketAddr,
     public: Option<SocketAddr>,
+    /// The public listener's accept loop.
+    public_task: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -73,6 +78,7 @@ impl EmbeddedBroker {
             config: config.clone(),
             internal: SocketAddr::from(([127, 0, 0, 1], 0)),
             public: None,
+            public_task: None,
             tasks: Vec::new(),
         };
         broker.internal = broker.serve("eddy/internal", broker.internal, INTERNAL_LISTENER)?;
@@ -86,9 +92,19 @@ impl EmbeddedBroker {
             return Ok(addr);
         }
         let addr = self.serve("eddy/tcp", self.config.listen, PUBLIC_LISTENER)?;
+        self.public_task = self.tasks.pop();
         info!(%addr, "embedded MQTT broker listening");
         self.public = Some(addr);
         Ok(addr)
+    }
+
+    /// Stops accepting devices on the public listener (connections made
+    /// stay until they close): a stopping gateway refuses publishes, so
+    /// devices had better wait for the next start than reconnect at once.
+    pub fn close(&mut self) {
+        if let Some(task) = self.public_task.take() {
+            task.abort();
+        }
     }
 
     fn serve(&mut self, name: &str, laddr: SocketAddr, id: u16) -> Result<SocketAddr, BrokerError> {
@@ -122,6 +138,17 @@ impl EmbeddedBroker {
         Ok(addr)
     }
 
+    /// Stores every publish on an ingest topic before the broker
+    /// acknowledges it: registers `hook` ahead of every other handler of
+    /// rmqtt's publish check (see [`crate::sources::embedded`]).
+    pub async fn ingest(&self, hook: IngestHook) {
+        let register = self.scx.extends.hook_mgr().register();
+        register
+            .add_priority(Type::MessagePublishCheckAcl, Priority::MAX, Box::new(hook))
+            .await;
+        register.start().await;
+    }
+
     /// Where the gateway's own clients connect.
     pub fn internal_addr(&self) -> SocketAddr {
         self.internal
@@ -130,7 +157,7 @@ impl EmbeddedBroker {
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.public_task) {
             t.abort();
         }
     }

@@ -15,12 +15,15 @@ use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::campaign;
 use crate::config::{BrokerUrl, Config, ConfigError, Placed, PlacedErrors};
 use crate::http::{self, HttpError};
+use crate::pipeline::route::Router;
 use crate::pipeline::{Inbox, PipelineError, PipelineParts};
 use crate::rules::Registry;
 use crate::rules::actions::Webhooks;
 use crate::sinks::local::LocalPublisher;
 use crate::sinks::{self, OutboxHead};
+use crate::sources::embedded::IngestHook;
 use crate::sources::http::HttpSource;
+use crate::sources::waiters::Waiters;
 use crate::sources::{Acknowledger, Fanout, mqtt, serial};
 use crate::stats::Stats;
 use crate::store::{OpenOptions, Store, StoreError};
@@ -78,7 +81,9 @@ pub struct Gateway {
     sinks: Vec<JoinHandle<()>>,
     /// Every other task: sources' pumps, publishers, HTTP, watchers.
     tasks: Tasks,
-    subscribed: eddy_mqtt::Ready,
+    /// The external broker's ingest session (the embedded broker needs
+    /// no subscription: its hook takes every publish).
+    subscribed: Option<eddy_mqtt::Ready>,
     embedded: Option<EmbeddedBroker>,
     http: Option<SocketAddr>,
 }
@@ -125,22 +130,40 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.ingest.queue_capacity);
         let drained = CancellationToken::new();
-        let source = mqtt::spawn(
-            &broker,
-            &config.ingest,
-            tx.clone(),
-            stats.clone(),
-            shutdown.clone(),
-            drained.clone(),
-        );
-        // HTTP ingest is source 1 of the pipeline's fanout (MQTT is 0).
+        // Source 0: the embedded broker stores each publish before its
+        // PUBACK; an external broker is read by a persistent session.
+        let (ingest_acker, ingest_task, subscribed): (Acknowledger, _, _) = match &embedded {
+            Some(b) => {
+                let waiters = Waiters::new(tx.clone(), 0, shutdown.clone());
+                let router = Router::new(&config.ingest);
+                b.ingest(IngestHook::new(waiters.clone(), router, stats.clone()))
+                    .await;
+                (waiters, None, None)
+            }
+            None => {
+                let source = mqtt::spawn(
+                    &broker,
+                    &config.ingest,
+                    tx.clone(),
+                    stats.clone(),
+                    shutdown.clone(),
+                    drained.clone(),
+                );
+                (
+                    Arc::new(source.acker),
+                    Some(source.task),
+                    Some(source.ready),
+                )
+            }
+        };
+        // HTTP ingest is source 1 of the pipeline's fanout.
         let http_source = (config.http.enabled && config.http.ingest).then(|| {
             HttpSource::spawn(&config.http, tx.clone(), 1, stats.clone(), shutdown.clone())
         });
         drop(tx);
         let acker: Acknowledger = match &http_source {
-            Some(http) => Arc::new(Fanout(vec![Arc::new(source.acker), http.clone()])),
-            None => Arc::new(source.acker),
+            Some(http) => Arc::new(Fanout(vec![ingest_acker, http.acknowledger()])),
+            None => ingest_acker,
         };
         let (local, local_task) = LocalPublisher::spawn(
             &broker,
@@ -238,8 +261,10 @@ impl Gateway {
             None => api,
         };
         let tasks = Tasks::new(shutdown.clone(), stats.clone());
+        if let Some(task) = ingest_task {
+            tasks.adopt("ingest", task);
+        }
         for (name, task) in [
-            ("ingest", source.task),
             ("local", local_task),
             ("ota", ota_task),
             ("webhooks", webhook_task),
@@ -284,24 +309,25 @@ impl Gateway {
             sinks,
             tasks,
             http,
-            subscribed: source.ready,
+            subscribed,
             embedded,
         };
-        // Devices may connect only once ingest is subscribed: open the
-        // embedded broker's public listener after that. An external broker
-        // may be down at start; then ingest keeps retrying in the background.
-        if gateway.embedded.is_some() {
-            gateway.subscribed(Duration::from_secs(10)).await?;
-            if let Some(b) = gateway.embedded.as_mut() {
-                gateway.broker = BrokerUrl::from(b.open()?);
-            }
+        // Devices may connect only once everything that takes their
+        // publishes runs. An external broker may be down at start; then
+        // ingest keeps retrying in the background.
+        if let Some(b) = gateway.embedded.as_mut() {
+            gateway.broker = BrokerUrl::from(b.open()?);
         }
         Ok(gateway)
     }
 
-    /// Waits until the ingest session is connected and subscribed.
+    /// Waits until the ingest session is connected and subscribed (at
+    /// once with the embedded broker).
     pub async fn subscribed(&self, timeout: Duration) -> Result<(), GatewayError> {
-        self.subscribed
+        let Some(subscribed) = &self.subscribed else {
+            return Ok(());
+        };
+        subscribed
             .wait(timeout)
             .await
             .map_err(|_| GatewayError::NotSubscribed {
@@ -350,6 +376,9 @@ impl Gateway {
             error!(error = %e, "gateway stopping");
         }
         self.shutdown.cancel();
+        if let Some(b) = self.embedded.as_mut() {
+            b.close();
+        }
         let rest = self.stop_tasks().await;
         result.and(rest)
     }

@@ -72,7 +72,8 @@ pub enum Verdict {
     /// Already stored, or from a previous boot: drop it, but acknowledge.
     Duplicate,
     /// A gap before it: refuse it; the device will send the gap again.
-    Gap,
+    /// `lost` frames before the gap were declared gone by the device.
+    Gap { lost: u32 },
     /// A new device while `max_devices` are tracked: refuse it; the device
     /// keeps its frames.
     TooManyDevices,
@@ -115,7 +116,11 @@ impl Sequencer {
         if is_new && self.devices.len() >= self.max_devices {
             return Verdict::TooManyDevices;
         }
+        // A device numbers each boot's frames from 0: what it gave up of
+        // a boot before the gateway first heard of that boot is lost too.
+        let mut lost = 0;
         if is_new {
+            lost = frame.oldest;
             let fresh = DeviceSeq {
                 boot: frame.boot,
                 next: frame.oldest,
@@ -131,25 +136,27 @@ impl Sequencer {
             if frame.boot == state.previous_boot {
                 return Verdict::Duplicate;
             }
+            lost = frame.oldest;
             *state = DeviceSeq {
                 boot: frame.boot,
                 next: frame.oldest,
                 previous_boot: state.boot,
             };
         }
-        let mut lost = 0;
         if !seq_le(frame.oldest, state.next) {
             // The device no longer holds state.next..oldest.
             lost = frame.oldest.wrapping_sub(state.next);
             state.next = frame.oldest;
         }
+        // Counted once, with whatever verdict the frame gets: the state
+        // moved past the lost frames already.
         let verdict = if frame.seq == state.next {
             state.next = state.next.wrapping_add(1);
             Verdict::Admit { lost }
         } else if seq_le(frame.seq, state.next) {
             Verdict::Duplicate
         } else {
-            Verdict::Gap
+            Verdict::Gap { lost }
         };
         if is_new || *state != before {
             self.dirty.push(device.to_string());
@@ -192,8 +199,8 @@ mod tests {
     fn a_gap_is_refused_until_the_device_fills_it() {
         let mut s = Sequencer::new(HashMap::new(), 10);
         s.admit("d", f(1, 0, 0));
-        assert_eq!(s.admit("d", f(1, 2, 1)), Verdict::Gap);
-        assert_eq!(s.admit("d", f(1, 3, 1)), Verdict::Gap);
+        assert_eq!(s.admit("d", f(1, 2, 1)), Verdict::Gap { lost: 0 });
+        assert_eq!(s.admit("d", f(1, 3, 1)), Verdict::Gap { lost: 0 });
         assert_eq!(s.admit("d", f(1, 1, 1)), Verdict::Admit { lost: 0 });
         assert_eq!(s.admit("d", f(1, 2, 1)), Verdict::Admit { lost: 0 });
     }
@@ -204,7 +211,15 @@ mod tests {
         s.admit("d", f(1, 0, 0));
         // The device's backlog overflowed: 1..=4 are gone.
         assert_eq!(s.admit("d", f(1, 5, 5)), Verdict::Admit { lost: 4 });
-        assert_eq!(s.admit("d", f(1, 7, 6)), Verdict::Gap);
+        assert_eq!(s.admit("d", f(1, 7, 6)), Verdict::Gap { lost: 0 });
+        // Given up while the frame that says so is itself after a gap:
+        // counted once, at that frame.
+        assert_eq!(s.admit("d", f(1, 10, 8)), Verdict::Gap { lost: 2 });
+        assert_eq!(s.admit("d", f(1, 9, 8)), Verdict::Gap { lost: 0 });
+        assert_eq!(s.admit("d", f(1, 8, 8)), Verdict::Admit { lost: 0 });
+        // A new boot whose first frames the device gave up before the
+        // gateway heard of the boot.
+        assert_eq!(s.admit("d", f(2, 3, 3)), Verdict::Admit { lost: 3 });
     }
 
     #[test]
@@ -223,7 +238,9 @@ mod tests {
     fn first_contact_starts_at_the_oldest_frame_the_device_holds() {
         let mut s = Sequencer::new(HashMap::new(), 10);
         // A redelivered later frame arrives first: wait for the oldest.
-        assert_eq!(s.admit("d", f(1, 9, 7)), Verdict::Gap);
+        // The device numbers each boot from 0, so 0..=6 were given up
+        // before the gateway ever heard of it: lost, counted.
+        assert_eq!(s.admit("d", f(1, 9, 7)), Verdict::Gap { lost: 7 });
         assert_eq!(s.get("d").map(DeviceSeq::acked), Some(6));
         assert_eq!(s.admit("d", f(1, 7, 7)), Verdict::Admit { lost: 0 });
     }
@@ -232,7 +249,13 @@ mod tests {
     fn sequence_numbers_wrap() {
         let mut s = Sequencer::new(HashMap::new(), 10);
         let start = u32::MAX - 1;
-        for seq in [start, u32::MAX, 0, 1] {
+        // First heard of near the end of the sequence space: everything
+        // before `start` of this boot never reached the gateway.
+        assert_eq!(
+            s.admit("d", f(1, start, start)),
+            Verdict::Admit { lost: start }
+        );
+        for seq in [u32::MAX, 0, 1] {
             assert_eq!(s.admit("d", f(1, seq, start)), Verdict::Admit { lost: 0 });
         }
         assert_eq!(s.admit("d", f(1, u32::MAX, start)), Verdict::Duplicate);

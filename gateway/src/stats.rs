@@ -128,6 +128,8 @@ counters! {
     http_ingest_busy,
     /// HTTP ingest requests without the configured token.
     http_ingest_unauthorized,
+    /// QoS 1/2 publishes on ingest topics the embedded broker did not acknowledge because they could not be committed (queue full, shutting down, commit too slow); the device's connection is closed and it sends them again. By reason in `eddy_messages_refused_total`.
+    broker_publishes_unstored,
     /// Messages whose samples were committed and then acknowledged.
     messages_accepted,
     /// Messages rejected as malformed (bad frame, bad JSON, bad names).

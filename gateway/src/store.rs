@@ -274,9 +274,23 @@ pub struct Committed {
 pub struct Store {
     db: Arc<RwLock<Option<Arc<Database>>>>,
     path: Arc<PathBuf>,
+    /// Opens the database anew (at start and after an I/O error).
+    opener: Opener,
     options: OpenOptions,
     /// Why the last write failed, until one succeeds.
     fault: Arc<Mutex<Option<String>>>,
+}
+
+/// Opens the store's database: on its file, or on a storage backend.
+#[derive(Clone)]
+struct Opener(Arc<OpenFn>);
+
+type OpenFn = dyn Fn(&redb::Builder) -> Result<Database, redb::DatabaseError> + Send + Sync;
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Opener")
+    }
 }
 
 /// Longest a reopen waits for the old handle's readers to finish.
@@ -418,23 +432,48 @@ impl Store {
 
     /// Opens or creates the store file: see [`Store::open`].
     pub fn open_with(path: &Path, options: OpenOptions) -> Result<Self, StoreError> {
-        let damaged = |reason: String| StoreError::Damaged {
-            path: path.to_path_buf(),
-            reason,
-        };
         // A file cut to nothing would otherwise become a new, empty store.
         if let Ok(meta) = std::fs::metadata(path)
             && meta.is_file()
             && meta.len() == 0
         {
-            return Err(damaged("the file is empty (0 bytes)".into()));
+            return Err(StoreError::Damaged {
+                path: path.to_path_buf(),
+                reason: "the file is empty (0 bytes)".into(),
+            });
         }
+        let file = path.to_path_buf();
+        let opener = Opener(Arc::new(move |b: &redb::Builder| b.create(&file)));
+        Self::open_by(path, opener, options)
+    }
+
+    /// Opens or creates a store on a redb storage backend (memory, a
+    /// device without a file system, a backend that injects faults);
+    /// `make` gives a fresh handle on the same storage at every open, and
+    /// `name` names the store in errors. Errors as [`Store::open`].
+    pub fn open_backend<B: redb::StorageBackend>(
+        name: &str,
+        make: impl Fn() -> B + Send + Sync + 'static,
+        options: OpenOptions,
+    ) -> Result<Self, StoreError> {
+        let opener = Opener(Arc::new(move |b: &redb::Builder| {
+            b.create_with_backend(make())
+        }));
+        Self::open_by(Path::new(name), opener, options)
+    }
+
+    fn open_by(path: &Path, opener: Opener, options: OpenOptions) -> Result<Self, StoreError> {
         let mut builder = redb::Builder::new();
         builder
             .set_cache_size(options.cache_bytes)
             .set_check_integrity_on_open(options.verify);
-        let db = builder.create(path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => damaged(reason),
+        let db = (opener.0)(&builder).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+                StoreError::Damaged {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            }
             e => StoreError::Db {
                 path: path.to_path_buf(),
                 source: e.into(),
@@ -443,6 +482,7 @@ impl Store {
         let store = Self {
             db: Arc::new(RwLock::new(Some(Arc::new(db)))),
             path: Arc::new(path.to_path_buf()),
+            opener,
             options,
             fault: Arc::new(Mutex::new(None)),
         };
@@ -525,9 +565,7 @@ impl Store {
         }
         let mut builder = redb::Builder::new();
         builder.set_cache_size(self.options.cache_bytes);
-        let db = builder
-            .create(self.path.as_path())
-            .map_err(|e| self.db_err(e))?;
+        let db = (self.opener.0)(&builder).map_err(|e| self.db_err(e))?;
         *slot = Some(Arc::new(db));
         info!(path = %self.path.display(), "store reopened after an I/O error");
         Ok(())

@@ -153,12 +153,15 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
                 println!(
-                    "  {} frames, {} readings, {} alert notifications, {} device reboots, \
+                    "  {} frames, {} readings, {} JSON publishes acknowledged, \
+                     {} alert notifications, {} device reboots, {} gateway restarts, \
                      gateway max RSS {:.1} MB, {:.1?}",
                     outcome.frames_sent,
                     outcome.readings_sent,
+                    outcome.json_acked,
                     outcome.alerts_seen,
                     outcome.reboots,
+                    outcome.gateway_restarts,
                     outcome.max_rss_kb as f64 / 1024.0,
                     outcome.elapsed
                 );

@@ -24,7 +24,16 @@
 //! [[timeline]]
 //! at = "3s"
 //! action = "cut"                  # cut, restore, blackhole, delay, kill_gateway,
-//!                                 # restart_gateway, malformed
+//!                                 # term_gateway, restart_gateway, restart,
+//!                                 # malformed, duplicate, reorder, reboot,
+//!                                 # stop_broker, start_broker
+//!
+//! [[timeline]]                    # SIGTERM or SIGKILL and start again, 10 times
+//! at = "4s"
+//! action = "restart"
+//! signal = "mixed"                # term, kill, or mixed (alternating)
+//! repeat = 10
+//! every = "2s"
 //!
 //! [expect]
 //! no_loss = true                  # every frame stored exactly once
@@ -47,9 +56,10 @@ use eddy_firmware_host::faults::Fault;
 use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
 use eddy_gateway::config::BrokerUrl;
 use eddy_mqtt::{Connector, Delivery, Discard, Pump, QoS};
+use eddy_test_support::disk::{Tmpfs, fill};
 use eddy_test_support::mqtt::{Subscription, watch};
 use eddy_test_support::process::GatewayProcess;
-use eddy_test_support::{Mosquitto, exactly_once, free_port, http};
+use eddy_test_support::{Mosquitto, exactly_once, free_port, http, json_device};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -104,6 +114,12 @@ pub struct FleetSpec {
     /// Devices whose clock is off: `{ devices = "sim-0001", offset_ms = -30000 }`.
     #[serde(default)]
     pub clock_skew: Vec<SkewSpec>,
+    /// JSON devices (`json-0000`, ...) beside the Eddy-frame ones: each
+    /// publishes `{"n": <count>}` at QoS 1, `rate` times a second, through
+    /// the same link, resending what was not acknowledged (see
+    /// `eddy_test_support::json_device`).
+    #[serde(default)]
+    pub json_devices: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,6 +201,10 @@ pub struct GatewaySpec {
     /// and point the gateway's `[upstream]` at it.
     #[serde(default)]
     pub upstream: bool,
+    /// The data directory on a tmpfs of this size (`"24m"`), so that
+    /// `fill_disk` can run it out of space (mounting needs root).
+    #[serde(default)]
+    pub data_dir_size: Option<String>,
 }
 
 /// Which connection a proxy step acts on.
@@ -228,6 +248,28 @@ pub struct Step {
     /// For `cut`, `restore`, `blackhole`, `delay`: which link.
     #[serde(default)]
     pub link: Link,
+    /// For `restart`: how the gateway is stopped.
+    #[serde(default)]
+    pub signal: Signal,
+    /// The step runs this many times (default once), `every` apart.
+    #[serde(default)]
+    pub repeat: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+}
+
+/// How a `restart` step stops the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    /// SIGTERM, as `systemctl restart` does: the gateway commits what it
+    /// holds and stops.
+    #[default]
+    Term,
+    /// SIGKILL: a crash or a power cut of the process.
+    Kill,
+    /// SIGTERM and SIGKILL by turns, SIGTERM first.
+    Mixed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -243,6 +285,15 @@ pub enum Action {
     Delay,
     /// SIGKILL the gateway.
     KillGateway,
+    /// SIGTERM the gateway and wait for it to stop.
+    TermGateway,
+    /// Stop the gateway by `signal` and start it again at once.
+    Restart,
+    /// Fill the data directory's file system (`gateway.data_dir_size`)
+    /// with a file: the store's writes fail with "no space".
+    FillDisk,
+    /// Remove that file: space returns.
+    FreeDisk,
     /// Start the gateway again (after a kill).
     RestartGateway,
     /// Publish `count` malformed and oversized messages on telemetry topics.
@@ -264,7 +315,8 @@ pub enum Action {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
-    /// Every frame every device sent stored exactly once.
+    /// Every frame every device sent stored exactly once, and every
+    /// publish of a JSON device that the broker acknowledged stored.
     #[serde(default)]
     pub no_loss: bool,
     #[serde(default)]
@@ -283,6 +335,10 @@ pub struct Expect {
     /// without a gap, and nothing left unacknowledged.
     #[serde(default)]
     pub upstream_complete: bool,
+    /// The store failed at least this many writes (proof that a
+    /// `fill_disk` step reached it), by `eddy_store_write_failures_total`.
+    #[serde(default)]
+    pub min_store_write_failures: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +353,21 @@ pub struct AlertExpectation {
 }
 
 impl Scenario {
+    /// The timeline with repeated steps unrolled, in time order:
+    /// `(at, step, repetition)`.
+    pub fn steps(&self) -> Vec<(Duration, &Step, u32)> {
+        let mut steps: Vec<(Duration, &Step, u32)> = self
+            .timeline
+            .iter()
+            .flat_map(|s| {
+                let every = s.every.unwrap_or_default();
+                (0..s.repeat.unwrap_or(1).max(1)).map(move |i| (s.at + every * i, s, i))
+            })
+            .collect();
+        steps.sort_by_key(|(at, ..)| *at);
+        steps
+    }
+
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let file = |message: String| ScenarioError::File {
             path: path.display().to_string(),
@@ -329,8 +400,16 @@ impl Scenario {
             }
         }
         for s in &self.timeline {
+            if s.repeat.is_some_and(|n| n > 1) && s.every.is_none_or(|e| e.is_zero()) {
+                return Err(bad("a step with `repeat` needs `every`".into()));
+            }
             if s.action == Action::Delay && s.delay.is_none() {
                 return Err(bad("a `delay` step needs `delay`".into()));
+            }
+            if matches!(s.action, Action::FillDisk | Action::FreeDisk)
+                && self.gateway.data_dir_size.is_none()
+            {
+                return Err(bad("fill_disk/free_disk need gateway.data_dir_size".into()));
             }
             if s.action == Action::Reboot && s.devices.is_none() {
                 return Err(bad("a `reboot` step needs `devices`".into()));
@@ -373,6 +452,10 @@ pub struct Outcome {
     pub alerts_seen: usize,
     /// Device restarts (boots beyond each device's first).
     pub reboots: usize,
+    /// Times the gateway was started after the first.
+    pub gateway_restarts: usize,
+    /// Publishes of JSON devices the broker acknowledged.
+    pub json_acked: usize,
     pub max_rss_kb: u64,
     pub elapsed: Duration,
 }
@@ -727,6 +810,13 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
         mosquitto.as_ref().map(Mosquitto::addr),
         upstream_proxy.as_ref().map(Proxy::addr),
     )?;
+    let _tmpfs = match &scenario.gateway.data_dir_size {
+        Some(size) => Some(tokio::task::block_in_place(|| {
+            Tmpfs::mount(&data_dir, size)
+        })?),
+        None => None,
+    };
+    let filler = data_dir.join("filler");
     let broker = gateway.broker();
     let http = gateway.http;
     let pid = gateway.pid.clone();
@@ -761,11 +851,28 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
     let fleet_ids = fleet.clone();
     let t0 = Instant::now();
     let fleet_task = tokio::spawn(run_fleet(fleet, CancellationToken::new()));
+    let json_stop = CancellationToken::new();
+    let json_devices: Vec<(String, json_device::Acked)> = (0..scenario.fleet.json_devices)
+        .map(|i| (format!("json-{i:04}"), json_device::Acked::default()))
+        .collect();
+    let json_tasks: Vec<_> = json_devices
+        .iter()
+        .map(|(id, acked)| {
+            tokio::spawn(json_device::run(
+                proxy.addr(),
+                id.clone(),
+                Some(scenario.fleet.rate),
+                acked.clone(),
+                json_stop.clone(),
+            ))
+        })
+        .collect();
     let gateway = Arc::new(Mutex::new(gateway));
     let mut replays = Vec::new();
-    for step in &scenario.timeline {
-        tokio::time::sleep_until((t0 + step.at).into()).await;
-        info!(at = ?step.at, action = ?step.action, "scenario step");
+    let mut gateway_restarts = 0;
+    for (at, step, repetition) in scenario.steps() {
+        tokio::time::sleep_until((t0 + at).into()).await;
+        info!(?at, action = ?step.action, repetition, "scenario step");
         let link = match (step.link, &upstream_proxy) {
             (Link::Upstream, Some(p)) => p,
             _ => &proxy,
@@ -779,13 +886,41 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
                 let g = gateway.clone();
                 tokio::task::block_in_place(|| g.lock().unwrap_or_else(|e| e.into_inner()).kill());
             }
+            Action::TermGateway => {
+                let g = gateway.clone();
+                tokio::task::block_in_place(|| g.lock().unwrap_or_else(|e| e.into_inner()).stop())?;
+            }
             Action::RestartGateway => {
                 let g = gateway.clone();
                 tokio::task::block_in_place(|| {
                     g.lock().unwrap_or_else(|e| e.into_inner()).start()
                 })?;
+                gateway_restarts += 1;
+            }
+            Action::Restart => {
+                let kill = match step.signal {
+                    Signal::Term => false,
+                    Signal::Kill => true,
+                    Signal::Mixed => repetition % 2 == 1,
+                };
+                let g = gateway.clone();
+                tokio::task::block_in_place(|| {
+                    let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+                    if kill {
+                        g.kill()
+                    } else {
+                        g.stop()?
+                    }
+                    g.start()
+                })?;
+                gateway_restarts += 1;
             }
             Action::Malformed => malformed(broker, step.count.unwrap_or(30)).await,
+            Action::FillDisk => {
+                let bytes = tokio::task::block_in_place(|| fill(&filler))?;
+                info!(bytes, "data directory filled");
+            }
+            Action::FreeDisk => std::fs::remove_file(&filler)?,
             Action::StopBroker | Action::StartBroker => {
                 if let Some(m) = mosquitto.as_mut() {
                     tokio::task::block_in_place(|| {
@@ -820,12 +955,25 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
         .await
         .map_err(|e| ScenarioError::Fleet(e.to_string()))?
         .map_err(|e| ScenarioError::Fleet(e.to_string()))?;
+    // The frame fleet samples for `duration` and then drains; JSON
+    // devices stop when it is done and finish the publish in flight.
+    tokio::time::sleep_until((t0 + scenario.duration).into()).await;
+    json_stop.cancel();
+    for t in json_tasks {
+        if tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .is_err()
+        {
+            warn!("a JSON device did not finish its last publish within 20 s");
+        }
+    }
     for r in replays {
         let _ = r.await;
     }
     // Windows close and alerts go out within window + lateness.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let duplicates = http::scrape(http, "eddy_frames_duplicate_total").await;
+    let write_failures = http::scrape(http, "eddy_store_write_failures_total").await;
     // The upstream sink catches up once its link is back.
     let mut upstream_lag = None;
     if scenario.expect.upstream_complete {
@@ -849,6 +997,11 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
     if scenario.expect.no_loss {
         let store = data_dir.join("eddy.redb");
         checks.push(tokio::task::block_in_place(|| no_loss(&store, &report))?);
+        if !json_devices.is_empty() {
+            checks.push(tokio::task::block_in_place(|| {
+                json_no_loss(&store, &json_devices)
+            })?);
+        }
     }
     for a in &scenario.expect.alerts {
         checks.push(alert_within(a, &report, &seen, t0));
@@ -874,6 +1027,13 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
             name: format!("at least {min} duplicate frames dropped"),
             passed: duplicates.is_some_and(|d| d >= min),
             detail: duplicates.map_or("no /metrics".into(), |d| format!("{d} dropped")),
+        });
+    }
+    if let Some(min) = scenario.expect.min_store_write_failures {
+        checks.push(Check {
+            name: format!("at least {min} store writes failed"),
+            passed: write_failures.is_some_and(|f| f >= min),
+            detail: write_failures.map_or("no /metrics".into(), |f| format!("{f} failed")),
         });
     }
     if scenario.expect.upstream_complete {
@@ -912,6 +1072,11 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
             .devices
             .iter()
             .map(|d| d.boots.len().saturating_sub(1))
+            .sum(),
+        gateway_restarts,
+        json_acked: json_devices
+            .iter()
+            .map(|(_, a)| a.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum(),
         max_rss_kb,
         elapsed: started.elapsed(),
@@ -955,6 +1120,37 @@ fn alert_within(
             late.join(", ")
         },
     }
+}
+
+/// Every publish a JSON device saw acknowledged is in the store. Copies
+/// (a publish resent after its PUBACK was lost with the connection) are
+/// reported, not failed: QoS 1 is at-least-once and a JSON payload
+/// carries no identity to drop them by.
+fn json_no_loss(
+    store: &Path,
+    devices: &[(String, json_device::Acked)],
+) -> Result<Check, ScenarioError> {
+    let store =
+        eddy_gateway::store::Store::open(store).map_err(|e| ScenarioError::Store(e.to_string()))?;
+    let verdict = json_device::check(&store, devices)?;
+    Ok(Check {
+        name: "every acknowledged JSON publish stored".into(),
+        passed: verdict.lost.is_empty() && verdict.acked > 0,
+        detail: if verdict.lost.is_empty() {
+            format!(
+                "{} acknowledged by {} devices, all stored ({} stored twice after a lost PUBACK)",
+                verdict.acked,
+                devices.len(),
+                verdict.copies
+            )
+        } else {
+            format!(
+                "{} not stored: {}",
+                verdict.lost_count,
+                verdict.lost.join("; ")
+            )
+        },
+    })
 }
 
 /// Every device's frames `(boot, 0..sent)` stored exactly once, and as

@@ -65,7 +65,10 @@ impl Engine {
     }
 
     /// Resolves names to a series, admitting a new one while the cap
-    /// allows. At the cap idle series are evicted first; if none is idle
+    /// allows. At the cap idle series are evicted first (by the same scan
+    /// as [`evict_due`](Self::evict_due), at most every quarter of the
+    /// idle timeout of event time, so a stream of new names at the cap
+    /// costs a lookup each, not a scan of every series); if none is idle
     /// the new series is refused (and counted), the others keep working.
     ///
     /// Keys (series and groups) in an [`Output`](super::Output) stay
@@ -78,7 +81,7 @@ impl Engine {
             return Ok(SeriesKey(id));
         }
         if self.series_count() >= self.config.max_series {
-            self.evict_idle();
+            self.evict_due();
         }
         let full = SeriesFull {
             max: self.config.max_series,

@@ -185,16 +185,17 @@ impl Pipeline {
             return false;
         }
         if let Some(frame) = decoded.seq {
-            let counter = match self.sequencer.admit(&decoded.device, frame) {
-                Verdict::Admit { lost } => {
-                    if lost > 0 {
-                        stats::add(&stats.frames_lost, u64::from(lost));
-                        warn!(device = %decoded.device, lost, "device dropped unacknowledged frames");
-                    }
-                    None
-                }
+            let verdict = self.sequencer.admit(&decoded.device, frame);
+            if let Verdict::Admit { lost } | Verdict::Gap { lost } = verdict
+                && lost > 0
+            {
+                stats::add(&stats.frames_lost, u64::from(lost));
+                warn!(device = %decoded.device, lost, "device dropped unacknowledged frames");
+            }
+            let counter = match verdict {
+                Verdict::Admit { .. } => None,
                 Verdict::Duplicate => Some(&stats.frames_duplicate),
-                Verdict::Gap => Some(&stats.frames_gap),
+                Verdict::Gap { .. } => Some(&stats.frames_gap),
                 Verdict::TooManyDevices => {
                     let e = DecodeError::TooManyDevices;
                     *tally.refused.entry(e.reason()).or_default() += 1;

@@ -50,7 +50,7 @@ mod publish;
 pub mod render;
 
 use admit::Diagnostics;
-mod route;
+pub(crate) mod route;
 
 pub use render::Rendered;
 pub use route::Router;

@@ -20,9 +20,7 @@
 //! takes longer than 30 s (then it may still land: delivery is at least
 //! once); `401` without the configured token. Every answer is counted.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -32,11 +30,12 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{AckError, AckToken, Acknowledge, Message, Outcome, Preset};
+use super::waiters::{Unstored, Waiters, WhenFull};
+use super::{Acknowledger, Message, Outcome, Preset};
 use crate::config::{HttpConfig, PayloadFormat};
 use crate::decode::{DecodeError, Decoder, DropReason, LineSpec, Precision};
 use crate::stats::{self, Stats};
@@ -44,28 +43,17 @@ use crate::stats::{self, Stats};
 /// Longest a request waits for the commit holding its readings.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The HTTP ingest source; its acknowledging end is itself.
+/// The HTTP ingest source.
 #[derive(Debug)]
 pub struct HttpSource {
-    /// The pipeline's channel; dropped at shutdown.
-    tx: Mutex<Option<mpsc::Sender<Message>>>,
-    /// Requests awaiting their commit, by token.
-    pending: Mutex<HashMap<u64, Pending>>,
-    next: AtomicU64,
-    /// This source's number in the pipeline's [`super::Fanout`].
-    source: u8,
+    /// Requests handed to the pipeline, awaiting their commit.
+    waiters: Arc<Waiters>,
     /// Requests admitted at once (`http.max_pending_requests`).
     slots: Semaphore,
     token: Option<String>,
     max_body: usize,
     line: LineSpec,
     stats: Arc<Stats>,
-}
-
-#[derive(Debug)]
-struct Pending {
-    outcome: Outcome,
-    reply: oneshot::Sender<Outcome>,
 }
 
 impl HttpSource {
@@ -78,11 +66,8 @@ impl HttpSource {
         stats: Arc<Stats>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let this = Arc::new(Self {
-            tx: Mutex::new(Some(tx)),
-            pending: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(0),
-            source,
+        Arc::new(Self {
+            waiters: Waiters::new(tx, source, shutdown),
             slots: Semaphore::new(config.max_pending_requests),
             token: config.ingest_token.clone(),
             max_body: config.max_body_bytes,
@@ -92,13 +77,12 @@ impl HttpSource {
                 precision: Precision::Nanoseconds,
             },
             stats,
-        });
-        let closing = this.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            closing.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        });
-        this
+        })
+    }
+
+    /// Where the pipeline acknowledges this source's requests.
+    pub fn acknowledger(&self) -> Acknowledger {
+        self.waiters.clone()
     }
 
     /// The ingest endpoints.
@@ -113,48 +97,30 @@ impl HttpSource {
             .with_state(self.clone())
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Hands one body to the pipeline and waits for its commit.
     async fn ingest(&self, preset: Preset, payload: Bytes) -> Result<Outcome, Refusal> {
         let Ok(_slot) = self.slots.try_acquire() else {
-            return Err(Refusal::Busy("too many requests wait for their commit"));
+            return Err(Refusal::Busy(
+                "too many requests wait for their commit".into(),
+            ));
         };
-        let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-            return Err(Refusal::Busy("the gateway is shutting down"));
-        };
-        let local = self.next.fetch_add(1, Ordering::Relaxed);
-        let token = AckToken::of(self.source, local);
-        let (reply, answer) = oneshot::channel();
-        self.pending().insert(
-            token.0,
-            Pending {
-                outcome: Outcome::default(),
-                reply,
-            },
-        );
-        let msg = Message {
-            topic: format!("http/{}", preset.device),
+        let topic = format!("http/{}", preset.device);
+        let preset = Some(Arc::new(preset));
+        let make = |ack| Message {
+            topic,
             payload,
             retained: false,
-            preset: Some(Arc::new(preset)),
-            ack: token,
+            preset,
+            ack,
         };
-        if tx.try_send(msg).is_err() {
-            self.pending().remove(&token.0);
-            return Err(Refusal::Busy("the ingest queue is full"));
+        let sent = self
+            .waiters
+            .submit(make, WhenFull::Refuse, true, COMMIT_TIMEOUT)
+            .await;
+        if !matches!(sent, Err(Unstored::QueueFull | Unstored::Closed)) {
+            stats::add(&self.stats.messages_received, 1);
         }
-        stats::add(&self.stats.messages_received, 1);
-        match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            // Dropped unacknowledged (the pipeline failed) or slow.
-            _ => {
-                self.pending().remove(&token.0);
-                Err(Refusal::Busy("the commit did not complete in time"))
-            }
-        }
+        sent.map_err(|e| Refusal::Busy(e.to_string()))
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -180,32 +146,9 @@ impl HttpSource {
     }
 }
 
-impl Acknowledge for HttpSource {
-    fn acknowledge(&self, tokens: &[AckToken]) -> Result<(), AckError> {
-        let mut pending = self.pending();
-        for token in tokens {
-            if let Some(p) = pending.remove(&token.0) {
-                // The requester may have gone; its readings are stored.
-                let _ = p.reply.send(p.outcome);
-            }
-        }
-        Ok(())
-    }
-
-    fn wants_outcome(&self, _token: AckToken) -> bool {
-        true
-    }
-
-    fn outcome(&self, token: AckToken, outcome: Outcome) {
-        if let Some(p) = self.pending().get_mut(&token.0) {
-            p.outcome = outcome;
-        }
-    }
-}
-
 /// A request not handed to the pipeline.
 enum Refusal {
-    Busy(&'static str),
+    Busy(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,7 +277,7 @@ async fn handle(
         Ok(outcome) => outcome,
         Err(Refusal::Busy(why)) => {
             stats::add(&source.stats.http_ingest_busy, 1);
-            debug!(why, "http ingest refused for now");
+            debug!(%why, "http ingest refused for now");
             let mut r = answer(
                 source,
                 StatusCode::SERVICE_UNAVAILABLE,

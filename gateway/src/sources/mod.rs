@@ -20,9 +20,11 @@ use bytes::Bytes;
 
 use crate::decode::{DecodeError, Decoder, Dropped};
 
+pub mod embedded;
 pub mod http;
 pub mod mqtt;
 pub mod serial;
+pub mod waiters;
 
 /// One message as a source received it.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,62 +3,14 @@
 //! restart. The data directory is a small tmpfs of its own (the test
 //! mounts it, so it runs as root, as CI does).
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
 use eddy_gateway::Gateway;
 use eddy_mqtt::QoS;
+use eddy_test_support::disk::{Tmpfs, fill};
 use eddy_test_support::http::{http_get, scrape};
 use eddy_test_support::wait_until;
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(path).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("mount runs");
-        assert!(
-            out.status.success(),
-            "mounting a {size} tmpfs at {} failed (the test needs root, as CI runs): {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self {
-            path: path.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
-    }
-}
-
-/// Writes zeros to `path` until the file system is full; the bytes written.
-fn fill(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).expect("filler");
-    let chunk = vec![0u8; 16 * 1024];
-    let mut written = 0;
-    while f.write_all(&chunk).is_ok() {
-        written += chunk.len() as u64;
-    }
-    // The last partial chunk: byte by byte.
-    while f.write_all(&[0]).is_ok() {
-        written += 1;
-    }
-    written
-}
 
 /// Publishes `n` messages of 21 readings over seven devices.
 async fn send(client: &eddy_test_support::mqtt::Publisher, readings: &str, sent: &mut u64, n: u64) {
@@ -79,8 +31,9 @@ async fn send(client: &eddy_test_support::mqtt::Publisher, readings: &str, sent:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_degrades_then_heals_without_losing_a_message() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mount = Tmpfs::mount(&dir.path().join("data"), "8m");
-    let mut config = test_config(mount.path.clone(), None);
+    let mount = Tmpfs::mount(&dir.path().join("data"), "8m")
+        .expect("a tmpfs for the data directory (the test needs root, as CI runs)");
+    let mut config = test_config(mount.path().to_path_buf(), None);
     config.rules.clear();
     let gateway = Gateway::start(config).await.expect("gateway starts");
     let http = gateway.http_addr().expect("http");
@@ -95,8 +48,11 @@ async fn a_full_disk_degrades_then_heals_without_losing_a_message() {
     wait_committed(&gateway, 50 * 21).await;
     assert_eq!(http_get(http, "/healthz").await.0, 200);
 
-    let filler = mount.path.join("filler");
-    assert!(fill(&filler) > 0, "the tmpfs had room to fill");
+    let filler = mount.path().join("filler");
+    assert!(
+        fill(&filler).expect("filler") > 0,
+        "the tmpfs had room to fill"
+    );
     // Messages keep coming; the store runs out of room.
     let mut rounds = 0;
     while stats.snapshot().store_write_failures == 0 && rounds < 40 {

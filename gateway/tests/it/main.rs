@@ -16,6 +16,7 @@ mod serial;
 mod shutdown;
 mod store;
 mod store_full;
+mod store_model;
 mod supervision;
 mod tls;
 mod upstream_outage;

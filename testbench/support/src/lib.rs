@@ -3,8 +3,10 @@
 //! ([`Mosquitto`]), the `eddy` binary and other children killed when
 //! dropped ([`process`]), MQTT subscribers that outlive broker restarts
 //! ([`mqtt`]), HTTP GETs and `/metrics` values ([`http`]), serial ports on
-//! pseudo-terminals ([`pty`]), and the exactly-once check of a fleet's
-//! frames against a store ([`exactly_once`]); gateway fixtures
+//! pseudo-terminals ([`pty`]), a small tmpfs to fill ([`disk`]), the
+//! exactly-once check of a fleet's frames against a store
+//! ([`exactly_once`]), JSON devices whose acknowledged publishes are
+//! checked against a store ([`json_device`]), and gateway fixtures
 //! ([`gateway`]).
 //!
 //! Errors are `std::io::Error` values, since the testbench uses these at
@@ -13,9 +15,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod disk;
 pub mod exactly_once;
 pub mod gateway;
 pub mod http;
+pub mod json_device;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod process;

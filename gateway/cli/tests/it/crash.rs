@@ -7,23 +7,31 @@ use crate::common::{assert_exactly_once, eddy_process, terminate, test_config};
 use eddy_firmware_host::{FleetConfig, run_fleet};
 use eddy_gateway::Gateway;
 use eddy_gateway::store::Store;
+use eddy_test_support::json_device::{self, Acked};
 use eddy_test_support::{Mosquitto, free_port};
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_ten_times_under_load_every_frame_is_stored_exactly_once() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// A config file in `dir`: the store in `dir/data`, the embedded broker on
+/// a free port (returned), the HTTP port on any.
+fn config_in(dir: &std::path::Path) -> (std::path::PathBuf, u16) {
     let port = free_port().expect("a free port");
-    let config = dir.path().join("eddy.toml");
+    let config = dir.join("eddy.toml");
     std::fs::write(
         &config,
         format!(
             "data_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
-            dir.path().join("data")
+            dir.join("data")
         ),
     )
     .expect("write config");
+    (config, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_ten_times_under_load_every_frame_is_stored_exactly_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, port) = config_in(dir.path());
     let mut gateway = eddy_process(&config, port);
 
     let fleet = FleetConfig {
@@ -87,4 +95,72 @@ async fn the_ingest_broker_restarted_under_load_loses_nothing() {
     let store = gateway.store().clone();
     gateway.shutdown().await.expect("clean shutdown");
     assert_exactly_once(&store, &report);
+}
+
+/// What a PUBACK from the embedded broker promises: the message is in
+/// the store. JSON devices publish through restarts by SIGTERM (what
+/// `systemctl restart` does) and SIGKILL; every publish a device saw
+/// acknowledged is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_json_publish_survives_sigterm_and_sigkill() {
+    const DEVICES: usize = 6;
+    const RESTARTS: usize = 6;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, port) = config_in(dir.path());
+    let mut gateway = eddy_process(&config, port);
+    let stop = CancellationToken::new();
+    let devices: Vec<(String, Acked)> = (0..DEVICES)
+        .map(|i| (format!("json-{i}"), Acked::default()))
+        .collect();
+    let broker = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let tasks: Vec<_> = devices
+        .iter()
+        .map(|(id, acked)| {
+            tokio::spawn(json_device::run(
+                broker,
+                id.clone(),
+                None,
+                acked.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let total = || {
+        devices
+            .iter()
+            .map(|(_, a)| a.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum::<usize>()
+    };
+    let mut before = 0;
+    for i in 0..RESTARTS {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::task::block_in_place(|| {
+            match i % 2 {
+                0 => terminate(&mut gateway),
+                _ => gateway.kill(),
+            }
+            let now = total();
+            assert!(now > before, "devices published while the gateway ran");
+            before = now;
+            gateway = eddy_process(&config, port);
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    for d in tasks {
+        tokio::time::timeout(Duration::from_secs(20), d)
+            .await
+            .expect("devices finish their last publish")
+            .expect("device task");
+    }
+    tokio::task::block_in_place(|| terminate(&mut gateway));
+
+    let store = Store::open(&dir.path().join("data/eddy.redb")).expect("store opens");
+    let verdict = json_device::check(&store, &devices).expect("readable");
+    eprintln!(
+        "{} publishes acknowledged through {RESTARTS} restarts, {} not stored, {} stored twice",
+        verdict.acked, verdict.lost_count, verdict.copies
+    );
+    assert!(verdict.acked > 500, "only {} acknowledged", verdict.acked);
+    assert!(verdict.lost.is_empty(), "{}", verdict.lost.join("\n"));
 }
