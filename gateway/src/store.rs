@@ -16,6 +16,9 @@ use crate::sequencer::DeviceSeq;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tracing::{info, warn};
 
+mod salvage;
+pub use salvage::{Salvaged, TableSalvage};
+
 const SAMPLES: TableDefinition<u64, &[u8]> = TableDefinition::new("samples");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const SINK_OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("sink_offsets");
@@ -91,8 +94,9 @@ pub enum StoreError {
     /// The file exists but is damaged: not opened, never reset.
     #[error(
         "store {path} is damaged ({reason}); nothing was changed. Move it aside \
-         (`mv {path} {path}.damaged`) and keep it for recovery; the gateway then \
-         starts with an empty store"
+         (`mv {path} {path}.damaged`); then either start with an empty store, or \
+         first copy what still reads into a new one with \
+         `eddy salvage {path}.damaged {path}`"
     )]
     Damaged { path: PathBuf, reason: String },
 }

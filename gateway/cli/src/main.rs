@@ -52,6 +52,16 @@ enum Command {
     },
     /// Validate a config file and exit (non-zero on error).
     Check { config: PathBuf },
+    /// Copy what still reads from a damaged store file (one the gateway
+    /// refused at start) into a new store, and say per table what was
+    /// copied and what was unreadable. The damaged file is not changed.
+    /// Exits non-zero if anything was unreadable.
+    Salvage {
+        /// The damaged file, moved aside (e.g. eddy-data/eddy.redb.damaged).
+        damaged: PathBuf,
+        /// The new store to write (must not exist), e.g. eddy-data/eddy.redb.
+        into: PathBuf,
+    },
     /// SQL over the stored samples, table `samples` (device, metric, ts,
     /// ts_ms, value, boot, seq), computed with polars. Reads the store
     /// file: run it while the gateway is stopped.
@@ -510,6 +520,28 @@ async fn main() -> anyhow::Result<()> {
             let c = Config::load(&config)?;
             let rules = eddy_gateway::rules::registry::check(&c)?;
             println!("{}: ok ({rules} rules)", config.display());
+            Ok(())
+        }
+        Command::Salvage { damaged, into } => {
+            // redb panics on some damaged pages; salvage catches those and
+            // reports them per table, so the default hook's message would
+            // only repeat them as noise.
+            std::panic::set_hook(Box::new(|_| {}));
+            let salvaged = eddy_gateway::store::Store::salvage(&damaged, &into);
+            drop(std::panic::take_hook());
+            let salvaged = salvaged?;
+            for t in &salvaged.tables {
+                println!("{:<14} {:>10} copied", t.table, t.copied);
+                for u in &t.unreadable {
+                    println!("{:<14} unreadable: {u}", "");
+                }
+            }
+            anyhow::ensure!(
+                salvaged.complete(),
+                "{} written with what could be read; the unreadable parts are listed above",
+                into.display()
+            );
+            println!("{}: every table read whole", into.display());
             Ok(())
         }
     }

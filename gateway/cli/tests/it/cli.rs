@@ -153,24 +153,7 @@ fn a_garbage_or_truncated_store_file_exits_non_zero_naming_it() {
             .expect("runs")
     };
     // A real store, cut short.
-    {
-        let s = eddy_gateway::store::Store::open(&store).expect("creates");
-        let samples: Vec<_> = (0..3000)
-            .map(|i| eddy_gateway::store::StoredSample {
-                device: "d".into(),
-                metric: "m".into(),
-                ts_ms: i,
-                value: 0.0,
-                frame: None,
-            })
-            .collect();
-        let batch = eddy_gateway::store::Batch {
-            samples,
-            ..Default::default()
-        };
-        s.commit_batch(&batch, eddy_gateway::store::Limits::NONE)
-            .expect("commits");
-    }
+    write_store(&store, 3000);
     let len = std::fs::metadata(&store).expect("stat").len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -187,4 +170,68 @@ fn a_garbage_or_truncated_store_file_exits_non_zero_naming_it() {
         assert!(stderr.contains("eddy.redb"), "{case}: {stderr}");
         assert!(!stderr.contains("panicked"), "{case}: {stderr}");
     }
+}
+
+/// A store at `path` holding `n` samples, closed.
+fn write_store(path: &std::path::Path, n: i64) {
+    let s = eddy_gateway::store::Store::open(path).expect("creates");
+    let samples: Vec<_> = (0..n)
+        .map(|i| eddy_gateway::store::StoredSample {
+            device: "d".into(),
+            metric: "m".into(),
+            ts_ms: i,
+            value: i as f64,
+            frame: None,
+        })
+        .collect();
+    let batch = eddy_gateway::store::Batch {
+        samples,
+        ..Default::default()
+    };
+    s.commit_batch(&batch, eddy_gateway::store::Limits::NONE)
+        .expect("commits");
+}
+
+/// README's recovery path for a damaged store: move it aside, salvage
+/// what reads into a new store, start on that.
+#[test]
+fn salvage_writes_a_whole_store_from_a_damaged_one_and_lists_what_was_lost() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("eddy.redb");
+    write_store(&store, 20_000);
+    let len = std::fs::metadata(&store).expect("stat").len();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&store)
+        .expect("open");
+    f.seek(SeekFrom::Start((len / 2) & !4095)).expect("seek");
+    f.write_all(&[0; 4096]).expect("zero a block");
+    drop(f);
+    let damaged = dir.path().join("eddy.redb.damaged");
+    std::fs::rename(&store, &damaged).expect("move aside");
+
+    let out = eddy()
+        .arg("salvage")
+        .arg(&damaged)
+        .arg(&store)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a partial salvage exits non-zero");
+    assert!(stdout.contains("unreadable: offsets"), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let salvaged = eddy_gateway::store::Store::open(&store).expect("the new store is whole");
+    let mut n = 0;
+    salvaged
+        .for_each_sample(|offset, s| {
+            assert_eq!(s.value, offset as f64, "each sample at its offset");
+            n += 1;
+        })
+        .expect("readable");
+    assert!(
+        (10_000..20_000).contains(&n),
+        "{n} samples salvaged\n{stdout}"
+    );
 }
