@@ -99,6 +99,9 @@ pub enum StoreError {
          `eddy salvage {path}.damaged {path}`"
     )]
     Damaged { path: PathBuf, reason: String },
+    /// `eddy salvage` found nothing it could read in the file.
+    #[error("store {path} cannot be salvaged ({reason}); nothing was written")]
+    Unsalvageable { path: PathBuf, reason: String },
 }
 
 impl StoreError {

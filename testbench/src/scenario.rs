@@ -248,9 +248,9 @@ pub struct Step {
     /// For `cut`, `restore`, `blackhole`, `delay`: which link.
     #[serde(default)]
     pub link: Link,
-    /// For `restart`: how the gateway is stopped.
+    /// For `restart`: how the gateway is stopped (`term` by default).
     #[serde(default)]
-    pub signal: Signal,
+    pub signal: Option<Signal>,
     /// The step runs this many times (default once), `every` apart.
     #[serde(default)]
     pub repeat: Option<u32>,
@@ -400,8 +400,23 @@ impl Scenario {
             }
         }
         for s in &self.timeline {
+            if s.repeat == Some(0) {
+                return Err(bad(format!(
+                    "{:?} at {:?}: `repeat` is at least 1",
+                    s.action, s.at
+                )));
+            }
             if s.repeat.is_some_and(|n| n > 1) && s.every.is_none_or(|e| e.is_zero()) {
-                return Err(bad("a step with `repeat` needs `every`".into()));
+                return Err(bad(format!(
+                    "{:?} at {:?}: a step with `repeat` needs `every` longer than 0",
+                    s.action, s.at
+                )));
+            }
+            if s.signal.is_some() && s.action != Action::Restart {
+                return Err(bad(format!(
+                    "{:?} at {:?}: `signal` is for `restart` steps",
+                    s.action, s.at
+                )));
             }
             if s.action == Action::Delay && s.delay.is_none() {
                 return Err(bad("a `delay` step needs `delay`".into()));
@@ -898,7 +913,7 @@ pub async fn run(scenario: &Scenario, eddy: &Path) -> Result<Outcome, ScenarioEr
                 gateway_restarts += 1;
             }
             Action::Restart => {
-                let kill = match step.signal {
+                let kill = match step.signal.unwrap_or_default() {
                     Signal::Term => false,
                     Signal::Kill => true,
                     Signal::Mixed => repetition % 2 == 1,

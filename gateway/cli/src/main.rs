@@ -536,12 +536,25 @@ async fn main() -> anyhow::Result<()> {
                     println!("{:<14} unreadable: {u}", "");
                 }
             }
+            if !salvaged.intact {
+                println!(
+                    "caution: {} fails redb's integrity check. Records on its damaged pages \
+                     that still decode (valid names, finite values) were copied and cannot be \
+                     told apart from what was stored.",
+                    damaged.display()
+                );
+            }
             anyhow::ensure!(
                 salvaged.complete(),
-                "{} written with what could be read; the unreadable parts are listed above",
+                "{} holds what could be read; what is listed above as unreadable is lost \
+                 (exit status 1, so scripts notice)",
                 into.display()
             );
-            println!("{}: every table read whole", into.display());
+            println!(
+                "{}: every table read whole; {} passes redb's integrity check",
+                into.display(),
+                damaged.display()
+            );
             Ok(())
         }
     }

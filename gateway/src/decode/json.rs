@@ -47,11 +47,17 @@ pub(super) fn decode(
             Err(e) => DecodeError::Json(e.to_string()),
         });
     }
-    let mut de = serde_json::Deserializer::from_slice(payload);
-    Top { sink: &mut sink }
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| DecodeError::Json(e.to_string()))?;
+    if let Err(e) = stream(payload, &mut sink) {
+        // `NaN` and `Infinity` are not JSON, but Python's `json.dumps`
+        // and others write them: read them as text, dropped as not
+        // finite with the field's name, the neighbours kept.
+        let quoted = quote_non_finite(payload).ok_or_else(|| DecodeError::Json(e.to_string()))?;
+        sink.readings.clear();
+        sink.dropped.clear();
+        sink.object_ts = None;
+        sink.bad_time = None;
+        stream(&quoted, &mut sink).map_err(|_| DecodeError::Json(e.to_string()))?;
+    }
     if sink.readings.is_empty() {
         return Err(match sink.bad_time {
             Some(e) => DecodeError::BadTimestamp(e.to_string()),
@@ -65,6 +71,44 @@ pub(super) fn decode(
         dropped: sink.dropped,
         path: None,
     })
+}
+
+/// Streams `payload` into `sink`.
+fn stream(payload: &[u8], sink: &mut Sink<'_>) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    Top { sink }.deserialize(&mut de).and_then(|()| de.end())
+}
+
+/// `payload` with the bare tokens `NaN`, `Infinity` and `-Infinity`
+/// outside strings put in quotes; `None` when it has none.
+fn quote_non_finite(payload: &[u8]) -> Option<Vec<u8>> {
+    const TOKENS: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    let (mut in_string, mut escaped, mut found) = (false, false, false);
+    let mut i = 0;
+    while i < payload.len() {
+        let b = payload[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if let Some(t) = TOKENS.iter().find(|t| payload[i..].starts_with(t)) {
+            out.push(b'"');
+            out.extend_from_slice(t);
+            out.push(b'"');
+            i += t.len();
+            found = true;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    found.then_some(out)
 }
 
 /// What the streaming decoder collected.

@@ -556,6 +556,25 @@ mod tests {
     }
 
     #[test]
+    fn bare_nan_and_infinity_as_python_writes_them_drop_alone() {
+        let d = json(r#"{"temperature": 21.5, "n": NaN, "hi": Infinity, "lo": -Infinity, "note": "NaN, Infinity\" x"}"#)
+            .expect("decodes");
+        assert_eq!(values(&d), vec![("temperature", 21.5)]);
+        assert_eq!(
+            dropped(&d),
+            vec![
+                ("n", DropReason::NotFinite),
+                ("hi", DropReason::NotFinite),
+                ("lo", DropReason::NotFinite),
+                ("note", DropReason::NotANumber)
+            ]
+        );
+        // Still not JSON: the parser's error, not a guess.
+        assert!(json(r#"{"a": NaNx}"#).is_err());
+        assert!(json(r#"{"a": nan}"#).is_err());
+    }
+
+    #[test]
     fn one_bad_field_never_takes_its_neighbours() {
         let long = "x".repeat(MAX_METRIC_LEN + 1);
         let d = json(&format!(

@@ -50,7 +50,8 @@ impl Pipeline {
                 // and retry on the reopened store until the cause is gone.
                 Err(e) if e.is_io() && !self.parts.stop.is_cancelled() => {
                     stats::add(&self.parts.stats.store_write_failures, 1);
-                    if failures.is_multiple_of(20) {
+                    failures += 1;
+                    if (failures - 1).is_multiple_of(20) {
                         warn!(
                             error = %e,
                             retry_in = ?backoff,
@@ -58,7 +59,6 @@ impl Pipeline {
                             "store write failed: holding the batch and retrying (devices keep their data; /healthz degraded)"
                         );
                     }
-                    failures += 1;
                     batch = held;
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}

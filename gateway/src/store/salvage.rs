@@ -18,8 +18,10 @@
 //! value) cannot be told apart from the truth; it stays within the
 //! damaged page's records.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Mutex;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -48,13 +50,18 @@ pub struct TableSalvage {
 /// The outcome of a salvage, table by table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Salvaged {
+    /// Whether the file passed redb's integrity check (every page's
+    /// checksum). When it did not, records on its damaged pages that
+    /// still decode (names checked, values plausible) cannot be told
+    /// apart from what was stored.
+    pub intact: bool,
     pub tables: Vec<TableSalvage>,
 }
 
 impl Salvaged {
-    /// Whether every table read whole.
+    /// Whether the file was intact and every table read whole.
     pub fn complete(&self) -> bool {
-        self.tables.iter().all(|t| t.unreadable.is_empty())
+        self.intact && self.tables.iter().all(|t| t.unreadable.is_empty())
     }
 }
 
@@ -63,7 +70,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, redb::Error>) -> Result<T, String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("redb panicked reading it".into()),
+        Err(_) => Err("a page does not decode".into()),
     }
 }
 
@@ -114,6 +121,39 @@ fn next_readable(db: &impl ReadableDatabase, log: Log, failed: u64) -> Option<(u
     Some(good)
 }
 
+/// The parts of the gap `a..b` not already named: not in a `named`
+/// range, not an `undecodable` offset.
+fn unnamed(a: u64, b: u64, named: &[(u64, u64)], undecodable: &[u64]) -> Vec<(u64, u64)> {
+    let mut known: Vec<(u64, u64)> = named
+        .iter()
+        .copied()
+        .chain(undecodable.iter().map(|&k| (k, k + 1)))
+        .filter(|&(x, y)| x < b && y > a)
+        .collect();
+    known.sort_unstable();
+    let (mut out, mut at) = (Vec::new(), a);
+    for (x, y) in known {
+        if x > at {
+            out.push((at, x.min(b)));
+        }
+        at = at.max(y);
+    }
+    if at < b {
+        out.push((at, b));
+    }
+    out
+}
+
+/// Whether a sample read from a damaged file could be one the gateway
+/// stored: names it would accept, a finite value, a time between 1970
+/// and 2200.
+fn plausible(s: &StoredSample) -> bool {
+    crate::decode::valid_device(&s.device).is_ok()
+        && crate::decode::valid_metric(&s.metric).is_ok()
+        && s.value.is_finite()
+        && (0..7_258_118_400_000).contains(&s.ts_ms)
+}
+
 /// Copies the readable records of `log` that `decodes` into `into`;
 /// returns the report, the last offset read and the bytes copied.
 fn copy_log(
@@ -130,6 +170,9 @@ fn copy_log(
     };
     let mut last = None::<u64>;
     let mut undecodable = Vec::new();
+    // Offsets already named as unreadable, so the gap scan does not name
+    // them again.
+    let mut named: Vec<(u64, u64)> = Vec::new();
     let mut from = 0u64;
     loop {
         // One run: records from `from` on, until the end or a failure.
@@ -178,6 +221,7 @@ fn copy_log(
                     report
                         .unreadable
                         .push(format!("offsets {from}..{key} ({reason})"));
+                    named.push((from, key));
                     from = key.max(start);
                 }
                 Some((_, None)) | None => {
@@ -204,7 +248,7 @@ fn copy_log(
             if let Some(e) = expected
                 && k > e
             {
-                gaps.push((e, k));
+                gaps.extend(unnamed(e, k, &named, &undecodable));
             }
             expected = Some(k + 1);
         }
@@ -218,7 +262,7 @@ fn copy_log(
             .map(|(a, b)| format!("{a}..{b}"))
             .collect();
         report.unreadable.push(format!(
-            "{missing} records missing without a read error (offsets {}{})",
+            "{missing} records missing without a read error (offsets {}{}): the damaged file does not list them",
             shown.join(", "),
             if gaps.len() > 10 { ", ..." } else { "" }
         ));
@@ -313,73 +357,233 @@ macro_rules! copy_table {
     }};
 }
 
+/// Bytes per page of the overlay.
+const PAGE: u64 = 4096;
+
+/// The damaged file as a redb storage backend: reads come from the file
+/// (zeros past its end, up to the length redb is told), and writes (redb's
+/// repair at open, its commit at close) go to pages held in memory. The
+/// file itself is never written.
+#[derive(Debug)]
+struct Overlay {
+    file: std::fs::File,
+    state: Mutex<OverlayState>,
+}
+
+#[derive(Debug)]
+struct OverlayState {
+    /// The length redb sees.
+    len: u64,
+    /// How much of that the file backs (the rest reads as zeros).
+    file_len: u64,
+    pages: HashMap<u64, Vec<u8>>,
+}
+
+impl Overlay {
+    /// The file at `path`, seen as `len` bytes long (its own length when
+    /// `None`; a longer one pads a file cut short with zeros).
+    fn open(path: &Path, len: Option<u64>) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let file_len = file.metadata()?.len();
+        Ok(Self {
+            file,
+            state: Mutex::new(OverlayState {
+                len: len.unwrap_or(file_len).max(file_len),
+                file_len,
+                pages: HashMap::new(),
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, OverlayState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Page `n` as the file (or zeros) has it.
+    fn file_page(&self, state: &OverlayState, n: u64) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut page = vec![0u8; PAGE as usize];
+        let start = n * PAGE;
+        if start < state.file_len {
+            let len = (state.file_len - start).min(PAGE) as usize;
+            self.file.read_exact_at(&mut page[..len], start)?;
+        }
+        Ok(page)
+    }
+}
+
+impl redb::StorageBackend for Overlay {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.state().len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let state = self.state();
+        if offset + out.len() as u64 > state.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end",
+            ));
+        }
+        let mut done = 0usize;
+        while done < out.len() {
+            let at = offset + done as u64;
+            let (n, within) = (at / PAGE, (at % PAGE) as usize);
+            let take = (PAGE as usize - within).min(out.len() - done);
+            match state.pages.get(&n) {
+                Some(page) => out[done..done + take].copy_from_slice(&page[within..within + take]),
+                None => {
+                    let page = self.file_page(&state, n)?;
+                    out[done..done + take].copy_from_slice(&page[within..within + take]);
+                }
+            }
+            done += take;
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let mut state = self.state();
+        if len < state.len {
+            // What lies past the new end reads as zeros if it grows again.
+            state.pages.retain(|&n, _| n * PAGE < len);
+            if let Some(page) = state.pages.get_mut(&(len / PAGE)) {
+                page[(len % PAGE) as usize..].fill(0);
+            }
+            if len < state.file_len {
+                let n = len / PAGE;
+                if !len.is_multiple_of(PAGE) && !state.pages.contains_key(&n) {
+                    let mut page = self.file_page(&state, n)?;
+                    page[(len % PAGE) as usize..].fill(0);
+                    state.pages.insert(n, page);
+                }
+                state.file_len = len;
+            }
+        }
+        state.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut state = self.state();
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let (n, within) = (at / PAGE, (at % PAGE) as usize);
+            let take = (PAGE as usize - within).min(data.len() - done);
+            if !state.pages.contains_key(&n) {
+                let page = self.file_page(&state, n)?;
+                state.pages.insert(n, page);
+            }
+            if let Some(page) = state.pages.get_mut(&n) {
+                page[within..within + take].copy_from_slice(&data[done..done + take]);
+            }
+            done += take;
+        }
+        state.len = state.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+}
+
+/// Opens `path` through an [`Overlay`] of `len`; redb's error or panic as
+/// text.
+fn open_overlay(path: &Path, len: Option<u64>, verify: bool) -> Result<redb::Database, String> {
+    let overlay = Overlay::open(path, len).map_err(|e| e.to_string())?;
+    let mut builder = redb::Builder::new();
+    builder.set_check_integrity_on_open(verify);
+    match catch_unwind(AssertUnwindSafe(|| builder.create_with_backend(overlay))) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("a page redb reads at open does not decode".into()),
+    }
+}
+
+/// The length redb expects from a file cut short, from its error
+/// (`... layout_len=N`).
+fn layout_len(error: &str) -> Option<u64> {
+    let tail = error.split("layout_len=").nth(1)?;
+    tail.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Closes a database opened on an [`Overlay`]; its closing commit goes
+/// to memory and may trip over the damage, which changes nothing.
+fn close(db: redb::Database) {
+    let _ = catch_unwind(AssertUnwindSafe(|| drop(db)));
+}
+
 impl Store {
     /// Copies what still reads from the damaged store file `damaged` into
     /// a new store at `into` (which must not exist), and reports per table
-    /// what was copied and what could not be read. `damaged` is opened
-    /// read-only in effect (no integrity check, nothing written).
+    /// what was copied and what could not be read.
+    ///
+    /// `damaged` is never written: redb sees it through an overlay that
+    /// keeps its writes (crash recovery at open, the commit at close) in
+    /// memory. It is first opened with redb's integrity check
+    /// ([`Salvaged::intact`] tells whether it passed), then without. A
+    /// file cut short is read as if padded with zeros to the length its
+    /// header records.
     ///
     /// The logs' next offsets are kept past every copied record, so a
     /// gateway started on the new store appends after them and its sinks
     /// resume from their stored offsets.
     ///
-    /// Errors: [`StoreError::Damaged`] when redb cannot open `damaged` at
-    /// all (its header is gone: nothing can be salvaged);
-    /// [`StoreError::Db`] when `into` exists or cannot be written.
+    /// Errors: [`StoreError::Unsalvageable`] when `damaged` cannot be read
+    /// or redb cannot open it at all (its header or allocator state is
+    /// gone); [`StoreError::Db`] when `into` exists or cannot be written.
     pub fn salvage(damaged: &Path, into: &Path) -> Result<Salvaged, StoreError> {
+        let unsalvageable = |reason: String| StoreError::Unsalvageable {
+            path: damaged.to_path_buf(),
+            reason,
+        };
+        match std::fs::metadata(damaged) {
+            Err(e) => return Err(unsalvageable(e.to_string())),
+            Ok(m) if m.len() == 0 => return Err(unsalvageable("the file is empty".into())),
+            Ok(_) => {}
+        }
         if into.exists() {
             return Err(StoreError::Db {
                 path: into.to_path_buf(),
                 source: redb::Error::Io(std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
-                    "the salvage target exists; give a new path",
+                    "exists already; salvage writes a new store",
                 )),
             });
         }
-        let damaged_err = |reason: String| StoreError::Damaged {
-            path: PathBuf::from(damaged),
-            reason,
-        };
-        let mut builder = redb::Builder::new();
-        builder.set_check_integrity_on_open(false);
-        // Read-only: nothing is written to the damaged file, not even at
-        // close. A file that needs redb's crash recovery first is copied,
-        // and the copy recovered and read (then removed).
-        match catch_unwind(AssertUnwindSafe(|| builder.open_read_only(damaged))) {
-            Ok(Ok(db)) => copy_all(&db, into),
-            _ => {
-                let work = into.with_extension("salvage-work");
-                std::fs::copy(damaged, &work).map_err(|e| StoreError::Db {
-                    path: work.clone(),
-                    source: e.into(),
-                })?;
-                let salvaged = match catch_unwind(AssertUnwindSafe(|| builder.open(&work))) {
-                    Err(_) => Err(damaged_err("redb panicked opening it".into())),
-                    Ok(Err(e)) => Err(damaged_err(format!("redb cannot open it: {e}"))),
-                    Ok(Ok(db)) => {
-                        let salvaged = copy_all(&db, into);
-                        // Closing commits to the copy, which may panic on
-                        // its damage; the copy is discarded either way.
-                        let _ = catch_unwind(AssertUnwindSafe(|| drop(db)));
-                        salvaged
-                    }
-                };
-                let _ = std::fs::remove_file(&work);
-                salvaged
-            }
+        if let Ok(db) = open_overlay(damaged, None, true) {
+            let salvaged = copy_all(&db, into, true);
+            close(db);
+            return salvaged;
         }
+        let db = match open_overlay(damaged, None, false) {
+            Ok(db) => db,
+            Err(e) => match layout_len(&e) {
+                Some(len) => open_overlay(damaged, Some(len), false)
+                    .map_err(|e| unsalvageable(format!("redb cannot open it: {e}")))?,
+                None => return Err(unsalvageable(format!("redb cannot open it: {e}"))),
+            },
+        };
+        let salvaged = copy_all(&db, into, false);
+        close(db);
+        salvaged
     }
 }
 
 /// Copies every table of `db` into a new store at `into`.
-fn copy_all(db: &impl ReadableDatabase, into: &Path) -> Result<Salvaged, StoreError> {
+fn copy_all(db: &impl ReadableDatabase, into: &Path, intact: bool) -> Result<Salvaged, StoreError> {
     let store = Store::open(into)?;
     let mut tables = Vec::new();
     let mut nexts = Vec::new();
     let mut sample_bytes = 0;
     let logs: [(Log, &str, &str, Decodes); 3] = [
         (SAMPLES, "samples", SAMPLES_NEXT, |v| {
-            StoredSample::decode(v).is_some()
+            StoredSample::decode(v).is_some_and(|s| plausible(&s))
         }),
         (OUTBOX, "outbox", OUTBOX_NEXT, |v| {
             OutboxRecord::decode(v).is_some()
@@ -427,5 +631,5 @@ fn copy_all(db: &impl ReadableDatabase, into: &Path) -> Result<Salvaged, StoreEr
             next - from
         ));
     }
-    Ok(Salvaged { tables })
+    Ok(Salvaged { intact, tables })
 }

@@ -434,11 +434,12 @@ fn salvage_copies_what_reads_from_a_damaged_store_and_names_the_rest() {
         log.copied > original.len() as u64 / 2,
         "one damaged page costs the records on it, not the rest: {salvaged:?}"
     );
-    assert_eq!(
-        salvaged.complete(),
-        copied.len() == original.len(),
-        "what could not be read is named: {salvaged:?}"
+    assert!(
+        !salvaged.intact && !salvaged.complete(),
+        "the file fails the integrity check: {salvaged:?}"
     );
+    // Each lost offset is named once.
+    assert_eq!(log.unreadable.len(), 1, "{salvaged:?}");
     // Appends go after the copied offsets.
     store
         .commit_batch(&samples(&[sample("d", 99_999)]), Limits::NONE)
@@ -482,7 +483,7 @@ proptest::proptest! {
         let into = dir.path().join("salvaged.redb");
         match Store::salvage(&path, &into) {
             // The header and the roots are beyond reach: a clear error.
-            Err(StoreError::Damaged { reason, .. }) => {
+            Err(StoreError::Unsalvageable { reason, .. }) => {
                 proptest::prop_assert!(reason.contains("redb"), "{reason}");
             }
             Err(e) => proptest::prop_assert!(false, "{e}"),
@@ -508,4 +509,36 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn salvage_of_an_intact_store_is_complete_and_of_one_cut_short_pads_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (path, len) = written_store(dir.path());
+    let whole = Store::salvage(&path, &dir.path().join("a.redb")).expect("salvage runs");
+    assert!(whole.intact && whole.complete(), "{whole:?}");
+    assert_eq!(whole.tables[0].copied, 20_000);
+    // Cut 100 bytes short: `eddy run` refuses it; salvage reads it as if
+    // padded with zeros, and leaves the file as it is.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.set_len(len - 100).expect("truncate");
+    drop(f);
+    assert!(Store::open(&path).is_err());
+    let short = Store::salvage(&path, &dir.path().join("b.redb")).expect("salvage runs");
+    assert!(!short.intact, "{short:?}");
+    // The records in the last 100 bytes are zeros now, and named.
+    let log = &short.tables[0];
+    assert!(log.copied >= 19_990, "{short:?}");
+    assert_eq!(log.copied < 20_000, !log.unreadable.is_empty(), "{short:?}");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), len - 100);
+    // Nothing to read: a clear error, nothing written.
+    let missing = Store::salvage(&dir.path().join("none.redb"), &dir.path().join("c.redb"));
+    assert!(
+        matches!(missing, Err(StoreError::Unsalvageable { .. })),
+        "{missing:?}"
+    );
+    assert!(!dir.path().join("c.redb").exists());
 }

@@ -103,3 +103,51 @@ fn the_command_exits_non_zero_on_a_failed_expectation() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_timeline_step_that_cannot_run_as_written_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("steps.toml");
+    let head = "name = \"steps\"\nduration = \"5s\"\n[fleet]\ndevices = 1\nrate = 5.0\n";
+    for (step, reason) in [
+        (
+            "action = \"restart\"\nrepeat = 3",
+            "needs `every` longer than 0",
+        ),
+        (
+            "action = \"restart\"\nrepeat = 3\nevery = \"0s\"",
+            "needs `every` longer than 0",
+        ),
+        (
+            "action = \"restart\"\nrepeat = 0\nevery = \"1s\"",
+            "`repeat` is at least 1",
+        ),
+        (
+            "action = \"kill_gateway\"\nsignal = \"term\"",
+            "`signal` is for `restart` steps",
+        ),
+        ("action = \"fill_disk\"", "need gateway.data_dir_size"),
+    ] {
+        std::fs::write(&file, format!("{head}[[timeline]]\nat = \"1s\"\n{step}\n")).expect("write");
+        match Scenario::load(&file) {
+            Ok(_) => panic!("accepted: {step}"),
+            Err(e) => assert!(e.to_string().contains(reason), "{step}: {e}"),
+        }
+    }
+    // Repeated steps unroll in time order.
+    std::fs::write(
+        &file,
+        format!(
+            "{head}[[timeline]]\nat = \"1s\"\naction = \"restart\"\nsignal = \"mixed\"\nrepeat = 3\nevery = \"2s\"\n\
+             [[timeline]]\nat = \"2s\"\naction = \"cut\"\n"
+        ),
+    )
+    .expect("write");
+    let s = Scenario::load(&file).expect("valid");
+    let at: Vec<(u64, u32)> = s
+        .steps()
+        .iter()
+        .map(|(at, _, i)| (at.as_millis() as u64, *i))
+        .collect();
+    assert_eq!(at, vec![(1000, 0), (2000, 0), (3000, 1), (5000, 2)]);
+}
