@@ -236,3 +236,42 @@ counters! {
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
+
+/// Rate-limited log lines: per reason at most one line per interval, with
+/// how many were not logged since (the counters count every one).
+#[derive(Debug)]
+pub struct LogEvery {
+    every: std::time::Duration,
+    /// Reason -> (last line, occurrences not logged since).
+    last: std::collections::HashMap<&'static str, (std::time::Instant, u64)>,
+}
+
+impl LogEvery {
+    /// At most one line per `every` for each reason.
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            last: std::collections::HashMap::new(),
+        }
+    }
+
+    /// `Some(not logged since the last line)` when a line of `reason` is
+    /// due; `None` (and one more not logged) otherwise.
+    pub fn due(&mut self, reason: &'static str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last.get_mut(reason) {
+            Some((at, skipped)) if now.duration_since(*at) < self.every => {
+                *skipped += 1;
+                None
+            }
+            Some((at, skipped)) => {
+                *at = now;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                self.last.insert(reason, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eddy_analytics::Sample;
 use tracing::{info, warn};
@@ -25,7 +25,7 @@ use crate::config::{FullPolicy, FuturePolicy, TimeMode};
 use crate::decode::{DecodeError, Decoded, Dropped};
 use crate::sequencer::Verdict;
 use crate::sources::{Message, Outcome};
-use crate::stats;
+use crate::stats::{self, LogEvery};
 use crate::store::StoredSample;
 
 /// What a batch brings: samples for the engine, records for the store,
@@ -272,31 +272,24 @@ const MAX_UNKNOWN_TOPICS_LOGGED: usize = 1000;
 /// one line per [`LOG_EVERY`] (with the device, the topic and how many
 /// were not logged since); each unknown topic once. Counters count every
 /// one of them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Diagnostics {
-    /// Reason -> (last line, occurrences not logged since).
-    last: HashMap<&'static str, (Instant, u64)>,
+    log: LogEvery,
     unknown_topics: HashSet<String>,
 }
 
-impl Diagnostics {
-    /// `Some(not logged since the last line)` when a line of `reason` is due.
-    fn due(&mut self, reason: &'static str) -> Option<u64> {
-        let now = Instant::now();
-        match self.last.get_mut(reason) {
-            Some((at, skipped)) if now.duration_since(*at) < LOG_EVERY => {
-                *skipped += 1;
-                None
-            }
-            Some((at, skipped)) => {
-                *at = now;
-                Some(std::mem::take(skipped))
-            }
-            None => {
-                self.last.insert(reason, (now, 0));
-                Some(0)
-            }
+impl Default for Diagnostics {
+    fn default() -> Self {
+        Self {
+            log: LogEvery::new(LOG_EVERY),
+            unknown_topics: HashSet::new(),
         }
+    }
+}
+
+impl Diagnostics {
+    fn due(&mut self, reason: &'static str) -> Option<u64> {
+        self.log.due(reason)
     }
 
     fn refused(&mut self, device: &str, topic: &str, error: &DecodeError) {

@@ -13,7 +13,7 @@
 //! broker sends the PUBACK and routes the message on to any subscriber.
 //!
 //! A QoS 1/2 publish that cannot be committed (the pipeline's queue stays
-//! full for [`COMMIT_TIMEOUT`], the gateway is stopping, the commit is
+//! full for [`COMMIT_TIMEOUT`](super::waiters::COMMIT_TIMEOUT), the gateway is stopping, the commit is
 //! slower than that) is refused: the broker closes the device's
 //! connection without acknowledging, and the device sends it again after
 //! reconnecting (MQTT 3.1.1 has no negative PUBACK; MQTT 5 clients get
@@ -24,7 +24,7 @@
 //! The hook runs before the broker's ACL plugin (it has the highest
 //! priority), in every session of the broker.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmqtt::codec::types::QoS;
@@ -35,13 +35,9 @@ use std::pin::Pin;
 use tracing::{debug, warn};
 
 use super::Message;
-use super::waiters::{Unstored, Waiters, WhenFull};
+use super::waiters::{COMMIT_TIMEOUT, Unstored, Waiters, WhenFull};
 use crate::pipeline::route::Router;
-use crate::stats::{self, Stats};
-
-/// Longest a publish waits for room in the pipeline's queue and then for
-/// its commit.
-pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::stats::{self, LogEvery, Stats};
 
 /// The hook: publishes on topics the ingest [`Router`] claims go to the
 /// pipeline through `waiters`; every other publish passes untouched.
@@ -50,6 +46,8 @@ pub struct IngestHook {
     waiters: Arc<Waiters>,
     router: Router,
     stats: Arc<Stats>,
+    /// Refusals logged at most once per reason every 10 s.
+    log: Mutex<LogEvery>,
 }
 
 impl IngestHook {
@@ -58,6 +56,7 @@ impl IngestHook {
             waiters,
             router,
             stats,
+            log: Mutex::new(LogEvery::new(Duration::from_secs(10))),
         }
     }
 
@@ -118,16 +117,23 @@ impl IngestHook {
             Err(why) => {
                 stats::add(&self.stats.broker_publishes_unstored, 1);
                 self.stats.messages_refused(why.name(), 1);
-                match why {
-                    Unstored::Closed => {
+                let due = self
+                    .log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .due(why.name());
+                match (why, due) {
+                    (Unstored::Closed, _) => {
                         debug!(client = %session.id.client_id, %why, "publish refused")
                     }
-                    _ => warn!(
+                    (_, Some(suppressed)) => warn!(
                         client = %session.id.client_id,
                         topic = %publish.topic,
                         %why,
+                        suppressed,
                         "publish refused: not acknowledged, the device sends it again"
                     ),
+                    (_, None) => {}
                 }
                 let reason = format!("not stored: {why}; send again");
                 let refused = PublishAclResult::rejected(true, Some(reason.into()));

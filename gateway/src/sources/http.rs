@@ -21,7 +21,6 @@
 //! once); `401` without the configured token. Every answer is counted.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -34,14 +33,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::waiters::{Unstored, Waiters, WhenFull};
+use super::waiters::{COMMIT_TIMEOUT, Unstored, Waiters, WhenFull};
 use super::{Acknowledger, Message, Outcome, Preset};
 use crate::config::{HttpConfig, PayloadFormat};
 use crate::decode::{DecodeError, Decoder, DropReason, LineSpec, Precision};
 use crate::stats::{self, Stats};
-
-/// Longest a request waits for the commit holding its readings.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The HTTP ingest source.
 #[derive(Debug)]

@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AckError, AckToken, Acknowledge, Message, Outcome};
 
+/// Longest a sender waits for room in the pipeline's queue and then for
+/// the commit holding its message (an HTTP request, a device's publish).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why a message was not committed for its sender: nothing of it is
 /// acknowledged, so its sender keeps it and sends it again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
