@@ -17,7 +17,12 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => assert!(e.line as usize <= lines, "{e} beyond {lines} lines"),
     }
     if let Ok(rules) = eddy_gateway::rules::parse_file("fuzz", text) {
-        let (ok, errors) = eddy_gateway::rules::compile_file("fuzz", text, &rules);
+        let (ok, errors) = eddy_gateway::rules::compile_file(
+            "fuzz",
+            text,
+            &rules,
+            eddy_gateway::rules::WebhookAllow::Unchecked,
+        );
         for e in &errors {
             assert!(e.line <= lines, "{e} beyond {lines} lines");
         }

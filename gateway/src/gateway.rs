@@ -1,6 +1,7 @@
 //! Wires the parts together: broker, store, source, pipeline, sinks.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 
 use eddy_analytics::EngineError;
@@ -11,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::auth::{Need, Tokens};
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::campaign;
 use crate::config::{BrokerUrl, Config, ConfigError, Placed, PlacedErrors};
@@ -64,6 +66,8 @@ pub enum GatewayError {
     Sink(#[from] crate::sinks::SinkError),
     #[error("ota.public_key: {0}")]
     OtaKey(#[from] crate::campaign::key::KeyError),
+    #[error("API tokens: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A running gateway.
@@ -86,6 +90,8 @@ pub struct Gateway {
     subscribed: Option<eddy_mqtt::Ready>,
     embedded: Option<EmbeddedBroker>,
     http: Option<SocketAddr>,
+    /// Holds the store, the API tokens and `admin.token`.
+    data_dir: std::path::PathBuf,
 }
 
 impl Gateway {
@@ -93,10 +99,16 @@ impl Gateway {
     /// session is being established.
     pub async fn start(config: Config) -> Result<Self, GatewayError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| GatewayError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        // Owner-only: the store holds every device's telemetry, and the
+        // directory the API tokens (a directory made here is 0700).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|source| GatewayError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let store_path = config.data_dir.join(STORE_FILE);
         let store = {
             let path = store_path.clone();
@@ -108,7 +120,19 @@ impl Gateway {
                 .await
                 .map_err(|_| GatewayError::Panicked { task: "store open" })??
         };
+        owner_only(&store_path).map_err(|source| GatewayError::DataDir {
+            path: store_path.clone(),
+            source,
+        })?;
         info!(path = %store_path.display(), "store open");
+        let tokens = {
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || Tokens::open(&dir))
+                .await
+                .map_err(|_| GatewayError::Panicked {
+                    task: "tokens open",
+                })??
+        };
 
         let (embedded, broker) = match &config.broker.url {
             Some(url) => (
@@ -177,17 +201,20 @@ impl Gateway {
         let sinks = sinks::spawn(&config, &store, &outbox_head, &stats, &shutdown)?;
         let (engine, _) = config.engine();
         let registry = {
-            let (engine, rules, path, dir, store) = (
+            let (engine, rules, path, dir, allow, store) = (
                 engine.clone(),
                 config.rules.clone(),
                 config.path.clone(),
                 config.alerts.rules_dir.clone(),
+                config.alerts.webhook_allow.clone(),
                 store.clone(),
             );
-            tokio::task::spawn_blocking(move || Registry::open(engine, rules, path, dir, store))
-                .await
-                .map_err(|_| GatewayError::Panicked { task: "rules load" })?
-                .map_err(crate::rules::registry::RulesRefused)?
+            tokio::task::spawn_blocking(move || {
+                Registry::open(engine, rules, path, dir, allow, store)
+            })
+            .await
+            .map_err(|_| GatewayError::Panicked { task: "rules load" })?
+            .map_err(crate::rules::registry::RulesRefused)?
         };
         let (webhooks, webhook_task) =
             Webhooks::spawn(config.alerts.webhooks(), stats.clone(), shutdown.clone());
@@ -235,10 +262,9 @@ impl Gateway {
             Some(path) => Some(crate::campaign::key::read_key(path)?),
             None => None,
         };
-        let (control, ota_task) = campaign::runner::spawn(
+        let (control, fleet, ota_task) = campaign::runner::spawn(
             &broker,
-            &format!("{}-ota", config.ingest.client_id),
-            &config.ingest.topic_prefix,
+            &config.ingest,
             config.ota.clone(),
             store.clone(),
             stats.clone(),
@@ -249,13 +275,19 @@ impl Gateway {
             control,
             public_key,
             max_image_bytes: config.ota.max_image_bytes,
+            fleet,
         })
         .merge(crate::live::router(request_tx.clone()))
+        .merge(crate::samples::router(store.clone()))
         .merge(crate::rules::api::router(crate::rules::api::RulesApi {
             registry,
             store: store.clone(),
             pipeline: request_tx,
         }));
+        // Every API route needs a token (read for GETs, admin for changes);
+        // HTTP ingest, merged after, has its own `ingest_token`.
+        let api =
+            crate::auth::guard(api, &tokens, Need::ByMethod).merge(crate::auth::router(&tokens));
         let api = match &http_source {
             Some(http) => api.merge(http.router()),
             None => api,
@@ -288,9 +320,11 @@ impl Gateway {
             true => {
                 let (addr, task) = http::serve(
                     config.http.listen,
+                    http::Limits::from(&config.http),
                     stats.clone(),
                     store.clone(),
                     api,
+                    config.http.metrics_auth.then_some(&tokens),
                     shutdown.clone(),
                 )
                 .await?;
@@ -311,6 +345,7 @@ impl Gateway {
             http,
             subscribed,
             embedded,
+            data_dir: config.data_dir.clone(),
         };
         // Devices may connect only once everything that takes their
         // publishes runs. An external broker may be down at start; then
@@ -349,6 +384,11 @@ impl Gateway {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// The data directory (`admin.token` is in it).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     pub fn store(&self) -> &Store {
@@ -408,4 +448,15 @@ impl Gateway {
         self.tasks.stop().await;
         result
     }
+}
+
+/// Takes group and other access away from `path` (redb creates the store
+/// file with the process's umask).
+fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod campaign;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod live;
 pub mod pipeline;
 pub mod rules;
+pub mod samples;
 pub mod sequencer;
 pub mod sinks;
 pub mod sources;

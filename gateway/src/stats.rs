@@ -128,6 +128,10 @@ counters! {
     http_ingest_busy,
     /// HTTP ingest requests without the configured token.
     http_ingest_unauthorized,
+    /// HTTP connections closed at once because `http.max_connections` were open.
+    http_connections_refused,
+    /// HTTP connections closed because a request head took longer than `http.header_timeout` or nothing moved for `http.idle_timeout`.
+    http_connections_timed_out,
     /// QoS 1/2 publishes on ingest topics the embedded broker did not acknowledge because they could not be committed (queue full, shutting down, commit too slow); the device's connection is closed and it sends them again. By reason in `eddy_messages_refused_total`.
     broker_publishes_unstored,
     /// Messages whose samples were committed and then acknowledged.
@@ -212,6 +216,8 @@ counters! {
     ota_reports,
     /// Messages on OTA report topics that were not a report of that device.
     ota_bad_reports,
+    /// `Hello` frames recorded: a device's board and firmware version, checked before a campaign.
+    ota_hellos,
     /// Serial ports opened (first open and every reopen).
     serial_opens,
     /// Serial ports that failed or vanished while open.

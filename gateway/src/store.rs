@@ -8,6 +8,7 @@
 //! acknowledged upstream.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -99,6 +100,10 @@ pub enum StoreError {
          `eddy salvage {path}.damaged {path}`"
     )]
     Damaged { path: PathBuf, reason: String },
+    /// Another process has the file open: a running gateway (redb locks
+    /// the file for its one writer). Its HTTP API serves the samples.
+    #[error("store {path} is in use by another process (a running gateway?)")]
+    InUse { path: PathBuf },
     /// `eddy salvage` found nothing it could read in the file.
     #[error("store {path} cannot be salvaged ({reason}); nothing was written")]
     Unsalvageable { path: PathBuf, reason: String },
@@ -197,6 +202,28 @@ impl StoredSample {
             value,
             frame,
         })
+    }
+}
+
+/// Which stored samples a scan keeps ([`Store::scan_samples`]): event
+/// times in `from_ms..to_ms` (Unix milliseconds, `to_ms` exclusive; an
+/// open end when `None`) and, when a list is not empty, only the devices
+/// and metrics it names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SampleFilter {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub devices: Vec<String>,
+    pub metrics: Vec<String>,
+}
+
+impl SampleFilter {
+    /// Whether `sample` passes.
+    pub fn keeps(&self, sample: &StoredSample) -> bool {
+        self.from_ms.is_none_or(|from| sample.ts_ms >= from)
+            && self.to_ms.is_none_or(|to| sample.ts_ms < to)
+            && (self.devices.is_empty() || self.devices.contains(&sample.device))
+            && (self.metrics.is_empty() || self.metrics.contains(&sample.metric))
     }
 }
 
@@ -432,7 +459,8 @@ impl Store {
     ///
     /// Errors: [`StoreError::Damaged`] for an existing file that is empty,
     /// not a redb database or fails the integrity check;
-    /// [`StoreError::Db`] for I/O errors.
+    /// [`StoreError::InUse`] while another process (a running gateway)
+    /// has the file open; [`StoreError::Db`] for I/O errors.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_with(path, OpenOptions::default())
     }
@@ -475,6 +503,9 @@ impl Store {
             .set_cache_size(options.cache_bytes)
             .set_check_integrity_on_open(options.verify);
         let db = (opener.0)(&builder).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_path_buf(),
+            },
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
                 StoreError::Damaged {
                     path: path.to_path_buf(),
@@ -932,6 +963,47 @@ impl Store {
     /// Calls `f` for every stored sample, oldest first.
     pub fn for_each_sample(&self, f: impl FnMut(u64, StoredSample)) -> Result<(), StoreError> {
         self.for_each_sample_from(0, f)
+    }
+
+    /// The stored samples `filter` keeps, in log order (not event-time
+    /// order: the log is scanned whole), handed to `chunk` in vectors of
+    /// at most `max_chunk` samples, so memory holds one chunk whatever
+    /// the log's size. One read transaction: the scan sees the log as it
+    /// was when it began, and commits meanwhile are not seen. `chunk`
+    /// returns [`ControlFlow::Break`] to stop the scan early (its
+    /// consumer is gone).
+    ///
+    /// Errors: [`StoreError::Db`] for I/O errors and records that do not
+    /// decode.
+    pub fn scan_samples(
+        &self,
+        filter: &SampleFilter,
+        max_chunk: usize,
+        mut chunk: impl FnMut(Vec<StoredSample>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let max_chunk = max_chunk.max(1);
+        self.read(|txn| {
+            let mut samples = Vec::with_capacity(max_chunk);
+            for entry in txn.open_table(SAMPLES)?.iter()? {
+                let (k, v) = entry?;
+                let sample =
+                    StoredSample::decode(v.value()).ok_or_else(|| corrupt("samples", k.value()))?;
+                if !filter.keeps(&sample) {
+                    continue;
+                }
+                samples.push(sample);
+                if samples.len() == max_chunk {
+                    let full = std::mem::replace(&mut samples, Vec::with_capacity(max_chunk));
+                    if chunk(full).is_break() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !samples.is_empty() {
+                let _ = chunk(samples);
+            }
+            Ok(())
+        })
     }
 
     /// Every stored sample from offset `from` on, in log order.

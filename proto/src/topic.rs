@@ -3,7 +3,8 @@
 //! With the default prefix `eddy/v1`:
 //! `eddy/v1/{device}/telemetry` (device to gateway), `eddy/v1/{device}/cmd`
 //! and `eddy/v1/{device}/ack` and `eddy/v1/{device}/ota` (gateway to device),
-//! `eddy/v1/{device}/ota/status` (device to gateway), `eddy/v1/alerts/{rule}/{device}` and
+//! `eddy/v1/{device}/ota/status` and `eddy/v1/{device}/hello` (device to
+//! gateway), `eddy/v1/alerts/{rule}/{device}` and
 //! `eddy/v1/agg/{device}/{metric}` (gateway outputs).
 
 /// Default topic prefix.
@@ -20,6 +21,9 @@ pub const OTA: &str = "ota";
 /// Last levels of a device's update report topic (device to gateway:
 /// `OtaStatus` frames).
 pub const OTA_STATUS: &str = "ota/status";
+/// Last level of a device's introduction topic (device to gateway: a
+/// `Hello` frame with its board and firmware version, at every connect).
+pub const HELLO: &str = "hello";
 /// Last level of a device's presence topic.
 pub const STATUS: &str = "status";
 

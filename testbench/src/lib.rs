@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod footprint;
 pub mod proxy;
 pub mod scenario;
 pub mod serial_fleet;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use eddy_firmware_host::replay::Series;
 use eddy_firmware_host::{FleetConfig, ReplaySource, run_fleet};
 use eddy_gateway::config::BrokerUrl;
-use eddy_testbench::{bench, scenario, serial_fleet};
+use eddy_testbench::{bench, footprint, scenario, serial_fleet};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -87,6 +87,24 @@ enum Command {
         #[arg(long)]
         eddy: Option<std::path::PathBuf>,
     },
+    /// The daemon's start-up time (spawn to the first CONNACK), idle RSS
+    /// and binary size, over several starts on fresh data directories.
+    Footprint {
+        /// The gateway binary (default: $EDDY_BIN, or `eddy` next to this one).
+        #[arg(long)]
+        eddy: Option<std::path::PathBuf>,
+        /// Run it through this program, e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu".
+        #[arg(long)]
+        runner: Option<String>,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds idle before RSS is read.
+        #[arg(long, default_value_t = 5)]
+        idle: u64,
+        /// Also write the figures here as JSON.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -98,6 +116,31 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Footprint {
+            eddy,
+            runner,
+            runs,
+            idle,
+            out,
+        } => {
+            let options = footprint::FootprintOptions {
+                eddy: match eddy {
+                    Some(p) => p,
+                    None => scenario::find_eddy()?,
+                },
+                runner,
+                runs,
+                idle: Duration::from_secs(idle),
+            };
+            let figures =
+                tokio::task::spawn_blocking(move || footprint::measure(&options)).await??;
+            print!("{}", figures.summary());
+            if let Some(path) = out {
+                std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Bench {
             quick,
             out,

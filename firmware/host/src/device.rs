@@ -199,6 +199,7 @@ struct Topics {
     ack: String,
     ota: String,
     ota_status: String,
+    hello: String,
 }
 
 impl Topics {
@@ -211,6 +212,7 @@ impl Topics {
             ack: t(topic::ACK),
             ota: t(topic::OTA),
             ota_status: t(topic::OTA_STATUS),
+            hello: t(topic::HELLO),
         }
     }
 }
@@ -364,6 +366,21 @@ impl SimDevice {
                     LinkEvent::Connected => {
                         connected = true;
                         let _ = client.try_publish(&topics.status, QoS::AtMostOnce, true, "online");
+                        if let Some(ota) = &self.ota {
+                            // Board and version, for the gateway's checks
+                            // of an image before a campaign; retained, so
+                            // the campaign runner has it whenever it
+                            // subscribes.
+                            let mut buf = [0u8; MAX_FRAME_LEN];
+                            if let Ok(bytes) = eddy_proto::encode(&ota.hello(), &mut buf) {
+                                let _ = client.try_publish(
+                                    &topics.hello,
+                                    QoS::AtLeastOnce,
+                                    true,
+                                    bytes.to_vec(),
+                                );
+                            }
+                        }
                         self.resend(&client, &topics, now_ms());
                     }
                     LinkEvent::Lost => connected = false,

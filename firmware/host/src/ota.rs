@@ -12,7 +12,7 @@ use eddy_ota::agent::{Action, Agent};
 use eddy_ota::ram::RamFlash;
 use eddy_ota::slots::{BootOutcome, Slots};
 use eddy_ota::{KEY_LEN, OFFER_LEN, Version};
-use eddy_proto::{DeviceId, Frame, OtaState, OtaStatus};
+use eddy_proto::{DeviceId, Frame, Hello, OtaState, OtaStatus};
 use tokio::time::Instant;
 
 use crate::SimError;
@@ -118,6 +118,20 @@ impl SimOta {
 
     pub fn report(&self) -> &OtaReport {
         &self.report
+    }
+
+    /// The frame the device introduces itself with at every connect: its
+    /// board and the version it runs.
+    pub fn hello(&self) -> Frame {
+        let [major, minor, patch] = self.report.version;
+        Frame::Hello(Hello {
+            device: self.device.clone(),
+            board: self.config.board.try_into().unwrap_or_default(),
+            firmware: format!("{major}.{minor}.{patch}")
+                .as_str()
+                .try_into()
+                .unwrap_or_default(),
+        })
     }
 
     fn agent(&mut self) -> &mut Agent<RamFlash> {

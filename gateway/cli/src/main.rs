@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use eddy_cli::client::{Campaigns, Client};
+use eddy_cli::client::{Campaigns, Client, TokenArgs};
 use eddy_cli::demo::{self, DemoOptions};
 use eddy_cli::display;
 use eddy_gateway::Gateway;
@@ -62,29 +62,13 @@ enum Command {
         /// The new store to write (must not exist), e.g. eddy-data/eddy.redb.
         into: PathBuf,
     },
-    /// SQL over the stored samples, table `samples` (device, metric, ts,
-    /// ts_ms, value, boot, seq), computed with polars. Reads the store
-    /// file: run it while the gateway is stopped.
-    #[cfg(feature = "query")]
+    /// SQL over the stored samples (table `samples`), with polars: runs
+    /// the `eddy-query` binary with these arguments (`eddy query --help`).
+    /// Reads the store file, or a running gateway's HTTP API.
+    #[command(disable_help_flag = true)]
     Query {
-        /// e.g. "SELECT device, avg(value) AS mean FROM samples WHERE metric = 'temperature' GROUP BY device"
-        #[arg(long)]
-        sql: String,
-        /// The gateway's config (for `data_dir`).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Override `data_dir`.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// table, csv or parquet.
-        #[arg(long, default_value = "table")]
-        format: String,
-        /// Write here instead of stdout (required for parquet).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Only samples from the last DURATION of event time (`90s`, `15m`, `2h`, `7d`).
-        #[arg(long)]
-        since: Option<String>,
+        #[arg(num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Alert rules: check files, list and change a running gateway's.
     Rules {
@@ -98,6 +82,15 @@ enum Command {
         history: bool,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+    /// API tokens of a running gateway (needs an admin token): create one
+    /// with a scope (`read`: GETs and /metrics; `admin`: everything),
+    /// list them, revoke one.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Signed firmware images: keys, signing, inspection.
     Ota {
@@ -136,6 +129,8 @@ enum RulesCommand {
     List {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Create or replace a rule through the API (kept across restarts).
     Put {
@@ -144,12 +139,45 @@ enum RulesCommand {
         json: String,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Delete a rule created through the API.
     Delete {
         name: String,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token; it is printed once and kept only as a hash.
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["read", "admin"])]
+        scope: String,
+        #[arg(long, default_value = DEFAULT_GATEWAY)]
+        url: String,
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+    /// Every token's name, scope and creation time.
+    List {
+        #[arg(long, default_value = DEFAULT_GATEWAY)]
+        url: String,
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+    /// Revoke a token: requests with it are refused from now on.
+    Revoke {
+        name: String,
+        #[arg(long, default_value = DEFAULT_GATEWAY)]
+        url: String,
+        #[command(flatten)]
+        token: TokenArgs,
     },
 }
 
@@ -203,48 +231,48 @@ enum OtaCommand {
         detach: bool,
         #[arg(long, default_value = DEFAULT_GATEWAY)]
         gateway: String,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Campaigns of a running gateway; with an id, every device's state.
     Status {
         campaign: Option<u32>,
         #[arg(long, default_value = DEFAULT_GATEWAY)]
         gateway: String,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Stop a campaign from starting further devices.
     Halt {
         campaign: u32,
         #[arg(long, default_value = DEFAULT_GATEWAY)]
         gateway: String,
+        #[command(flatten)]
+        token: TokenArgs,
     },
 }
 
 /// The gateway's HTTP API, as `[http] listen` has it by default.
 const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
-/// `90s`, `15m`, `2h`, `7d` in milliseconds: the same duration words as
-/// `eddy.toml` (humantime).
-#[cfg(feature = "query")]
-fn parse_duration(s: &str) -> anyhow::Result<i64> {
-    let d = humantime::parse_duration(s)
-        .with_context(|| format!("`{s}`: expected a duration such as 90s, 15m, 2h or 7d"))?;
-    i64::try_from(d.as_millis()).context("duration too long")
-}
-
-#[cfg(feature = "query")]
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// A client of the API at `url` with the token `token` finds.
+fn api(url: &str, token: &TokenArgs) -> anyhow::Result<Client> {
+    Ok(Client::new(url)?.with_token(token.token()?))
 }
 
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // Under systemd, stderr is the journal, which stamps each line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
 }
 
 /// Ctrl-C, or SIGTERM (what service managers send to stop a daemon).
@@ -364,8 +392,9 @@ async fn main() -> anyhow::Result<()> {
                     max_failures,
                     detach,
                     gateway,
+                    token,
                 } => {
-                    let client = Client::new(&gateway)?;
+                    let client = api(&gateway, &token)?;
                     let bytes = std::fs::read(&image)
                         .with_context(|| format!("reading {}", image.display()))?;
                     let d = client
@@ -390,8 +419,12 @@ async fn main() -> anyhow::Result<()> {
                         }
                     }
                 }
-                OtaCommand::Status { campaign, gateway } => {
-                    let client = Client::new(&gateway)?;
+                OtaCommand::Status {
+                    campaign,
+                    gateway,
+                    token,
+                } => {
+                    let client = api(&gateway, &token)?;
                     match campaign {
                         Some(id) => {
                             print!("{}", display::campaign_table(&client.campaign(id).await?))
@@ -399,8 +432,12 @@ async fn main() -> anyhow::Result<()> {
                         None => print!("{}", display::campaigns_table(&client.campaigns().await?)),
                     }
                 }
-                OtaCommand::Halt { campaign, gateway } => {
-                    let d = Client::new(&gateway)?.halt(campaign).await?;
+                OtaCommand::Halt {
+                    campaign,
+                    gateway,
+                    token,
+                } => {
+                    let d = api(&gateway, &token)?.halt(campaign).await?;
                     print!("{}", display::campaign_table(&d));
                 }
             }
@@ -472,41 +509,19 @@ async fn main() -> anyhow::Result<()> {
             println!("flashed {} to {chip}", elf.display());
             Ok(())
         }
-        #[cfg(feature = "query")]
-        Command::Query {
-            sql,
-            config,
-            data_dir,
-            format,
-            out,
-            since,
-        } => {
-            use eddy_cli::query;
-            let format = query::Format::parse(&format)
-                .with_context(|| format!("--format {format}: expected table, csv or parquet"))?;
-            let mut config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::default(),
-            };
-            if let Some(d) = data_dir {
-                config.data_dir = d;
-            }
-            let since_ms = since
-                .map(|s| parse_duration(&s).map(|d| wall_ms() - d))
-                .transpose()?;
-            let path = config.data_dir.join(eddy_gateway::STORE_FILE);
-            anyhow::ensure!(path.exists(), "no store at {}", path.display());
-            let store = eddy_gateway::store::Store::open(&path).with_context(
-                || "opening the store (is a gateway running on this data directory? stop it first)",
-            )?;
-            let samples = query::samples_frame(&store, since_ms)?;
-            let mut result = query::run(samples, &sql)?;
-            query::write(&mut result, format, out.as_deref())?;
-            Ok(())
+        Command::Query { args } => {
+            let code = tokio::task::spawn_blocking(move || eddy_cli::external::run("query", &args))
+                .await??;
+            std::process::exit(code)
         }
         Command::Rules { command } => rules_command(command).await,
-        Command::Alerts { history, url } => {
-            let client = Client::new(&url)?;
+        Command::Token { command } => token_command(command).await,
+        Command::Alerts {
+            history,
+            url,
+            token,
+        } => {
+            let client = api(&url, &token)?;
             let path = if history {
                 "/api/alerts/history"
             } else {
@@ -576,8 +591,8 @@ async fn rules_command(command: RulesCommand) -> anyhow::Result<()> {
             anyhow::ensure!(!failed, "invalid rules");
             Ok(())
         }
-        RulesCommand::List { url } => {
-            let rules: serde_json::Value = Client::new(&url)?
+        RulesCommand::List { url, token } => {
+            let rules: serde_json::Value = api(&url, &token)?
                 .json(Method::GET, "/api/rules", Vec::new())
                 .await?;
             for r in rules.as_array().into_iter().flatten() {
@@ -585,8 +600,13 @@ async fn rules_command(command: RulesCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        RulesCommand::Put { name, json, url } => {
-            let answer: serde_json::Value = Client::new(&url)?
+        RulesCommand::Put {
+            name,
+            json,
+            url,
+            token,
+        } => {
+            let answer: serde_json::Value = api(&url, &token)?
                 .json(
                     Method::PUT,
                     &format!("/api/rules/{name}"),
@@ -596,17 +616,62 @@ async fn rules_command(command: RulesCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
-        RulesCommand::Delete { name, url } => {
-            let (status, body) = Client::new(&url)?
-                .call(Method::DELETE, &format!("/api/rules/{name}"), Vec::new())
-                .await?;
-            anyhow::ensure!(
-                status == 204,
-                "the gateway refused ({status}): {}",
-                String::from_utf8_lossy(&body)
-            );
+        RulesCommand::Delete { name, url, token } => {
+            delete(&url, &token, &format!("/api/rules/{name}")).await?;
             println!("deleted {name}");
             Ok(())
         }
     }
+}
+
+async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            name,
+            scope,
+            url,
+            token,
+        } => {
+            let body = serde_json::to_vec(&serde_json::json!({ "name": name, "scope": scope }))?;
+            let made: serde_json::Value = api(&url, &token)?
+                .json(Method::POST, "/api/tokens", body)
+                .await?;
+            let secret = made["token"].as_str().context("no token in the answer")?;
+            eprintln!("token `{name}` ({scope}), shown this once:");
+            println!("{secret}");
+            Ok(())
+        }
+        TokenCommand::List { url, token } => {
+            let list: serde_json::Value = api(&url, &token)?
+                .json(Method::GET, "/api/tokens", Vec::new())
+                .await?;
+            for t in list.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<6} created {}",
+                    t["name"].as_str().unwrap_or("?"),
+                    t["scope"].as_str().unwrap_or("?"),
+                    t["created_ms"]
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { name, url, token } => {
+            delete(&url, &token, &format!("/api/tokens/{name}")).await?;
+            println!("revoked {name}");
+            Ok(())
+        }
+    }
+}
+
+/// `DELETE path`, answered `204`.
+async fn delete(url: &str, token: &TokenArgs, path: &str) -> anyhow::Result<()> {
+    let (status, body) = api(url, token)?
+        .call(Method::DELETE, path, Vec::new())
+        .await?;
+    anyhow::ensure!(
+        status == 204,
+        "the gateway refused ({status}): {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(())
 }

@@ -3,7 +3,13 @@
 //! - `POST /api/ota/campaigns?devices=SEL&canary=5%&stages=25%,100%&max_failures=10%`
 //!   with the signed image as the body: creates and starts a campaign
 //!   (`201` and the campaign; `400` with the reason for a bad image, plan
-//!   or selector; `413` for an image over `ota.max_image_bytes`).
+//!   or selector; `413` for an image over `ota.max_image_bytes`; `409`
+//!   without `[ota] public_key`). Before anything is stored or sent, the
+//!   image must verify against `[ota] public_key` (a zeroed or foreign
+//!   signature, an edited header or payload are refused), and every
+//!   selected device must have said (its `Hello`) that it is the image's
+//!   board and runs an older version (anti-rollback): else `400` naming
+//!   the device.
 //! - `GET /api/ota/campaigns`: every campaign, without the device list.
 //! - `GET /api/ota/campaigns/{id}`: one campaign with every device's state.
 //! - `POST /api/ota/campaigns/{id}/halt`: stops starting devices.
@@ -22,6 +28,7 @@ use eddy_ota::KEY_LEN;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::fleet::Fleet;
 use super::runner::{Control, check_image};
 use super::{Campaign, Counts, Plan, Status, select};
 use crate::store::Store;
@@ -33,6 +40,8 @@ pub struct ApiState {
     pub control: mpsc::Sender<Control>,
     pub public_key: Option<[u8; KEY_LEN]>,
     pub max_image_bytes: usize,
+    /// Boards and versions devices reported.
+    pub fleet: Fleet,
 }
 
 /// The routes, with their state applied.
@@ -158,8 +167,15 @@ async fn create(
     image: Bytes,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
-    let header = check_image(&image, api.public_key.as_ref())
-        .map_err(|e| ApiError::bad(format!("image: {e}")))?;
+    let key = api.public_key.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            "campaigns need [ota] public_key in the gateway's config (the key images are \
+             signed with, `eddy ota keygen`): without it no image can be verified"
+                .into(),
+        )
+    })?;
+    let header = check_image(&image, key).map_err(|e| ApiError::bad(format!("image: {e}")))?;
     let plan = Plan::parse(&q.canary, &q.stages, &q.max_failures).map_err(ApiError::bad)?;
     let store = api.store.clone();
     let known: Vec<String> = blocking(move || store.devices())
@@ -167,6 +183,9 @@ async fn create(
         .into_keys()
         .collect();
     let devices = select(&q.devices, &known).map_err(ApiError::bad)?;
+    api.fleet
+        .check(&header, &devices)
+        .map_err(|e| ApiError::bad(format!("image {} {}: {e}", header.board, header.version)))?;
     let store = api.store.clone();
     let now = crate::campaign::now_ms();
     let made = blocking(move || {

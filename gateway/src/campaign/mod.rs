@@ -13,6 +13,7 @@
 //! served as-is by the HTTP API; [`runner`] drives the transfers.
 
 pub mod api;
+pub mod fleet;
 pub mod key;
 pub mod runner;
 

@@ -36,8 +36,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::fleet::Fleet;
 use super::{Campaign, DeviceState, Status, now_ms};
-use crate::config::{BrokerUrl, OtaConfig};
+use crate::config::{BrokerUrl, IngestConfig, OtaConfig};
 use crate::stats::{self, Stats};
 use crate::store::{Store, StoreError};
 use crate::supervisor::{RestartPolicy, supervise};
@@ -70,23 +71,26 @@ pub enum RunnerError {
     Record { id: u32, reason: String },
 }
 
-/// Starts the supervised runner; returns where to send it [`Control`]s.
+/// Starts the supervised runner (client id `{ingest.client_id}-ota`, on
+/// `ingest.topic_prefix`); returns where to send it [`Control`]s and the
+/// boards and versions it hears devices announce.
 pub fn spawn(
     broker: &BrokerUrl,
-    client_id: &str,
-    prefix: &str,
+    ingest: &IngestConfig,
     config: OtaConfig,
     store: Store,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
-) -> (mpsc::Sender<Control>, JoinHandle<()>) {
+) -> (mpsc::Sender<Control>, Fleet, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
+    let fleet = Fleet::new(ingest.max_devices);
     let shared = Arc::new(Shared {
         broker: broker.clone(),
-        client_id: client_id.to_string(),
-        prefix: prefix.to_string(),
+        client_id: format!("{}-ota", ingest.client_id),
+        prefix: ingest.topic_prefix.clone(),
         config,
         store,
+        fleet: fleet.clone(),
         stats: stats.clone(),
         shutdown: shutdown.clone(),
         control: Mutex::new(rx),
@@ -98,7 +102,7 @@ pub fn spawn(
         shutdown,
         move || shared.clone().run(),
     );
-    (tx, task)
+    (tx, fleet, task)
 }
 
 #[derive(Debug)]
@@ -108,6 +112,8 @@ struct Shared {
     prefix: String,
     config: OtaConfig,
     store: Store,
+    /// Boards and versions devices reported.
+    fleet: Fleet,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     /// Survives restarts of the runner.
@@ -186,8 +192,10 @@ impl Shared {
     async fn run(self: Arc<Self>) -> Result<(), RunnerError> {
         let capacity = (self.config.max_parallel * self.config.window as usize * 2).max(1024);
         let reports = format!("{}/+/{}", self.prefix, topic::OTA_STATUS);
+        let hellos = format!("{}/+/{}", self.prefix, topic::HELLO);
         let pump = Pump::new()
             .subscribe(reports, QoS::AtLeastOnce)
+            .subscribe(hellos, QoS::AtLeastOnce)
             .reconnect(Duration::from_millis(200), Duration::from_millis(200));
         let (tx, mut events) = mpsc::channel(REPORT_QUEUE);
         let stop = self.shutdown.child_token();
@@ -250,8 +258,16 @@ fn reject_name(reason: OtaReject) -> &'static str {
     }
 }
 
-fn version_text([major, minor, patch]: [u16; 3]) -> String {
-    format!("{major}.{minor}.{patch}")
+fn ota_version([major, minor, patch]: [u16; 3]) -> eddy_ota::Version {
+    eddy_ota::Version {
+        major,
+        minor,
+        patch,
+    }
+}
+
+fn version_text(version: [u16; 3]) -> String {
+    ota_version(version).to_string()
 }
 
 impl Runner<'_> {
@@ -445,13 +461,24 @@ impl Runner<'_> {
     }
 
     fn on_report(&mut self, topic: &str, payload: &[u8]) {
-        let device = topic
-            .strip_prefix(self.shared.prefix.as_str())
-            .and_then(|t| t.strip_prefix('/'))
-            .and_then(|t| t.strip_suffix(topic::OTA_STATUS))
-            .and_then(|t| t.strip_suffix('/'));
-        let report = match (device, eddy_proto::decode(payload)) {
-            (Some(device), Ok(Frame::OtaStatus(s))) if s.device.as_str() == device => s,
+        let device = |leaf: &str| {
+            topic
+                .strip_prefix(self.shared.prefix.as_str())
+                .and_then(|t| t.strip_prefix('/'))
+                .and_then(|t| t.strip_suffix(leaf))
+                .and_then(|t| t.strip_suffix('/'))
+        };
+        let (status, hello) = (device(topic::OTA_STATUS), device(topic::HELLO));
+        let report = match (status, hello, eddy_proto::decode(payload)) {
+            (Some(device), _, Ok(Frame::OtaStatus(s))) if s.device.as_str() == device => s,
+            (_, Some(device), Ok(Frame::Hello(h))) if h.device.as_str() == device => {
+                if self.shared.fleet.hello(device, &h.board, &h.firmware) {
+                    stats::add(&self.shared.stats.ota_hellos, 1);
+                } else {
+                    debug!(%device, "hello not recorded: ingest.max_devices devices known");
+                }
+                return;
+            }
             _ => {
                 stats::add(&self.shared.stats.ota_bad_reports, 1);
                 debug!(%topic, "not an OTA report of this device");
@@ -516,12 +543,18 @@ impl Runner<'_> {
             OtaState::Rejected { reason } => DeviceState::Rejected {
                 reason: reject_name(reason).to_string(),
             },
-            OtaState::Confirmed { version } => DeviceState::Confirmed {
-                version: version_text(version),
-            },
-            OtaState::RolledBack { version } => DeviceState::RolledBack {
-                version: version_text(version),
-            },
+            OtaState::Confirmed { version } => {
+                self.shared.fleet.runs(device, ota_version(version));
+                DeviceState::Confirmed {
+                    version: version_text(version),
+                }
+            }
+            OtaState::RolledBack { version } => {
+                self.shared.fleet.runs(device, ota_version(version));
+                DeviceState::RolledBack {
+                    version: version_text(version),
+                }
+            }
         };
         self.finish(device, state);
     }
@@ -681,12 +714,9 @@ impl Runner<'_> {
 /// a key configured, its signature verifies.
 pub fn check_image(
     image: &[u8],
-    key: Option<&[u8; eddy_ota::KEY_LEN]>,
+    key: &[u8; eddy_ota::KEY_LEN],
 ) -> Result<eddy_ota::ImageHeader, eddy_ota::ImageError> {
-    let parsed = match key {
-        Some(key) => SignedImage::verify(image, key)?,
-        None => SignedImage::parse_unverified(image)?,
-    };
+    let parsed = SignedImage::verify(image, key)?;
     parsed.header.verify_payload(parsed.payload)?;
     Ok(parsed.header)
 }

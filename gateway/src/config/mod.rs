@@ -152,6 +152,20 @@ pub struct HttpConfig {
     /// Line protocol over HTTP: tags whose values make the device's
     /// hierarchy path, outermost first.
     pub path_tags: Vec<String>,
+    /// `/metrics` needs a token of scope `read` too (open by default).
+    pub metrics_auth: bool,
+    /// A connection must send a request's whole head within this long
+    /// (also between requests on a kept-alive connection), else it is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection that moves no byte either way for this long (a
+    /// stalled body, a client that stopped reading) is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; beyond, new ones are closed at once
+    /// and counted (`eddy_http_connections_refused_total`).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -165,6 +179,10 @@ impl Default for HttpConfig {
             max_pending_requests: 64,
             device_tag: "device".into(),
             path_tags: Vec::new(),
+            metrics_auth: false,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
         }
     }
 }
@@ -642,6 +660,10 @@ pub struct AlertsConfig {
     pub webhook_max_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub webhook_timeout: Duration,
+    /// URL prefixes webhooks may post to (`"http://127.0.0.1:9000/"`); a
+    /// rule whose webhook matches none is refused. None by default: no
+    /// rule makes the gateway call a URL nobody allowed.
+    pub webhook_allow: Vec<String>,
 }
 
 impl Default for AlertsConfig {
@@ -654,11 +676,17 @@ impl Default for AlertsConfig {
             webhook_backoff: Duration::from_millis(500),
             webhook_max_backoff: Duration::from_secs(60),
             webhook_timeout: Duration::from_secs(5),
+            webhook_allow: Vec::new(),
         }
     }
 }
 
 impl AlertsConfig {
+    /// Where this configuration lets webhooks post.
+    pub fn allow(&self) -> crate::rules::WebhookAllow<'_> {
+        crate::rules::WebhookAllow::Prefixes(&self.webhook_allow)
+    }
+
     pub fn webhooks(&self) -> crate::rules::actions::WebhookSettings {
         crate::rules::actions::WebhookSettings {
             queue: self.webhook_queue,
@@ -744,7 +772,8 @@ impl Config {
             .into_iter()
             .map(|(path, message)| doc.error(&path, message))
             .collect();
-        let (_, rule_errors) = crate::rules::compile_placed(doc, &config.rules);
+        let (_, rule_errors) =
+            crate::rules::compile_placed(doc, &config.rules, config.alerts.allow());
         errors.extend(rule_errors);
         if errors.is_empty() {
             Ok(config)
@@ -768,7 +797,7 @@ impl Config {
                 ..Placed::unplaced(&source, None, message)
             })
             .collect();
-        errors.extend(crate::rules::compile_unplaced(&source, &self.rules).1);
+        errors.extend(crate::rules::compile_unplaced(&source, &self.rules, self.alerts.allow()).1);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -779,6 +808,13 @@ impl Config {
     /// What serde cannot check: ranges, names, URLs, views; rules are
     /// compiled by [`crate::rules`].
     fn problems(&self) -> Problems {
+        // 64 GiB, or a quarter of the address space on a 32-bit board
+        // (armv7), where 64 GiB does not fit in a `usize`.
+        const MAX_CACHE_BYTES: usize = if usize::BITS >= 64 {
+            64 << 30
+        } else {
+            usize::MAX / 4
+        };
         let mut p: Problems = Vec::new();
         let mut bad = |path: FieldPath, reason: &str| p.push((path, reason.to_string()));
         macro_rules! require {
@@ -854,7 +890,7 @@ impl Config {
         within!(
             self.store.cache_bytes,
             1 << 20,
-            64 << 30,
+            MAX_CACHE_BYTES,
             "store.cache_bytes"
         );
         require!(
@@ -936,6 +972,14 @@ impl Config {
             10_000,
             "http.max_pending_requests"
         );
+        within_time!(
+            http.header_timeout,
+            10 * MS,
+            3600 * SECOND,
+            "http.header_timeout"
+        );
+        within_time!(http.idle_timeout, 10 * MS, DAY, "http.idle_timeout");
+        within!(http.max_connections, 1, 65_536, "http.max_connections");
         let topics = field("ingest.topics");
         for (i, m) in ingest.topics.iter().enumerate() {
             let at = topics.index(i);
@@ -1071,6 +1115,12 @@ impl Config {
             3600 * SECOND,
             "alerts.webhook_timeout"
         );
+        let allow = field("alerts.webhook_allow");
+        for (i, prefix) in alerts.webhook_allow.iter().enumerate() {
+            if let Err(reason) = crate::rules::actions::valid_allow_prefix(prefix) {
+                bad(allow.index(i), &reason);
+            }
+        }
         let serial = field("serial");
         let mut ports = std::collections::HashSet::new();
         for (i, port) in self.serial.iter().enumerate() {
@@ -1138,7 +1188,11 @@ impl Config {
         let rules = self
             .rules
             .iter()
-            .filter_map(|r| crate::rules::compile(r).ok().map(|(rule, _)| rule))
+            .filter_map(|r| {
+                crate::rules::compile(r, self.alerts.allow())
+                    .ok()
+                    .map(|(rule, _)| rule)
+            })
             .collect();
         (engine, rules)
     }

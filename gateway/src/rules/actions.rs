@@ -97,15 +97,46 @@ pub enum Action {
     },
 }
 
+/// Where webhooks may post (`[alerts] webhook_allow`).
+#[derive(Debug, Clone, Copy)]
+pub enum WebhookAllow<'a> {
+    /// URL prefixes; a webhook whose URL starts with none is refused.
+    Prefixes(&'a [String]),
+    /// Not known here: a rules file checked without its `eddy.toml`
+    /// (the gateway checks the list when it loads the file).
+    Unchecked,
+}
+
+/// An allow-list entry is `http://host:port/` with a path (at least the
+/// `/`), so a prefix cannot match another port (`:9000` vs `:90001`) or
+/// host (`example.com` vs `example.com.evil`).
+pub fn valid_allow_prefix(prefix: &str) -> Result<(), String> {
+    let expected =
+        || format!("`{prefix}`: expected a URL prefix http://host:port/ (ending in a path)");
+    let rest = prefix.strip_prefix("http://").ok_or_else(expected)?;
+    if !rest.contains('/') {
+        return Err(expected());
+    }
+    client::split_url(prefix).map_err(|_| expected())?;
+    Ok(())
+}
+
 impl ActionConfig {
     /// Checks the fields; the message says what is wrong.
-    pub fn compile(&self) -> Result<Action, String> {
+    pub fn compile(&self, allow: WebhookAllow<'_>) -> Result<Action, String> {
         Ok(match self {
             ActionConfig::Mqtt => Action::Mqtt,
             ActionConfig::Upstream => Action::Upstream,
             ActionConfig::Webhook { url, when } => {
                 client::split_url(url)
                     .map_err(|_| format!("webhook url `{url}`: expected http://host:port/path"))?;
+                if let WebhookAllow::Prefixes(prefixes) = allow
+                    && !prefixes.iter().any(|p| url.starts_with(p.as_str()))
+                {
+                    return Err(format!(
+                        "webhook url `{url}` is not allowed: no prefix of it in [alerts] webhook_allow"
+                    ));
+                }
                 Action::Webhook {
                     url: Arc::from(url.as_str()),
                     when: when.unwrap_or(When::Any),

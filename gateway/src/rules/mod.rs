@@ -29,7 +29,7 @@ use eddy_analytics::{
 use eddy_proto::MAX_DEVICE_ID_LEN;
 use serde::{Deserialize, Serialize};
 
-pub use actions::{Action, When};
+pub use actions::{Action, WebhookAllow, When};
 
 use crate::config::{Config, ConfigError, Document, FieldPath, Placed, PlacedErrors};
 pub use registry::{Compiled, Origin, Registry};
@@ -210,7 +210,10 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Compiles one rule; `Err` lists every problem found.
-pub fn compile(r: &RuleConfig) -> Result<(Rule, Vec<Action>), Vec<Problem>> {
+pub fn compile(
+    r: &RuleConfig,
+    allow: WebhookAllow<'_>,
+) -> Result<(Rule, Vec<Action>), Vec<Problem>> {
     let mut problems = Vec::new();
     if let Err(e) = eddy_proto::valid_name(&r.name, MAX_DEVICE_ID_LEN) {
         problems.push(Problem::field("name", format!("`{}` {e}", r.name)));
@@ -243,7 +246,7 @@ pub fn compile(r: &RuleConfig) -> Result<(Rule, Vec<Action>), Vec<Problem>> {
         None => vec![Action::Mqtt, Action::Upstream],
         Some(list) => list
             .iter()
-            .filter_map(|a| match a.compile() {
+            .filter_map(|a| match a.compile(allow) {
                 Ok(a) => Some(a),
                 Err(m) => {
                     problems.push(Problem::field("actions", m));
@@ -536,9 +539,10 @@ pub fn parse_file(source: &str, text: &str) -> Result<Vec<RuleConfig>, RuleError
 pub fn compile_placed(
     doc: &Document<'_>,
     rules: &[RuleConfig],
+    allow: WebhookAllow<'_>,
 ) -> (Vec<(Rule, Vec<Action>)>, Vec<Placed>) {
     let base = FieldPath::of(&["rules"]);
-    compile_each(rules, |i, r, p| {
+    compile_each(rules, allow, |i, r, p| {
         let at = base.index(i);
         let (line, column) = match (p.field, p.sql) {
             (Some(field), Some((l, c))) => doc.place_in_string(
@@ -565,8 +569,9 @@ pub fn compile_placed(
 pub fn compile_unplaced(
     source: &str,
     rules: &[RuleConfig],
+    allow: WebhookAllow<'_>,
 ) -> (Vec<(Rule, Vec<Action>)>, Vec<Placed>) {
-    compile_each(rules, |_, r, p| {
+    compile_each(rules, allow, |_, r, p| {
         let field = p.field.map(|f| format!("{f}: ")).unwrap_or_default();
         let at = p
             .sql
@@ -578,12 +583,13 @@ pub fn compile_unplaced(
 
 fn compile_each(
     rules: &[RuleConfig],
+    allow: WebhookAllow<'_>,
     place: impl Fn(usize, &RuleConfig, Problem) -> Placed,
 ) -> (Vec<(Rule, Vec<Action>)>, Vec<Placed>) {
     let mut ok = Vec::new();
     let mut errors = Vec::new();
     for (i, r) in rules.iter().enumerate() {
-        match compile(r) {
+        match compile(r, allow) {
             Ok(c) => ok.push(c),
             Err(problems) => errors.extend(problems.into_iter().map(|p| place(i, r, p))),
         }
@@ -603,8 +609,9 @@ pub fn compile_file(
     source: &str,
     text: &str,
     rules: &[RuleConfig],
+    allow: WebhookAllow<'_>,
 ) -> (Vec<(Rule, Vec<Action>)>, Vec<RuleError>) {
-    compile_placed(&Document::new(source, text), rules)
+    compile_placed(&Document::new(source, text), rules, allow)
 }
 
 /// Checks `eddy.toml` or a rules file as the gateway would load it; the
@@ -625,7 +632,9 @@ pub fn check_file(path: &Path) -> Result<usize, RuleErrors> {
     }
     let doc = Document::new(&source, &text);
     let rules = parse_file(&source, &text)?;
-    let (ok, errors) = compile_placed(&doc, &rules);
+    // Its eddy.toml is not known here: the allow-list is checked when the
+    // gateway loads the file (or `eddy rules check eddy.toml`).
+    let (ok, errors) = compile_placed(&doc, &rules, WebhookAllow::Unchecked);
     if !errors.is_empty() {
         return Err(PlacedErrors(errors));
     }
@@ -681,14 +690,14 @@ mod tests {
     fn sql_errors_are_placed_inside_the_file() {
         let text = "[[rules]]\nname = \"a\"\nsql = \"SELECT avg(t) FROM telemetry GROUP BY TUMBLING(INTERVAL '1' SECOND) HAVING avg(t) >\"\n";
         let rules = parse_file("r.toml", text).expect("toml");
-        let (_, errors) = compile_file("r.toml", text, &rules);
+        let (_, errors) = compile_file("r.toml", text, &rules, WebhookAllow::Unchecked);
         assert_eq!(errors.len(), 1, "{errors:?}");
         // The SQL ends at column 87 of its line, after `sql = "`.
         assert_eq!(errors[0].line, 3);
         assert!(errors[0].column > 80, "{}", errors[0]);
         let text = "[[rules]]\nname = \"a\"\nsql = \"\"\"\nSELECT avg(t)\nFROM telemetry\nGROUP BY WOBBLY(3)\nHAVING avg(t) > 1\"\"\"\n";
         let rules = parse_file("r.toml", text).expect("toml");
-        let (_, errors) = compile_file("r.toml", text, &rules);
+        let (_, errors) = compile_file("r.toml", text, &rules, WebhookAllow::Unchecked);
         assert_eq!((errors[0].line, errors[0].column), (6, 10), "{}", errors[0]);
     }
 }

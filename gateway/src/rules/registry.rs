@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    Action, RuleConfig, RuleErrors, compile_placed, compile_unplaced, config_errors, dir_files,
-    parse_file, read_text,
+    Action, RuleConfig, RuleErrors, WebhookAllow, compile_placed, compile_unplaced, config_errors,
+    dir_files, parse_file, read_text,
 };
 use crate::config::{Config, Document, Placed, PlacedErrors};
 use crate::stats::{self, Stats};
@@ -100,6 +100,8 @@ struct Inner {
     config_rules: Vec<RuleConfig>,
     config_file: Option<PathBuf>,
     dir: Option<PathBuf>,
+    /// `[alerts] webhook_allow` of the running configuration.
+    webhook_allow: Vec<String>,
     store: Store,
     current: RwLock<Current>,
     version: AtomicU64,
@@ -121,12 +123,14 @@ fn error(source: &str, rule: Option<&str>, message: impl Into<String>) -> Placed
 /// `eddy rules check` call this; [`Registry::open`] does the same.
 pub fn check(config: &Config) -> Result<usize, RuleErrors> {
     let (engine, _) = config.engine();
+    let allow = config.alerts.allow();
     let entries = load_files(
         &config.rules,
         config.path.as_deref(),
         config.alerts.rules_dir.as_deref(),
+        allow,
     )?;
-    build(&engine, &entries).map(|c| c.rules.len())
+    build(&engine, &entries, allow).map(|c| c.rules.len())
 }
 
 /// The rules of the configuration (re-read from its file when there is
@@ -135,6 +139,7 @@ fn load_files(
     config_rules: &[RuleConfig],
     config_file: Option<&std::path::Path>,
     dir: Option<&std::path::Path>,
+    allow: WebhookAllow<'_>,
 ) -> Result<Vec<Entry>, RuleErrors> {
     let mut entries = Vec::new();
     let mut errors = Vec::new();
@@ -150,7 +155,7 @@ fn load_files(
             }));
         }
         None => {
-            let (_, errs) = compile_unplaced("config", config_rules);
+            let (_, errs) = compile_unplaced("config", config_rules, allow);
             errors.extend(errs);
             entries.extend(config_rules.iter().map(|rule| Entry {
                 origin: Origin::Config("config".into()),
@@ -171,7 +176,7 @@ fn load_files(
             let text = read_text(&path)?;
             match parse_file(&source, &text) {
                 Ok(rules) => {
-                    let (_, errs) = compile_placed(&Document::new(&source, &text), &rules);
+                    let (_, errs) = compile_placed(&Document::new(&source, &text), &rules, allow);
                     errors.extend(errs);
                     entries.extend(rules.into_iter().map(|rule| Entry {
                         origin: Origin::File(source.clone()),
@@ -193,7 +198,11 @@ fn load_files(
 /// were compiled with their places by [`load_files`]; what is new here
 /// are names used in two places, API rules (placed inside their SQL) and
 /// the engine's check of the set.
-fn build(engine: &EngineConfig, entries: &[Entry]) -> Result<Compiled, RuleErrors> {
+fn build(
+    engine: &EngineConfig,
+    entries: &[Entry],
+    allow: WebhookAllow<'_>,
+) -> Result<Compiled, RuleErrors> {
     let mut errors = Vec::new();
     let mut compiled = Compiled::default();
     for (i, e) in entries.iter().enumerate() {
@@ -207,7 +216,8 @@ fn build(engine: &EngineConfig, entries: &[Entry]) -> Result<Compiled, RuleError
             }
             continue;
         }
-        let (ok, errs) = compile_unplaced(&e.origin.describe(), std::slice::from_ref(&e.rule));
+        let (ok, errs) =
+            compile_unplaced(&e.origin.describe(), std::slice::from_ref(&e.rule), allow);
         errors.extend(errs);
         for (rule, actions) in ok {
             compiled.actions.insert(rule.name.clone(), actions);
@@ -230,6 +240,7 @@ impl Registry {
         config_rules: Vec<RuleConfig>,
         config_file: Option<PathBuf>,
         dir: Option<PathBuf>,
+        webhook_allow: Vec<String>,
         store: Store,
     ) -> Result<Self, RuleErrors> {
         let inner = Inner {
@@ -237,6 +248,7 @@ impl Registry {
             config_rules,
             config_file,
             dir,
+            webhook_allow,
             store,
             current: RwLock::new(Current {
                 entries: Vec::new(),
@@ -314,6 +326,7 @@ impl Registry {
             &self.0.config_rules,
             self.0.config_file.as_deref(),
             self.0.dir.as_deref(),
+            self.allow(),
         )
     }
 
@@ -343,7 +356,11 @@ impl Registry {
     }
 
     fn build(&self, entries: &[Entry]) -> Result<Compiled, RuleErrors> {
-        build(&self.0.engine, entries)
+        build(&self.0.engine, entries, self.allow())
+    }
+
+    fn allow(&self) -> WebhookAllow<'_> {
+        WebhookAllow::Prefixes(&self.0.webhook_allow)
     }
 
     /// Re-reads the files if they changed. `Ok(true)` when a new set

@@ -223,7 +223,9 @@ impl Bridge {
         let leaf = match &frame {
             Frame::Telemetry(_) => topic::TELEMETRY,
             Frame::OtaStatus(_) => topic::OTA_STATUS,
-            // Hello only introduces the device; nothing else flows uplink.
+            // Its board and firmware, for the campaigns' checks.
+            Frame::Hello(_) => topic::HELLO,
+            // Nothing else flows uplink.
             _ => return,
         };
         let mut out = [0u8; MAX_FRAME_LEN];
@@ -232,7 +234,10 @@ impl Bridge {
             return;
         };
         let topic = format!("{}/{device}/{leaf}", self.prefix);
-        match client.try_publish(topic, QoS::AtLeastOnce, false, bytes.to_vec()) {
+        // A Hello is the device's current board and firmware: retained, so
+        // the campaign runner has it whenever it subscribes.
+        let retain = matches!(frame, Frame::Hello(_));
+        match client.try_publish(topic, QoS::AtLeastOnce, retain, bytes.to_vec()) {
             Ok(()) => stats::add(&self.stats.serial_frames, 1),
             // The device keeps it and sends it again.
             Err(_) => stats::add(&self.stats.serial_uplink_dropped, 1),

@@ -11,9 +11,8 @@ use std::time::Duration;
 use crate::common::{json_publisher, send_reading, test_config, wait_committed};
 use eddy_firmware_host::{FleetConfig, run_fleet};
 use eddy_gateway::Gateway;
-use eddy_gateway::client::exchange;
 use eddy_gateway::config::{BrokerUrl, Config};
-use eddy_test_support::http::http_get;
+use eddy_test_support::http::{admin_token, api_call, http_get_as};
 use eddy_test_support::mqtt::Collector;
 use eddy_test_support::mqtt::Publisher;
 use eddy_test_support::{Mosquitto, free_port, wait_until};
@@ -98,19 +97,12 @@ async fn wait_for(collector: &mut Collector, rule: &str, state: &str, at_least: 
     .await
 }
 
+/// An API call with the gateway's admin token.
 async fn api(gateway: &Gateway, method: Method, path: &str, body: &str) -> (u16, Value) {
-    let addr = gateway.http_addr().expect("http").to_string();
-    let (status, body) = exchange(
-        &addr,
-        method,
-        path,
-        "application/json",
-        body.as_bytes().to_vec(),
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("http exchange");
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    let addr = gateway.http_addr().expect("http");
+    let token = admin_token(gateway.data_dir());
+    let (status, body) = api_call(addr, method, path, &token, body.as_bytes()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn base_config(dir: &Path) -> Config {
@@ -183,9 +175,10 @@ async fn rule_files_reload_while_ingest_goes_on_and_an_invalid_change_is_refused
     std::fs::remove_file(rules.join("broken.toml")).expect("rm");
     std::fs::remove_file(rules.join("cold.toml")).expect("rm");
     let addr = gateway.http_addr().expect("http");
+    let token = admin_token(gateway.data_dir());
     assert!(
         wait_until(Duration::from_secs(5), || {
-            let body = rules_listing(addr);
+            let body = rules_listing(addr, &token);
             body.contains("\"hot\"") && !body.contains("\"cold\"")
         })
         .await
@@ -202,12 +195,13 @@ async fn rule_files_reload_while_ingest_goes_on_and_an_invalid_change_is_refused
 }
 
 /// `GET /api/rules` from a sync closure (a blocking thread).
-fn rules_listing(addr: std::net::SocketAddr) -> String {
+fn rules_listing(addr: std::net::SocketAddr, token: &str) -> String {
+    let token = token.to_string();
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map(|rt| rt.block_on(http_get(addr, "/api/rules")).1)
+            .map(|rt| rt.block_on(http_get_as(addr, "/api/rules", &token)).1)
             .unwrap_or_default()
     })
     .join()
@@ -314,6 +308,7 @@ async fn webhooks_retry_while_the_server_is_down_and_deliver_once_it_is_up() {
     config.alerts.webhook_backoff = Duration::from_millis(200);
     config.alerts.webhook_max_backoff = Duration::from_millis(400);
     config.alerts.webhook_attempts = 50;
+    config.alerts.webhook_allow = vec![format!("http://127.0.0.1:{port}/hooks/")];
     config.rules = eddy_gateway::rules::parse_file(
         "inline",
         &format!(

@@ -211,6 +211,12 @@ fn bad_views_and_paths_name_the_view_and_the_reason() {
             "[[ingest.topics]]\nfilter = \"f/+/data\"\nformat = \"json\"\ndevice_level = 1\npath_levels = [2]".into(),
             "ingest.topics[0].path_levels",
         ),
+        ("[http]\nmax_connections = 0".into(), "http.max_connections"),
+        ("[http]\nheader_timeout = \"0s\"".into(), "http.header_timeout"),
+        (
+            "[alerts]\nwebhook_allow = [\"http://127.0.0.1:9000/\", \"ftp://x/\"]".into(),
+            "alerts.webhook_allow[1]",
+        ),
     ] {
         let err = error_of(&text);
         assert!(err.contains(expected), "{text}\n=> {err}");
@@ -218,10 +224,11 @@ fn bad_views_and_paths_name_the_view_and_the_reason() {
 }
 
 /// Fields that size or time something, with their section.
-const COUNTS: [(&str, &str); 9] = [
+const COUNTS: [(&str, &str); 10] = [
     ("broker", "max_queued_messages"),
     ("http", "max_body_bytes"),
     ("http", "max_pending_requests"),
+    ("http", "max_connections"),
     ("ingest", "batch_size"),
     ("ingest", "queue_capacity"),
     ("ingest", "max_devices"),
@@ -229,8 +236,10 @@ const COUNTS: [(&str, &str); 9] = [
     ("engine", "max_series"),
     ("alerts", "webhook_queue"),
 ];
-const TIMES: [(&str, &str); 6] = [
+const TIMES: [(&str, &str); 8] = [
     ("ingest", "batch_delay"),
+    ("http", "header_timeout"),
+    ("http", "idle_timeout"),
     ("ingest", "future_horizon"),
     ("engine", "window"),
     ("engine", "snapshot_every"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::common::{json_publisher, send_reading, test_config, wait_committed};
 use eddy_gateway::Gateway;
 use eddy_gateway::config::{Config, ViewConfig};
-use eddy_test_support::http::http_get;
+use eddy_test_support::http::{admin_token, http_get_as};
 use eddy_test_support::mqtt::Collector;
 use eddy_test_support::mqtt::Publisher;
 use eddy_test_support::wait_until;
@@ -64,7 +64,8 @@ async fn send(client: &Publisher, device: &str, ts: i64, power: f64) {
 
 async fn live(gateway: &Gateway, query: &str) -> serde_json::Value {
     let addr = gateway.http_addr().expect("http");
-    let (status, body) = http_get(addr, &format!("/api/live?{query}")).await;
+    let token = admin_token(gateway.data_dir());
+    let (status, body) = http_get_as(addr, &format!("/api/live?{query}"), &token).await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("JSON")
 }
@@ -115,7 +116,13 @@ async fn live_queries_answer_open_windows_by_hierarchy_prefix() {
         "{views:?}"
     );
     // Bad parameters are refused with a reason.
-    let (status, body) = http_get(gateway.http_addr().expect("http"), "/api/live?limit=0").await;
+    let token = admin_token(gateway.data_dir());
+    let (status, body) = http_get_as(
+        gateway.http_addr().expect("http"),
+        "/api/live?limit=0",
+        &token,
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     gateway.shutdown().await.expect("clean shutdown");
 }

@@ -2,6 +2,7 @@
 //! behaviour (`cargo test -p eddy-gateway --test it`).
 
 mod alerts;
+mod api_auth;
 mod bad_input;
 mod broker_limits;
 mod common;
@@ -12,6 +13,7 @@ mod engine;
 mod field_input;
 mod http_ingest;
 mod rules;
+mod samples_api;
 mod serial;
 mod shutdown;
 mod store;

@@ -258,3 +258,70 @@ clear = "avg(t) < 0.5"
     );
     assert_eq!(check_file(&config).expect("valid"), 1);
 }
+
+#[test]
+fn a_webhook_outside_the_allow_list_is_refused_at_its_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |allow: &str, url: &str| {
+        format!(
+            "data_dir = \"x\"\n[alerts]\nwebhook_allow = [{allow}]\n[[rules]]\nname = \"a\"\n\
+             metric = \"t\"\nwindow = \"5s\"\naggregate = \"max\"\nbelow = 3\n\
+             actions = [{{ type = \"webhook\", url = \"{url}\" }}]\n"
+        )
+    };
+    let allow = "\"http://127.0.0.1:9000/hooks/\"";
+    let ok = write(
+        &dir,
+        "ok.toml",
+        &config(allow, "http://127.0.0.1:9000/hooks/eddy"),
+    );
+    assert_eq!(check_file(&ok).expect("allowed"), 1);
+    for (name, allow, url, at, what) in [
+        // Another host, another port, another path: refused at `actions`.
+        (
+            "host.toml",
+            allow,
+            "http://10.0.0.9:9000/hooks/eddy",
+            "10:1",
+            "webhook_allow",
+        ),
+        (
+            "port.toml",
+            allow,
+            "http://127.0.0.1:90001/hooks/x",
+            "10:1",
+            "webhook_allow",
+        ),
+        (
+            "path.toml",
+            allow,
+            "http://127.0.0.1:9000/admin",
+            "10:1",
+            "webhook_allow",
+        ),
+        // No list: no webhook at all.
+        (
+            "none.toml",
+            "",
+            "http://127.0.0.1:9000/hooks/eddy",
+            "10:1",
+            "webhook_allow",
+        ),
+        // A prefix without a path could match another port.
+        (
+            "prefix.toml",
+            "\"http://127.0.0.1:9000\"",
+            "http://127.0.0.1:9000/x",
+            "3:",
+            "ending in a path",
+        ),
+    ] {
+        let path = write(&dir, name, &config(allow, url));
+        let errors = check_file(&path).expect_err("refused").to_string();
+        let place = format!("{}:{at}", path.display());
+        assert!(
+            errors.contains(&place) && errors.contains(what),
+            "{name}: expected `{place}` and `{what}` in {errors}"
+        );
+    }
+}

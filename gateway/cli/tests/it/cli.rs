@@ -119,16 +119,39 @@ fn a_bad_config_exits_non_zero_and_names_the_problem() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("broker.url"));
 }
 
-#[test]
-fn check_accepts_the_example_config() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/eddy.toml");
-    let out = eddy().arg("check").arg(&example).output().expect("runs");
+/// `eddy check` on a file of the repository (relative to its root):
+/// passes, and says how many rules it holds.
+fn check_passes(file: &str) -> (std::path::PathBuf, String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(file);
+    let out = eddy().arg("check").arg(&path).output().expect("runs");
     assert!(
         out.status.success(),
-        "{}",
+        "{file}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 rules)"));
+    (path, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let (_, out) = check_passes("examples/eddy.toml");
+    assert!(out.contains("ok (3 rules)"), "{out}");
+}
+
+/// The Debian package's /etc/eddy/eddy.toml is a valid config that keeps
+/// the state in the service's StateDirectory and runs no rules.
+#[test]
+fn check_accepts_the_packaged_config() {
+    let (path, out) = check_passes("deploy/debian/eddy.toml");
+    assert!(out.contains("ok (0 rules)"), "{out}");
+    let config = eddy_gateway::config::Config::load(&path).expect("loads");
+    assert_eq!(config.data_dir, std::path::Path::new("/var/lib/eddy"));
+    assert!(
+        config.broker.listen.ip().is_loopback(),
+        "loopback by default"
+    );
 }
 
 #[test]

@@ -18,6 +18,15 @@ pub fn eddy_process(config: &Path, port: u16) -> GatewayProcess {
     .expect("eddy starts")
 }
 
+/// A finished command's stdout and stderr, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Stops `process` with SIGTERM and asserts it exited cleanly.
 pub fn terminate(process: &mut GatewayProcess) {
     let status = process.terminate().expect("SIGTERM sent");

@@ -1,6 +1,7 @@
 //! The integration tests of the `eddy` command line, one test binary: a
 //! module per behaviour (`cargo test -p eddy-cli --test it`).
 
+mod api_token;
 mod cli;
 mod common;
 mod crash;
@@ -8,5 +9,5 @@ mod one_path;
 mod ota_campaign;
 mod ota_cli;
 mod qemu;
-mod query;
+mod query_command;
 mod rules_check;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use eddy_test_support::free_port;
-use eddy_test_support::http::http_get;
+use eddy_test_support::http::{admin_token, http_get_as};
 use eddy_test_support::process::GatewayProcess;
 
 fn eddy(args: &[&str], file: &Path) -> Output {
@@ -89,8 +89,9 @@ impl Setup {
 const RULE: &str = "[[rules]]\nname = \"hot\"\nmetric = \"temperature\"\nwindow = \"10s\"\naggregate = \"mean\"\nabove = 50\n";
 
 /// The names of the rules a running gateway runs.
-async fn running_rules(http: SocketAddr) -> Vec<String> {
-    let (status, body) = http_get(http, "/api/rules").await;
+async fn running_rules(setup: &Setup) -> Vec<String> {
+    let token = admin_token(&setup.dir.path().join("data"));
+    let (status, body) = http_get_as(setup.http, "/api/rules", &token).await;
     assert_eq!(status, 200, "{body}");
     let rules: serde_json::Value = serde_json::from_str(&body).expect("json");
     rules
@@ -127,7 +128,7 @@ async fn check_and_run_agree_on_the_rule_set_of_the_same_file() {
             stdout(&check)
         );
         let _running = setup.run();
-        let mut running = running_rules(setup.http).await;
+        let mut running = running_rules(&setup).await;
         running.sort();
         let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
         expected.sort();
@@ -181,10 +182,12 @@ async fn a_misspelled_table_is_refused_by_every_path_with_its_place() {
     let setup = Setup::new("");
     let _running = setup.run();
     let url = setup.url();
+    let config = setup.config.clone();
     let body = "{\"metric\": \"t\", \"windw\": \"10s\", \"aggregate\": \"mean\", \"above\": 1}";
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_eddy"))
-            .args(["rules", "put", "typo", body, "--url", &url])
+            .args(["rules", "put", "typo", body, "--url", &url, "--config"])
+            .arg(&config)
             .output()
             .expect("runs")
     })
@@ -196,7 +199,7 @@ async fn a_misspelled_table_is_refused_by_every_path_with_its_place() {
         err.contains("api:1:") && err.contains("unknown field `windw`"),
         "{err}"
     );
-    assert!(running_rules(setup.http).await.is_empty());
+    assert!(running_rules(&setup).await.is_empty());
 }
 
 #[test]

@@ -12,8 +12,10 @@ use eddy_firmware_host::{FleetConfig, FleetReport, run_fleet};
 use eddy_gateway::Gateway;
 use eddy_gateway::campaign::api::Detail;
 use eddy_gateway::campaign::{DeviceState, Status};
+use eddy_ota::{HEADER_LEN, MAX_BOARD_LEN, OFFER_LEN};
 use eddy_ota::{ImageHeader, KEY_LEN, Version, public_key, sign_header};
 use eddy_proto::{Frame, Hello};
+use eddy_test_support::http::{admin_token, scrape};
 use eddy_test_support::process::stdout_of_success;
 use eddy_test_support::{free_port, wait_until};
 use tempfile::TempDir;
@@ -56,24 +58,66 @@ fn sim_ota() -> SimOtaConfig {
     }
 }
 
-/// A gateway with the embedded broker and short OTA timeouts.
-async fn gateway(dir: &TempDir, key: bool) -> (Gateway, Client) {
+/// The public key of `SECRET` in a file in `dir`, as `eddy ota keygen`
+/// writes it.
+fn key_file(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.path().join("eddy-ota.pub");
+    let hex: String = public_key(&SECRET)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(&path, hex).expect("key written");
+    path
+}
+
+/// A client of `gateway`'s API with its admin token.
+fn admin_client(gateway: &Gateway) -> Client {
+    let addr = gateway.http_addr().expect("http enabled");
+    Client::new(&format!("http://{addr}"))
+        .expect("url")
+        .with_token(Some(admin_token(gateway.data_dir())))
+}
+
+/// A gateway with the embedded broker, the key of `SECRET` and short OTA
+/// timeouts.
+async fn gateway(dir: &TempDir) -> (Gateway, Client) {
     let mut config = test_config(dir.path().join("data"), None);
     config.ota.retry_after = Duration::from_millis(500);
     config.ota.confirm_timeout = Duration::from_secs(10);
-    if key {
-        let path = dir.path().join("eddy-ota.pub");
-        let hex: String = public_key(&SECRET)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        std::fs::write(&path, hex).expect("key written");
-        config.ota.public_key = Some(path);
-    }
+    config.ota.public_key = Some(key_file(dir));
     let gateway = Gateway::start(config).await.expect("gateway starts");
-    let addr = gateway.http_addr().expect("http enabled");
-    let client = Client::new(&format!("http://{addr}")).expect("url");
+    let client = admin_client(&gateway);
     (gateway, client)
+}
+
+/// Waits until the gateway recorded `n` Hello frames (boards, versions).
+async fn hellos(gateway: &Gateway, n: u64) {
+    let stats = gateway.stats().clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || stats.snapshot().ota_hellos >= n).await,
+        "the devices did not say hello"
+    );
+}
+
+/// A simulated device taking updates, on `gateway`'s broker.
+fn sim_device(gateway: &Gateway, name: &str, ota: SimOtaConfig) -> eddy_firmware_host::SimDevice {
+    let broker = gateway.broker();
+    eddy_firmware_host::SimDevice::new(
+        eddy_firmware_host::SimDeviceConfig {
+            device: name.into(),
+            host: broker.host.clone(),
+            port: broker.port,
+            prefix: "eddy/v1".into(),
+            interval_ms: 500,
+            start_offset: Duration::ZERO,
+            duration: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(5),
+            clock_offset_ms: 0,
+        },
+        Vec::new(),
+    )
+    .expect("device")
+    .with_ota(SimOta::new(name, ota).expect("factory image"))
 }
 
 /// Starts a fleet of update-taking devices; returns once the gateway
@@ -108,6 +152,7 @@ async fn fleet(
         .await,
         "the gateway did not hear every device"
     );
+    hellos(gateway, devices as u64).await;
     (stop, task)
 }
 
@@ -145,7 +190,7 @@ fn ota_report(report: &FleetReport, device: &str) -> OtaReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_of_100_devices_is_updated_canary_first_then_in_stages() {
     let dir = TempDir::new().expect("tempdir");
-    let (gateway, client) = gateway(&dir, true).await;
+    let (gateway, client) = gateway(&dir).await;
     let (stop, task) = fleet(&gateway, 100, sim_ota()).await;
 
     // The gateway holds a key: an image it did not sign never reaches a device.
@@ -207,7 +252,7 @@ async fn a_fleet_of_100_devices_is_updated_canary_first_then_in_stages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_failing_its_health_check_rolls_back_and_halts_the_campaign() {
     let dir = TempDir::new().expect("tempdir");
-    let (gateway, client) = gateway(&dir, false).await;
+    let (gateway, client) = gateway(&dir).await;
     let ota = SimOtaConfig {
         unhealthy_from: Some(Version::parse("2.0.0").expect("version")),
         ..sim_ota()
@@ -247,58 +292,119 @@ async fn an_image_failing_its_health_check_rolls_back_and_halts_the_campaign() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_images_leave_devices_unchanged_and_the_campaign_says_why() {
+async fn unsigned_tampered_foreign_wrong_board_and_downgrade_images_are_refused_at_creation() {
     let dir = TempDir::new().expect("tempdir");
-    // No key on the gateway: the devices are the last line of defence.
-    let (gateway, client) = gateway(&dir, false).await;
+    let (gateway, client) = gateway(&dir).await;
     let (stop, task) = fleet(&gateway, 3, sim_ota()).await;
-    let cases = [
-        (image(BOARD, "1.5.0", 2048, &OTHER_SECRET), "bad_signature"),
-        (image("other-board", "1.5.0", 2048, &SECRET), "wrong_board"),
-        (image(BOARD, "0.9.0", 2048, &SECRET), "not_newer"),
-    ];
-    for (img, reason) in cases {
-        let created = client
-            .deploy(img, "sim-0000,sim-0001,sim-0002", "100%", "100%", "100%")
-            .await
-            .expect("campaign created");
-        let end = settled(&client, created.campaign.id).await;
-        assert_eq!(end.campaign.status, Status::Completed);
-        for e in &end.campaign.devices {
-            assert_eq!(
-                e.state,
-                DeviceState::Rejected {
-                    reason: reason.into()
-                },
-                "{}",
-                e.device
-            );
-        }
-    }
-    // Bad requests are refused with the reason, and create nothing.
     let good = image(BOARD, "1.5.0", 2048, &SECRET);
-    for (img, selector, stages, expected) in [
-        (good.clone(), "nobody-*", "100%", "matches no device"),
-        (good.clone(), "all", "50%", "last one must be 100%"),
-        (good[..100].to_vec(), "all", "100%", "image"),
-    ] {
+    let mut zeroed = good.clone();
+    zeroed[HEADER_LEN..OFFER_LEN].fill(0);
+    let mut edited = good.clone();
+    // The version's major number, in the signed header.
+    edited[4 + 1 + 1 + MAX_BOARD_LEN] ^= 1;
+    let mut payload = good.clone();
+    payload[OFFER_LEN + 10] ^= 0xff;
+    let devices = "sim-0000,sim-0001,sim-0002";
+    let cases = [
+        (zeroed, devices, "signature"),
+        (edited, devices, "signature"),
+        (
+            image(BOARD, "1.5.0", 2048, &OTHER_SECRET),
+            devices,
+            "signature",
+        ),
+        (payload, devices, "image"),
+        (good[..100].to_vec(), devices, "image"),
+        (
+            image("other-board", "1.5.0", 2048, &SECRET),
+            devices,
+            "is a `sim-board` board",
+        ),
+        (
+            image(BOARD, "0.9.0", 2048, &SECRET),
+            devices,
+            "runs 1.0.0; the image's 0.9.0 is not newer",
+        ),
+        (
+            image(BOARD, "1.0.0", 2048, &SECRET),
+            "sim-0001",
+            "not newer (anti-rollback)",
+        ),
+        (
+            good.clone(),
+            "sim-0000,nobody",
+            "`nobody` has not said which board",
+        ),
+        (good.clone(), "nobody-*", "matches no device"),
+        (good.clone(), "all", "last one must be 100%"),
+    ];
+    for (img, selector, expected) in cases {
+        let stages = if expected.contains("100%") {
+            "50%"
+        } else {
+            "100%"
+        };
         match client.deploy(img, selector, "5%", stages, "10%").await {
             Err(ClientError::Refused {
                 status: 400,
                 message,
             }) => {
-                assert!(message.contains(expected), "{message}");
+                assert!(message.contains(expected), "{expected}: {message}");
             }
-            other => panic!("accepted: {other:?}"),
+            other => panic!("{expected}: accepted: {other:?}"),
         }
     }
-    assert_eq!(client.campaigns().await.expect("list").len(), 3);
-    // Halting: a campaign that ended cannot be; an unknown one is not found;
-    // a running one stops starting devices.
-    assert!(matches!(
-        client.halt(1).await,
-        Err(ClientError::Refused { status: 409, .. })
-    ));
+    // A device of another board among the selected refuses the whole image.
+    let odd = SimOtaConfig {
+        board: "odd-board",
+        factory_image: Arc::new(image("odd-board", "1.0.0", 4096, &SECRET)),
+        ..sim_ota()
+    };
+    let odd_stop = CancellationToken::new();
+    let odd_task = tokio::spawn(sim_device(&gateway, "odd-0", odd).run(odd_stop.clone()));
+    hellos(&gateway, 4).await;
+    match client
+        .deploy(good.clone(), "all", "100%", "100%", "10%")
+        .await
+    {
+        Err(ClientError::Refused {
+            status: 400,
+            message,
+        }) => {
+            assert!(
+                message.contains("`odd-0` is a `odd-board` board"),
+                "{message}"
+            );
+        }
+        other => panic!("accepted: {other:?}"),
+    }
+    odd_stop.cancel();
+    odd_task.await.expect("device task");
+    // Nothing was created.
+    assert!(client.campaigns().await.expect("list").is_empty());
+    // Three devices that said hello and never answer an offer.
+    let ghosts = eddy_test_support::mqtt::publisher(gateway.broker(), "ghosts", 16);
+    for ghost in ["ghost-1", "ghost-2", "ghost-3"] {
+        let hello = Frame::Hello(Hello {
+            device: ghost.try_into().expect("fits"),
+            board: BOARD.try_into().expect("fits"),
+            firmware: "1.0.0".try_into().expect("fits"),
+        });
+        let mut buf = [0u8; eddy_proto::MAX_FRAME_LEN];
+        let bytes = eddy_proto::encode(&hello, &mut buf).expect("encodes");
+        ghosts
+            .publish(
+                format!("eddy/v1/{ghost}/hello"),
+                eddy_mqtt::QoS::AtLeastOnce,
+                false,
+                bytes.to_vec(),
+            )
+            .await
+            .expect("published");
+    }
+    hellos(&gateway, 7).await;
+    // Halting: an unknown campaign is not found; a running one stops
+    // starting devices, and once ended cannot be halted again.
     assert!(matches!(
         client.campaign(99).await,
         Err(ClientError::Refused { status: 404, .. })
@@ -339,11 +445,15 @@ async fn refused_images_leave_devices_unchanged_and_the_campaign_says_why() {
         matches!(&end.campaign.devices[0].state, DeviceState::Failed { reason } if reason.contains("no answer")),
         "{end:?}"
     );
+    assert!(matches!(
+        client.halt(id).await,
+        Err(ClientError::Refused { status: 409, .. })
+    ));
     let report = finish(stop, task).await;
     for d in &report.devices {
         let ota = d.ota.as_ref().expect("update side");
         assert_eq!(ota.version, [1, 0, 0]);
-        assert_eq!(ota.chunk_bytes, 0, "a refused offer gets no chunks");
+        assert_eq!(ota.chunk_bytes, 0, "a refused image never reached a device");
     }
     gateway.shutdown().await.expect("clean shutdown");
 }
@@ -351,8 +461,7 @@ async fn refused_images_leave_devices_unchanged_and_the_campaign_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_chunks_are_sent_again_and_an_interrupted_transfer_resumes() {
     let dir = TempDir::new().expect("tempdir");
-    let (gateway, client) = gateway(&dir, false).await;
-    let broker = gateway.broker().clone();
+    let (gateway, client) = gateway(&dir).await;
     let noisy = SimOtaConfig {
         corrupt_every: Some(10),
         ..sim_ota()
@@ -365,23 +474,9 @@ async fn damaged_chunks_are_sent_again_and_an_interrupted_transfer_resumes() {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for (name, ota) in [("noisy", noisy), ("silent", silent)] {
-        let device = eddy_firmware_host::SimDevice::new(
-            eddy_firmware_host::SimDeviceConfig {
-                device: name.into(),
-                host: broker.host.clone(),
-                port: broker.port,
-                prefix: "eddy/v1".into(),
-                interval_ms: 500,
-                start_offset: Duration::ZERO,
-                duration: Duration::from_secs(600),
-                drain_timeout: Duration::from_secs(5),
-                clock_offset_ms: 0,
-            },
-            Vec::new(),
-        )
-        .expect("device")
-        .with_ota(SimOta::new(name, ota).expect("factory image"));
-        tasks.push(tokio::spawn(device.run(stop.clone())));
+        tasks.push(tokio::spawn(
+            sim_device(&gateway, name, ota).run(stop.clone()),
+        ));
     }
     let store = gateway.store().clone();
     assert!(
@@ -390,6 +485,7 @@ async fn damaged_chunks_are_sent_again_and_an_interrupted_transfer_resumes() {
             .is_ok_and(|d| d.len() >= 2))
         .await
     );
+    hellos(&gateway, 2).await;
     let img = image(BOARD, "1.2.0", IMAGE_LEN, &SECRET);
     let created = client
         .deploy(img, "noisy,silent", "100%", "100%", "0%")
@@ -451,6 +547,7 @@ async fn a_device_on_a_serial_line_is_updated() {
     let mut wire = Wire::plug(&link);
     let mut gateway_config = test_config(dir.path().join("data"), None);
     gateway_config.ota.retry_after = Duration::from_millis(500);
+    gateway_config.ota.public_key = Some(key_file(&dir));
     gateway_config.serial = vec![eddy_gateway::sources::serial::SerialConfig {
         path: link.clone(),
         baud: 115_200,
@@ -464,8 +561,7 @@ async fn a_device_on_a_serial_line_is_updated() {
             >= 1)
         .await
     );
-    let addr = gateway.http_addr().expect("http enabled");
-    let client = Client::new(&format!("http://{addr}")).expect("url");
+    let client = admin_client(&gateway);
 
     // The device introduces itself, then answers what the wire brings.
     let mut device = SimOta::new("uart-ota", sim_ota()).expect("factory image");
@@ -475,7 +571,7 @@ async fn a_device_on_a_serial_line_is_updated() {
         firmware: "1.0.0".try_into().expect("fits"),
     }))
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hellos(&gateway, 1).await;
     let img = image(BOARD, "1.3.0", 16 * 1024, &SECRET);
     let created = client
         .deploy(img, "uart-ota", "100%", "100%", "0%")
@@ -524,14 +620,17 @@ async fn a_campaign_survives_a_gateway_crash_and_transfers_resume_through_the_cl
         format!(
             "data_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\n\
-             [ota]\nretry_after = \"500ms\"\nmax_retries = 20\nmax_parallel = 2\n",
-            dir.path().join("data")
+             [ota]\nretry_after = \"500ms\"\nmax_retries = 20\nmax_parallel = 2\npublic_key = {:?}\n",
+            dir.path().join("data"),
+            key_file(&dir)
         ),
     )
     .expect("config written");
     let mut process = eddy_process(&config, port);
     let gateway_url = format!("http://127.0.0.1:{http}");
-    let client = Client::new(&gateway_url).expect("url");
+    let client = Client::new(&gateway_url)
+        .expect("url")
+        .with_token(Some(admin_token(&dir.path().join("data"))));
     let fleet_config = FleetConfig {
         devices: 6,
         rate_hz: 1.0,
@@ -555,9 +654,26 @@ async fn a_campaign_survives_a_gateway_crash_and_transfers_resume_through_the_cl
     let image_file = dir.path().join("fw-1.4.0.eddy");
     std::fs::write(&image_file, image(BOARD, "1.4.0", IMAGE_LEN, &SECRET)).expect("image");
     let devices: Vec<String> = (0..6).map(|i| format!("sim-{i:04}")).collect();
+    // The CLI finds the admin token through the gateway's config.
     let eddy = |args: &[&str]| {
-        stdout_of_success(std::process::Command::new(env!("CARGO_BIN_EXE_eddy")).args(args))
+        stdout_of_success(
+            std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .env_remove("EDDY_TOKEN"),
+        )
     };
+    let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
+    let end = Instant::now() + Duration::from_secs(20);
+    while scrape(http_addr, "eddy_ota_hellos_total")
+        .await
+        .unwrap_or(0)
+        < 6
+    {
+        assert!(Instant::now() < end, "the devices did not say hello");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let out = eddy(&[
         "ota",
         "deploy",

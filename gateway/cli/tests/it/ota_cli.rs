@@ -2,19 +2,13 @@
 
 use std::process::{Command, Output};
 
+use crate::common::output_text as text;
+
 fn eddy(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_eddy"))
         .args(args)
         .output()
         .expect("eddy runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

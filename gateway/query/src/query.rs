@@ -1,14 +1,14 @@
-//! `eddy query`: SQL over the stored raw samples, with polars as the
-//! batch engine. The samples become one table, `samples`:
+//! SQL over the spooled samples, with polars as the batch engine. The
+//! samples are one table, `samples`:
 //!
 //! | column | type |
 //! |---|---|
 //! | `device` | string |
 //! | `metric` | string |
-//! | `ts` | datetime (ms) |
 //! | `ts_ms` | i64, Unix milliseconds |
 //! | `value` | f64 |
 //! | `boot`, `seq` | u32, null for JSON devices |
+//! | `ts` | datetime (ms), derived from `ts_ms` |
 //!
 //! Results print as a table, or are written as CSV or Parquet.
 
@@ -18,7 +18,10 @@ use std::path::Path;
 use polars::prelude::*;
 use polars::sql::SQLContext;
 
-use eddy_gateway::store::{Store, StoreError};
+use eddy_gateway::client::ClientError;
+use eddy_gateway::store::StoreError;
+
+use crate::spool::{Spooled, with_ts};
 
 /// How results are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,52 +56,34 @@ pub enum QueryError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Gateway(#[from] ClientError),
+    /// The gateway's answer is not the samples stream it should be, or it
+    /// broke off.
+    #[error("the samples stream from {url}: {message}")]
+    Stream { url: String, message: String },
+    #[error("encoding samples: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
 }
 
-/// The stored samples (from `since_ms` on, when given) as a frame.
-pub fn samples_frame(store: &Store, since_ms: Option<i64>) -> Result<DataFrame, QueryError> {
-    let (mut device, mut metric, mut ts, mut value, mut boot, mut seq) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    store.for_each_sample(|_, s| {
-        if since_ms.is_some_and(|since| s.ts_ms < since) {
-            return;
-        }
-        device.push(s.device);
-        metric.push(s.metric);
-        ts.push(s.ts_ms);
-        value.push(s.value);
-        boot.push(s.frame.map(|f| f.0));
-        seq.push(s.frame.map(|f| f.1));
-    })?;
-    let frame = df!(
-        "device" => device,
-        "metric" => metric,
-        "ts_ms" => ts,
-        "value" => value,
-        "boot" => boot,
-        "seq" => seq,
-    )?
-    .lazy()
-    .with_column(
-        col("ts_ms")
-            .cast(DataType::Datetime(TimeUnit::Milliseconds, None))
-            .alias("ts"),
-    )
-    .collect()?;
-    Ok(frame)
-}
-
-/// Runs `sql` over `samples`.
-pub fn run(samples: DataFrame, sql: &str) -> Result<DataFrame, QueryError> {
+/// Checks `sql` against the table's columns, before any sample is read:
+/// a typo costs nothing.
+pub fn check(sql: &str) -> Result<(), QueryError> {
+    let empty = DataFrame::empty_with_schema(&crate::spool::schema());
     let mut ctx = SQLContext::new();
-    ctx.register("samples", samples.lazy());
-    Ok(ctx.execute(sql)?.collect()?)
+    ctx.register("samples", with_ts(empty.lazy()));
+    ctx.execute(sql)?.collect_schema()?;
+    Ok(())
+}
+
+/// Runs `sql` over `samples` with polars' streaming engine.
+pub fn run(samples: &Spooled, sql: &str) -> Result<DataFrame, QueryError> {
+    let mut ctx = SQLContext::new();
+    ctx.register("samples", samples.lazy()?);
+    let result = ctx.execute(sql)?.collect_with_engine(Engine::Streaming)?;
+    // One query plans one sink: several results come only of polars'
+    // `collect_all`, which a SQL text cannot ask for.
+    Ok(result.unwrap_single())
 }
 
 /// Writes `frame` in `format` to `out` (stdout when `None`).

@@ -1,25 +1,18 @@
-//! `eddy query`: polars SQL over a store's samples, as a table, CSV and
-//! Parquet; bad SQL and bad options are clear errors.
-
-#![cfg(feature = "query")]
+//! `eddy-query` over a store file (no gateway running): polars SQL as a
+//! table, CSV and Parquet; filters; bad SQL and bad options are clear
+//! errors.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use eddy_gateway::store::{Batch, Limits, Store, StoredSample};
+use eddy_gateway::store::StoredSample;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::common::{fixture, now_ms, oracle, query_dir, stdout, store};
 
 /// Three devices, 10 temperature samples each (values 0..9 plus 10 x the
 /// device number), the first five of each two hours old.
-fn store(dir: &Path) {
-    let store = Store::open(&dir.join(eddy_gateway::STORE_FILE)).expect("store");
+fn ten_each(dir: &Path) {
     let now = now_ms();
-    let samples = (0..3)
+    let samples: Vec<StoredSample> = (0..3)
         .flat_map(|d| {
             (0..10).map(move |i| StoredSample {
                 device: format!("dev-{d}"),
@@ -30,41 +23,16 @@ fn store(dir: &Path) {
             })
         })
         .collect();
-    let batch = Batch {
-        samples,
-        outbox: Vec::new(),
-        devices: Vec::new(),
-        alerts: Vec::new(),
-    };
-    store.commit_batch(&batch, Limits::NONE).expect("committed");
-}
-
-fn query(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .arg("query")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("eddy runs")
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    store(dir, &samples);
 }
 
 #[test]
-fn sql_over_stored_samples_as_csv_table_and_parquet() {
+fn store_sql_over_stored_samples_as_csv_table_and_parquet() {
     let dir = tempfile::tempdir().expect("tempdir");
-    store(dir.path());
+    ten_each(dir.path());
     let sql = "SELECT device, count(*) AS n, avg(value) AS mean, max(seq) AS last_seq \
                FROM samples WHERE metric = 'temperature' GROUP BY device ORDER BY device";
-    let csv = stdout(&query(dir.path(), &["--sql", sql, "--format", "csv"]));
+    let csv = stdout(&query_dir(dir.path(), &["--sql", sql, "--format", "csv"]));
     assert_eq!(
         csv.lines().collect::<Vec<_>>(),
         [
@@ -74,7 +42,7 @@ fn sql_over_stored_samples_as_csv_table_and_parquet() {
             "dev-2,10,24.5,"
         ]
     );
-    let table = stdout(&query(dir.path(), &["--sql", sql]));
+    let table = stdout(&query_dir(dir.path(), &["--sql", sql]));
     assert!(table.starts_with("device"), "{table}");
     let row: Vec<&str> = table
         .lines()
@@ -85,7 +53,7 @@ fn sql_over_stored_samples_as_csv_table_and_parquet() {
     assert_eq!(row, ["dev-2", "10", "24.5"], "{table}");
     assert!(table.ends_with("(3 rows)\n"), "{table}");
     // --since keeps the recent half.
-    let recent = stdout(&query(
+    let recent = stdout(&query_dir(
         dir.path(),
         &[
             "--sql",
@@ -98,14 +66,14 @@ fn sql_over_stored_samples_as_csv_table_and_parquet() {
     ));
     assert_eq!(recent.lines().nth(1), Some("15"));
     // Parquet needs a file; it is one.
-    let out = query(
+    let out = query_dir(
         dir.path(),
         &["--sql", "SELECT * FROM samples", "--format", "parquet"],
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--out"));
     let file = dir.path().join("samples.parquet");
-    stdout(&query(
+    stdout(&query_dir(
         dir.path(),
         &[
             "--sql",
@@ -121,21 +89,53 @@ fn sql_over_stored_samples_as_csv_table_and_parquet() {
 }
 
 #[test]
-fn bad_sql_and_options_are_clear_errors() {
+fn store_filters_by_device_and_metric_as_polars_does_in_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
-    store(dir.path());
+    let samples = fixture(40);
+    store(dir.path(), &samples);
+    let sql = "SELECT device, metric, count(*) AS n, sum(value) AS total, min(ts) AS first, \
+               max(seq) AS last_seq FROM samples GROUP BY device, metric ORDER BY device, metric";
+    let kept: Vec<StoredSample> = samples
+        .iter()
+        .filter(|s| s.device != "dev-1" && s.metric == "temperature")
+        .cloned()
+        .collect();
+    let csv = stdout(&query_dir(
+        dir.path(),
+        &[
+            "--sql",
+            sql,
+            "--format",
+            "csv",
+            "--device",
+            "dev-0,dev-2",
+            "--metric",
+            "temperature",
+        ],
+    ));
+    assert_eq!(csv, oracle(&kept, sql));
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let all = stdout(&query_dir(dir.path(), &["--sql", sql, "--format", "csv"]));
+    assert_eq!(all, oracle(&samples, sql));
+}
+
+#[test]
+fn store_bad_sql_and_options_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    ten_each(dir.path());
     for (args, expected) in [
         (vec!["--sql", "SELEC nonsense"], "query:"),
         (vec!["--sql", "SELECT nope FROM samples"], "nope"),
         (vec!["--sql", "SELECT 1", "--format", "xml"], "--format xml"),
         (vec!["--sql", "SELECT 1", "--since", "5 parsecs"], "unit"),
+        (vec!["--sql", "SELECT 1", "--device", "a,,b"], "--device"),
     ] {
-        let out = query(dir.path(), &args);
+        let out = query_dir(dir.path(), &args);
         assert!(!out.status.success(), "{args:?} succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{args:?}: {err}");
     }
     let empty = tempfile::tempdir().expect("tempdir");
-    let out = query(empty.path(), &["--sql", "SELECT 1"]);
+    let out = query_dir(empty.path(), &["--sql", "SELECT 1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no store"));
 }
