@@ -9,8 +9,7 @@
 # Needs cargo-deb (cargo install cargo-deb --locked) and, for ARM, Debian's
 # cross compilers (gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf) and
 # `rustup target add TRIPLE`; the linkers are set in .cargo/config.toml.
-# Prints the path of each .deb written (under target/debian or
-# target/TRIPLE/debian).
+# Prints the path of each .deb written (target/debian/eddy_VERSION_ARCH.deb).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
