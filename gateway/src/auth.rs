@@ -81,11 +81,11 @@ pub enum AuthError {
     },
     #[error("{path}: not a token list: {message}")]
     Damaged { path: PathBuf, message: String },
-    #[error("a token named `{0}` exists")]
+    #[error("`{0}` exists already")]
     Exists(String),
-    #[error("token name `{0}`: 1 to {MAX_NAME_LEN} letters, digits, `-`, `_` or `.`")]
+    #[error("name `{0}`: 1 to {MAX_NAME_LEN} letters, digits, `-`, `_` or `.`")]
     BadName(String),
-    #[error("{MAX_TOKENS} tokens exist; revoke one first")]
+    #[error("the list is full; revoke one first")]
     Full,
 }
 
@@ -119,32 +119,52 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuthError + '_ {
     }
 }
 
+/// 1 to 64 letters, digits, `-`, `_` or `.`: a token's name, a device
+/// id with credentials.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// A new token: 256 bits from the OS's generator.
 fn new_token() -> Result<String, AuthError> {
-    let mut bytes = [0u8; 32];
+    Ok(format!("eddy_{}", hex(&random_bytes::<32>()?)))
+}
+
+/// `N` bytes from the OS's generator.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], AuthError> {
+    let mut bytes = [0u8; N];
     rand::rngs::OsRng
         .try_fill_bytes(&mut bytes)
         .map_err(|e| AuthError::Io {
             path: PathBuf::from("OS random generator"),
             source: std::io::Error::other(e.to_string()),
         })?;
-    Ok(format!("eddy_{}", hex(&bytes)))
+    Ok(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A plain SHA-256 suffices for tokens of 256 random bits: there is no
 /// dictionary to try, so a slow password hash would only slow every
 /// request. Hex, as stored.
-fn digest(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+pub(crate) fn digest(token: &str) -> String {
+    digest_bytes(token.as_bytes())
+}
+
+/// SHA-256 of `bytes`, hex.
+pub(crate) fn digest_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Equal in time independent of where the texts differ (they are hashes
 /// of equal length; a length difference may show).
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -166,7 +186,7 @@ fn write_new(path: &Path, text: &str) -> Result<(), AuthError> {
     file.sync_all().map_err(io(path))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     crate::campaign::now_ms()
 }
 
@@ -175,14 +195,7 @@ impl Tokens {
     /// `DATA_DIR/admin.token`) makes the admin token and writes it there.
     pub fn open(data_dir: &Path) -> Result<Self, AuthError> {
         let path = data_dir.join(TOKENS_FILE);
-        let tokens = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AuthError::Damaged {
-                path: path.clone(),
-                message: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(&path)(e)),
-        };
+        let tokens = read_json_list(&path)?;
         let tokens = Self(Arc::new(Inner {
             path,
             tokens: RwLock::new(tokens),
@@ -240,12 +253,7 @@ impl Tokens {
 
     /// A new token named `name`; the only time it is seen.
     pub fn create(&self, name: &str, scope: Scope) -> Result<String, AuthError> {
-        let valid = !name.is_empty()
-            && name.len() <= MAX_NAME_LEN
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !valid {
+        if !valid_name(name) {
             return Err(AuthError::BadName(name.to_string()));
         }
         let token = new_token()?;
@@ -293,21 +301,41 @@ impl Tokens {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         f(&mut list)?;
-        let path = &self.0.path;
-        let temp = path.with_extension("json.tmp");
-        match std::fs::remove_file(&temp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&temp)(e)),
-        }
-        let text = serde_json::to_string_pretty(&list).map_err(|e| AuthError::Damaged {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        write_new(&temp, &text)?;
-        std::fs::rename(&temp, path).map_err(io(path))?;
+        replace_json(&self.0.path, &list)?;
         *self.0.tokens.write().unwrap_or_else(|e| e.into_inner()) = list;
         Ok(())
+    }
+}
+
+/// Replaces `path` with `value` as JSON, owner-only: a new temp file
+/// (never through a symlink), fsync, rename. A crash leaves the old
+/// file or the new one.
+pub(crate) fn replace_json<T: Serialize>(path: &Path, value: &T) -> Result<(), AuthError> {
+    let temp = path.with_extension("json.tmp");
+    match std::fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&temp)(e)),
+    }
+    let text = serde_json::to_string_pretty(value).map_err(|e| AuthError::Damaged {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write_new(&temp, &text)?;
+    std::fs::rename(&temp, path).map_err(io(path))
+}
+
+/// Reads the JSON list at `path`; empty when there is no file.
+pub(crate) fn read_json_list<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Vec<T>, AuthError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AuthError::Damaged {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(path)(e)),
     }
 }
 
@@ -431,7 +459,7 @@ async fn list(State(tokens): State<Tokens>) -> Response {
     answer(StatusCode::OK, &json!(tokens.list()))
 }
 
-fn refused(e: &AuthError) -> Response {
+pub(crate) fn refused(e: &AuthError) -> Response {
     let status = match e {
         AuthError::Exists(_) => StatusCode::CONFLICT,
         AuthError::BadName(_) | AuthError::Full => StatusCode::BAD_REQUEST,

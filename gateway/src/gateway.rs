@@ -10,9 +10,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::{Need, Tokens};
+use crate::broker::access::Access;
+use crate::broker::credentials::Credentials;
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::campaign;
 use crate::config::{BrokerUrl, Config, ConfigError, Placed, PlacedErrors};
@@ -134,6 +136,15 @@ impl Gateway {
                 })??
         };
 
+        let credentials = {
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || Credentials::open(&dir))
+                .await
+                .map_err(|_| GatewayError::Panicked {
+                    task: "credentials open",
+                })??
+        };
+        let stats = Arc::new(Stats::default());
         let (embedded, broker) = match &config.broker.url {
             Some(url) => (
                 None,
@@ -145,12 +156,35 @@ impl Gateway {
                 })?,
             ),
             None => {
-                let b = EmbeddedBroker::start(&config.broker).await?;
+                let mut b = EmbeddedBroker::start(&config.broker).await?;
+                let anonymous = config.broker.anonymous_allowed();
+                if anonymous && config.broker.allow_anonymous == Some(true) {
+                    warn!(
+                        listen = %config.broker.listen,
+                        "broker.allow_anonymous = true: any client that reaches the broker may publish and subscribe without credentials"
+                    );
+                } else if !anonymous && credentials.is_empty() {
+                    info!(
+                        "the broker admits devices with credentials only, and none exist yet: add one with `eddy device add ID`"
+                    );
+                }
+                b.access(
+                    |peers| {
+                        Access::new(
+                            credentials.clone(),
+                            anonymous,
+                            &config.ingest,
+                            peers,
+                            stats.clone(),
+                        )
+                    },
+                    stats.clone(),
+                )
+                .await;
                 let url = BrokerUrl::from(b.internal_addr());
                 (Some(b), url)
             }
         };
-        let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.ingest.queue_capacity);
         let drained = CancellationToken::new();
@@ -286,8 +320,9 @@ impl Gateway {
         }));
         // Every API route needs a token (read for GETs, admin for changes);
         // HTTP ingest, merged after, has its own `ingest_token`.
-        let api =
-            crate::auth::guard(api, &tokens, Need::ByMethod).merge(crate::auth::router(&tokens));
+        let api = crate::auth::guard(api, &tokens, Need::ByMethod)
+            .merge(crate::auth::router(&tokens))
+            .merge(crate::broker::credentials::router(&credentials, &tokens));
         let api = match &http_source {
             Some(http) => api.merge(http.router()),
             None => api,
@@ -369,6 +404,11 @@ impl Gateway {
                 broker: format!("{}:{}", self.broker.host, self.broker.port),
                 waited: timeout,
             })
+    }
+
+    /// The embedded broker's TLS listener (`[broker.tls]`), once open.
+    pub fn broker_tls(&self) -> Option<SocketAddr> {
+        self.embedded.as_ref().and_then(|b| b.tls_addr())
     }
 
     /// Where devices and local consumers connect (the embedded broker's

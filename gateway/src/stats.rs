@@ -134,6 +134,14 @@ counters! {
     http_connections_timed_out,
     /// QoS 1/2 publishes on ingest topics the embedded broker did not acknowledge because they could not be committed (queue full, shutting down, commit too slow); the device's connection is closed and it sends them again. By reason in `eddy_messages_refused_total`.
     broker_publishes_unstored,
+    /// Connections the embedded broker refused at CONNECT (no or bad credentials, the gateway's client id) or at accept (`broker.max_connections`).
+    broker_connects_refused,
+    /// Publishes the embedded broker refused (outside the client's topics, a topic with a wildcard or NUL).
+    broker_publishes_denied,
+    /// Subscriptions the embedded broker refused (outside the client's topics, shared subscriptions).
+    broker_subscribes_denied,
+    /// TLS handshakes on the embedded broker's TLS listener that failed or timed out.
+    broker_tls_handshakes_failed,
     /// Messages whose samples were committed and then acknowledged.
     messages_accepted,
     /// Messages rejected as malformed (bad frame, bad JSON, bad names).

@@ -92,6 +92,14 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Device credentials on a running gateway's embedded broker (needs
+    /// an admin token): add one (its secret is printed once; the device
+    /// connects with its id as user name and the secret as password),
+    /// list them, revoke one.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
     /// Signed firmware images: keys, signing, inspection.
     Ota {
         #[command(subcommand)]
@@ -152,6 +160,21 @@ enum RulesCommand {
     },
 }
 
+/// Which gateway's API, with which token.
+#[derive(clap::Args, Debug)]
+struct Api {
+    #[arg(long, default_value = DEFAULT_GATEWAY)]
+    url: String,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+impl Api {
+    fn client(&self) -> anyhow::Result<Client> {
+        api(&self.url, &self.token)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum TokenCommand {
     /// Create a token; it is printed once and kept only as a hash.
@@ -159,25 +182,46 @@ enum TokenCommand {
         name: String,
         #[arg(long, value_parser = ["read", "admin"])]
         scope: String,
-        #[arg(long, default_value = DEFAULT_GATEWAY)]
-        url: String,
         #[command(flatten)]
-        token: TokenArgs,
+        gateway: Api,
     },
     /// Every token's name, scope and creation time.
     List {
-        #[arg(long, default_value = DEFAULT_GATEWAY)]
-        url: String,
         #[command(flatten)]
-        token: TokenArgs,
+        gateway: Api,
     },
     /// Revoke a token: requests with it are refused from now on.
     Revoke {
         name: String,
-        #[arg(long, default_value = DEFAULT_GATEWAY)]
-        url: String,
         #[command(flatten)]
-        token: TokenArgs,
+        gateway: Api,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// Credentials for device ID; the secret is printed once and kept
+    /// only as an argon2 hash.
+    Add {
+        id: String,
+        /// `device`: its own topics only; `observer`: subscribes to
+        /// anything, publishes nothing; `publisher`: publishes on any
+        /// ingest topic (a Telegraf agent, a bridge), subscribes to nothing.
+        #[arg(long, value_parser = ["device", "observer", "publisher"], default_value = "device")]
+        role: String,
+        #[command(flatten)]
+        gateway: Api,
+    },
+    /// Every device with credentials: id, role, creation time.
+    List {
+        #[command(flatten)]
+        gateway: Api,
+    },
+    /// Revoke a device's credentials: its next CONNECT is refused.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        gateway: Api,
     },
 }
 
@@ -516,6 +560,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Rules { command } => rules_command(command).await,
         Command::Token { command } => token_command(command).await,
+        Command::Device { command } => device_command(command).await,
         Command::Alerts {
             history,
             url,
@@ -629,38 +674,81 @@ async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Create {
             name,
             scope,
-            url,
-            token,
+            gateway,
         } => {
-            let body = serde_json::to_vec(&serde_json::json!({ "name": name, "scope": scope }))?;
-            let made: serde_json::Value = api(&url, &token)?
-                .json(Method::POST, "/api/tokens", body)
-                .await?;
-            let secret = made["token"].as_str().context("no token in the answer")?;
+            let body = serde_json::json!({ "name": name, "scope": scope });
+            let secret = create(&gateway, "/api/tokens", body, "token").await?;
             eprintln!("token `{name}` ({scope}), shown this once:");
             println!("{secret}");
             Ok(())
         }
-        TokenCommand::List { url, token } => {
-            let list: serde_json::Value = api(&url, &token)?
-                .json(Method::GET, "/api/tokens", Vec::new())
-                .await?;
-            for t in list.as_array().into_iter().flatten() {
-                println!(
-                    "{:<24} {:<6} created {}",
-                    t["name"].as_str().unwrap_or("?"),
-                    t["scope"].as_str().unwrap_or("?"),
-                    t["created_ms"]
-                );
-            }
-            Ok(())
+        TokenCommand::List { gateway } => {
+            print_list(&gateway, "/api/tokens", ["name", "scope"]).await
         }
-        TokenCommand::Revoke { name, url, token } => {
-            delete(&url, &token, &format!("/api/tokens/{name}")).await?;
-            println!("revoked {name}");
-            Ok(())
+        TokenCommand::Revoke { name, gateway } => {
+            revoke(&gateway, &format!("/api/tokens/{name}"), &name).await
         }
     }
+}
+
+async fn device_command(command: DeviceCommand) -> anyhow::Result<()> {
+    match command {
+        DeviceCommand::Add { id, role, gateway } => {
+            let body = serde_json::json!({ "device": id, "role": role });
+            let secret = create(&gateway, "/api/credentials", body, "secret").await?;
+            eprintln!(
+                "device `{id}` ({role}): connect with user name `{id}` and this password, shown this once:"
+            );
+            println!("{secret}");
+            Ok(())
+        }
+        DeviceCommand::List { gateway } => {
+            print_list(&gateway, "/api/credentials", ["device", "role"]).await
+        }
+        DeviceCommand::Revoke { id, gateway } => {
+            revoke(&gateway, &format!("/api/credentials/{id}"), &id).await
+        }
+    }
+}
+
+/// `POST path` with `body`: the answer's text field `field`.
+async fn create(
+    gateway: &Api,
+    path: &str,
+    body: serde_json::Value,
+    field: &str,
+) -> anyhow::Result<String> {
+    let made: serde_json::Value = gateway
+        .client()?
+        .json(Method::POST, path, serde_json::to_vec(&body)?)
+        .await?;
+    let text = made[field].as_str();
+    Ok(text
+        .with_context(|| format!("no {field} in the answer"))?
+        .to_string())
+}
+
+async fn revoke(gateway: &Api, path: &str, name: &str) -> anyhow::Result<()> {
+    delete(&gateway.url, &gateway.token, path).await?;
+    println!("revoked {name}");
+    Ok(())
+}
+
+/// Prints the list at `path`: two text fields and the creation time.
+async fn print_list(gateway: &Api, path: &str, [name, kind]: [&str; 2]) -> anyhow::Result<()> {
+    let list: serde_json::Value = gateway
+        .client()?
+        .json(Method::GET, path, Vec::new())
+        .await?;
+    for t in list.as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<8} created {}",
+            t[name].as_str().unwrap_or("?"),
+            t[kind].as_str().unwrap_or("?"),
+            t["created_ms"]
+        );
+    }
+    Ok(())
 }
 
 /// `DELETE path`, answered `204`.

@@ -42,31 +42,41 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OtaToolError + '_ {
     }
 }
 
-/// Writes a new key pair into `dir`; never overwrites one.
+/// Writes a new key pair into `dir`; never overwrites one, and never
+/// writes through a symlink (a dangling one included): both files are
+/// created new (`O_EXCL`), the secret key owner-only.
 pub fn keygen(dir: &Path) -> Result<(PathBuf, PathBuf), OtaToolError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let secret_path = dir.join(SECRET_FILE);
     let public_path = dir.join(PUBLIC_FILE);
     for p in [&secret_path, &public_path] {
-        if p.exists() {
+        if std::fs::symlink_metadata(p).is_ok() {
             return Err(OtaToolError::Exists { path: p.clone() });
         }
     }
     let secret: [u8; KEY_LEN] = rand::random();
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&secret_path)
-            .map_err(io(&secret_path))?;
-        writeln!(f, "{}", to_hex(&secret)).map_err(io(&secret_path))?;
-    }
-    std::fs::write(&public_path, format!("{}\n", to_hex(&public_key(&secret))))
-        .map_err(io(&public_path))?;
+    write_new(&secret_path, 0o600, &to_hex(&secret))?;
+    write_new(&public_path, 0o644, &to_hex(&public_key(&secret)))?;
     Ok((secret_path, public_path))
+}
+
+/// Creates `path` (refusing anything there, a symlink included) with
+/// `mode` and the line `text`.
+fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), OtaToolError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => OtaToolError::Exists {
+                path: path.to_path_buf(),
+            },
+            _ => io(path)(e),
+        })?;
+    writeln!(f, "{text}").map_err(io(path))
 }
 
 /// Signs the firmware binary `input` for `board` at `version` into `output`.

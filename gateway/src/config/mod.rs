@@ -287,6 +287,48 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     /// Largest MQTT packet the embedded broker accepts, in bytes.
     pub max_packet_size: u32,
+    /// Connections each public listener of the embedded broker holds at
+    /// most (more are closed at accept), so clients cannot take every
+    /// file descriptor.
+    pub max_connections: usize,
+    /// Clients without credentials (no user name) on the embedded
+    /// broker. Unset: admitted only while every public listener is on a
+    /// loopback address; any other listener then needs credentials
+    /// (`eddy device add`) or a client certificate. `true` admits them
+    /// anywhere (logged as a warning at start); `false` nowhere.
+    pub allow_anonymous: Option<bool>,
+    /// A TLS listener for devices, beside `listen`.
+    pub tls: Option<BrokerTls>,
+}
+
+/// The embedded broker's TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTls {
+    /// Where it listens, e.g. `0.0.0.0:8883`.
+    pub listen: SocketAddr,
+    /// The server's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM). When set, every client must present a
+    /// certificate they sign, and its subject common name is its device
+    /// id (no password needed).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl BrokerConfig {
+    /// Whether clients without credentials are admitted (see
+    /// [`BrokerConfig::allow_anonymous`]).
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or_else(|| {
+            self.listen.ip().is_loopback()
+                && self
+                    .tls
+                    .as_ref()
+                    .is_none_or(|t| t.listen.ip().is_loopback())
+        })
+    }
 }
 
 impl Default for BrokerConfig {
@@ -297,6 +339,9 @@ impl Default for BrokerConfig {
             max_inflight: 1024,
             max_queued_messages: 1_000_000,
             max_packet_size: 1 << 20,
+            max_connections: 10_000,
+            allow_anonymous: None,
+            tls: None,
         }
     }
 }
@@ -920,6 +965,12 @@ impl Config {
             64,
             268_435_455,
             "broker.max_packet_size"
+        );
+        within!(
+            self.broker.max_connections,
+            1,
+            1_000_000,
+            "broker.max_connections"
         );
         let ingest = &self.ingest;
         within!(ingest.batch_size, 1, 100_000, "ingest.batch_size");

@@ -28,10 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmqtt::codec::types::QoS;
-use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
+use rmqtt::hook::{HookResult, Parameter, ReturnType};
 use rmqtt::types::PublishAclResult;
-use std::future::Future;
-use std::pin::Pin;
 use tracing::{debug, warn};
 
 use super::Message;
@@ -84,22 +82,7 @@ impl IngestHook {
     }
 }
 
-// `async_trait`'s expansion of the trait method, written out: the
-// trait's `&Parameter` has an elided lifetime the macro cannot repeat.
-impl Handler for IngestHook {
-    fn hook<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        param: &'life1 Parameter<'life2>,
-        acc: Option<HookResult>,
-    ) -> Pin<Box<dyn Future<Output = ReturnType> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(self.check(param, acc))
-    }
-}
+crate::broker::rmqtt_handler!(IngestHook);
 
 impl IngestHook {
     async fn check(&self, param: &Parameter<'_>, acc: Option<HookResult>) -> ReturnType {
@@ -124,11 +107,11 @@ impl IngestHook {
                     .due(why.name());
                 match (why, due) {
                     (Unstored::Closed, _) => {
-                        debug!(client = %session.id.client_id, %why, "publish refused")
+                        debug!(client = ?session.id.client_id, %why, "publish refused")
                     }
                     (_, Some(suppressed)) => warn!(
-                        client = %session.id.client_id,
-                        topic = %publish.topic,
+                        client = ?session.id.client_id,
+                        topic = ?publish.topic,
                         %why,
                         suppressed,
                         "publish refused: not acknowledged, the device sends it again"

@@ -4,6 +4,7 @@
 mod alerts;
 mod api_auth;
 mod bad_input;
+mod broker_access;
 mod broker_limits;
 mod common;
 mod config;

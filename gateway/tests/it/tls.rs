@@ -15,14 +15,15 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
-/// PEM files readable by the broker's user.
-struct Pki {
+/// A CA, a server certificate for 127.0.0.1 and 127.0.0.2, a client
+/// certificate and a device's (common name `dev-9`), as PEM files
+/// readable by the broker's user; a rogue CA.
+pub(crate) struct Pki {
     dir: TempDir,
 }
 
 impl Pki {
-    fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -36,15 +37,16 @@ impl Pki {
                 .expect("CA");
             pki.write(&format!("{name}.pem"), &issuer.pem());
             if name == "ca" {
-                for (leaf, sans) in [
-                    ("server", vec!["127.0.0.1".to_string()]),
-                    ("client", vec![]),
+                let sans = vec!["127.0.0.1".to_string(), "127.0.0.2".to_string()];
+                for (leaf, sans, cn) in [
+                    ("server", sans, "eddy server"),
+                    ("client", vec![], "eddy client"),
+                    // A device's certificate: its common name is its id.
+                    ("dev-9", vec![], "dev-9"),
                 ] {
                     let key = KeyPair::generate().expect("key");
                     let mut params = CertificateParams::new(sans).expect("params");
-                    params
-                        .distinguished_name
-                        .push(DnType::CommonName, format!("eddy {leaf}"));
+                    params.distinguished_name.push(DnType::CommonName, cn);
                     let cert = params.signed_by(&key, &issuer).expect("signed");
                     pki.write(&format!("{leaf}.pem"), &cert.pem());
                     pki.write(&format!("{leaf}.key"), &key.serialize_pem());
@@ -61,7 +63,7 @@ impl Pki {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 

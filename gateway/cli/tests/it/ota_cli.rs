@@ -35,6 +35,17 @@ fn keygen_sign_and_inspect_round_trip_and_refuse_what_they_should() {
         text(&again)
     );
 
+    // A planted symlink (dangling) is not written through.
+    let planted = d("planted");
+    std::fs::create_dir_all(d("linked")).expect("dir");
+    std::os::unix::fs::symlink(&planted, d("linked/eddy-ota.pub")).expect("symlink");
+    let out = eddy(&["ota", "keygen", "--out", &d("linked")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        !std::path::Path::new(&planted).exists(),
+        "written through a symlink"
+    );
+
     std::fs::write(d("fw.bin"), vec![0xA5u8; 5000]).expect("firmware");
     let out = eddy(&[
         "ota",
