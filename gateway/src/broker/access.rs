@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::context::ServerContext;
 use rmqtt::hook::{HookResult, Parameter, ReturnType};
 use rmqtt::session::Session;
 use rmqtt::types::{AuthResult, ConnectInfo, PublishAclResult, SubscribeAclResult};
@@ -97,9 +98,19 @@ pub struct Access {
     reserved: String,
     router: Router,
     peers: Arc<TlsPeers>,
+    /// The broker, to wait out a previous connection's clean-up.
+    scx: Option<ServerContext>,
     stats: Arc<Stats>,
     log: Mutex<LogEvery>,
 }
+
+/// Longest a CONNECT waits for the previous connection of its client id
+/// to be cleaned up.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a session that lost its connection takes, at most, to be
+/// ready to be taken over (its offline loop running, or removed).
+const SETTLE_OFFLINE: Duration = Duration::from_millis(250);
 
 /// Leaves of `{prefix}/{device}/...` a device may publish.
 const DEVICE_PUBLISHES: [&str; 4] = [
@@ -131,9 +142,57 @@ impl Access {
             reserved: config.client_id.clone(),
             router: Router::new(config),
             peers,
+            scx: None,
             stats,
             log: Mutex::new(LogEvery::new(Duration::from_secs(10))),
         }
+    }
+
+    /// Waits out the clean-up of a previous connection with the same
+    /// client id before the broker takes over its session.
+    ///
+    /// rmqtt answers "server unavailable" to a CONNECT whose client id's
+    /// previous connection is still being torn down: its per-client-id
+    /// lock is taken with `try_lock`, and its "kick" of the old session
+    /// fails while that session moves from its online to its offline
+    /// loop (or to its end, with a clean session). A device reconnecting
+    /// after a blip does exactly that. So the CONNECT waits here (up to
+    /// [`SETTLE_TIMEOUT`]) until the lock is free and the old session is
+    /// gone (a clean start ends it here, retrying), connected, or offline
+    /// for [`SETTLE_OFFLINE`].
+    async fn settle(&self, info: &ConnectInfo) {
+        let Some(scx) = &self.scx else {
+            return;
+        };
+        let id = info.id();
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            let entry = scx.extends.shared().await.entry(id.clone());
+            if let Ok(mut locked) = entry.try_lock().await {
+                let settled = match locked.session() {
+                    None => true,
+                    // A clean start discards the old session anyway: end
+                    // it here, where a failed attempt can be retried.
+                    Some(_) if info.clean_start() => locked.kick(true, true, false).await.is_ok(),
+                    Some(old) => {
+                        let since = old.disconnected_at().await.unwrap_or(0);
+                        let now = rmqtt::utils::timestamp_millis();
+                        old.connected().await.unwrap_or(true)
+                            || now.saturating_sub(since) >= SETTLE_OFFLINE.as_millis() as i64
+                    }
+                };
+                if settled {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The same hook, able to wait on `scx`'s sessions.
+    pub(crate) fn on(mut self, scx: ServerContext) -> Self {
+        self.scx = Some(scx);
+        self
     }
 
     fn reserved(&self, client_id: &str) -> bool {
@@ -156,6 +215,7 @@ impl Access {
 
     async fn authenticate(&self, info: &ConnectInfo) -> AuthResult {
         let id = info.id();
+        self.settle(info).await;
         if self.reserved(&id.client_id) {
             stats::add(&self.stats.broker_connects_refused, 1);
             self.log("the gateway's client id", &id.client_id, "");

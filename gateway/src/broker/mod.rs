@@ -257,7 +257,11 @@ impl EmbeddedBroker {
             Type::ClientSubscribeCheckAcl,
         ] {
             register
-                .add_priority(kind, Priority::MAX, Box::new(make(self.peers.clone())))
+                .add_priority(
+                    kind,
+                    Priority::MAX,
+                    Box::new(make(self.peers.clone()).on(self.scx.clone())),
+                )
                 .await;
         }
         register.start().await;

@@ -401,3 +401,67 @@ async fn on_the_tls_listener_a_device_certificate_names_the_device() {
     assert_eq!(s.broker_subscribes_denied, 1);
     gateway.shutdown().await.expect("clean shutdown");
 }
+
+/// CONNECT with a clean session: the CONNACK's session-present flag.
+async fn connack(addr: SocketAddr, client_id: &str) -> (AsyncClient, EventLoop, bool) {
+    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll())
+            .await
+            .expect("an answer to CONNECT within 10 s")
+        {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                return (client, eventloop, ack.session_present);
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{client_id}: CONNECT refused: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reconnecting_at_once_is_never_turned_away_nor_given_its_old_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = gateway(&dir.path().join("data"), on_other_host(Some(true))).await;
+    let addr: SocketAddr = format!("{}:{}", gateway.broker().host, gateway.broker().port)
+        .parse()
+        .expect("address");
+    let (probe, mut probe_events, _) = connack(addr, "blip-probe").await;
+    let poll_probe = tokio::spawn(async move { while probe_events.poll().await.is_ok() {} });
+    for round in 0..200 {
+        let (client, mut events, present) = connack(addr, "blip").await;
+        assert!(!present, "round {round}: a clean start resumed a session");
+        assert!(subscribe(&client, &mut events, &format!("blip/old/{round}")).await);
+        // The network drops: no DISCONNECT, the socket just closes.
+        drop((client, events));
+        let (client, mut events, present) = connack(addr, "blip").await;
+        assert!(!present, "round {round}: a clean start resumed a session");
+        if round % 20 == 0 {
+            // The old subscription must not deliver to the new session.
+            probe
+                .publish(format!("blip/old/{round}"), QoS::AtLeastOnce, false, "x")
+                .await
+                .expect("queued");
+            let got = tokio::time::timeout(Duration::from_millis(300), async {
+                loop {
+                    match events.poll().await {
+                        Ok(Event::Incoming(Packet::Publish(p))) => break Some(p.topic),
+                        Ok(_) => {}
+                        Err(_) => break None,
+                    }
+                }
+            })
+            .await;
+            assert!(
+                !matches!(got, Ok(Some(_))),
+                "round {round}: the old session's subscription delivered {got:?}"
+            );
+        }
+        client.disconnect().await.expect("queued");
+        drop(events);
+    }
+    poll_probe.abort();
+    gateway.shutdown().await.expect("clean shutdown");
+}
