@@ -112,6 +112,10 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// ready to be taken over (its offline loop running, or removed).
 const SETTLE_OFFLINE: Duration = Duration::from_millis(250);
 
+/// How long a CONNECT resuming a session waits while the old connection
+/// still counts as connected (taking over a live one costs this much).
+const TAKEOVER_GRACE: Duration = Duration::from_millis(100);
+
 /// Leaves of `{prefix}/{device}/...` a device may publish.
 const DEVICE_PUBLISHES: [&str; 4] = [
     eddy_proto::topic::TELEMETRY,
@@ -158,14 +162,15 @@ impl Access {
     /// loop (or to its end, with a clean session). A device reconnecting
     /// after a blip does exactly that. So the CONNECT waits here (up to
     /// [`SETTLE_TIMEOUT`]) until the lock is free and the old session is
-    /// gone (a clean start ends it here, retrying), connected, or offline
-    /// for [`SETTLE_OFFLINE`].
+    /// gone (a clean start ends it here, retrying), connected for
+    /// [`TAKEOVER_GRACE`], or offline for [`SETTLE_OFFLINE`].
     async fn settle(&self, info: &ConnectInfo) {
         let Some(scx) = &self.scx else {
             return;
         };
         let id = info.id();
-        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        let start = tokio::time::Instant::now();
+        let deadline = start + SETTLE_TIMEOUT;
         while tokio::time::Instant::now() < deadline {
             let entry = scx.extends.shared().await.entry(id.clone());
             if let Ok(mut locked) = entry.try_lock().await {
@@ -174,11 +179,16 @@ impl Access {
                     // A clean start discards the old session anyway: end
                     // it here, where a failed attempt can be retried.
                     Some(_) if info.clean_start() => locked.kick(true, true, false).await.is_ok(),
+                    // Still connected: a live connection being taken
+                    // over, or one whose close is still in flight; give
+                    // the close a moment to land.
+                    Some(old) if old.connected().await.unwrap_or(true) => {
+                        start.elapsed() >= TAKEOVER_GRACE
+                    }
                     Some(old) => {
                         let since = old.disconnected_at().await.unwrap_or(0);
                         let now = rmqtt::utils::timestamp_millis();
-                        old.connected().await.unwrap_or(true)
-                            || now.saturating_sub(since) >= SETTLE_OFFLINE.as_millis() as i64
+                        now.saturating_sub(since) >= SETTLE_OFFLINE.as_millis() as i64
                     }
                 };
                 if settled {

@@ -98,6 +98,9 @@ impl std::fmt::Debug for EmbeddedBroker {
     }
 }
 
+/// Topic aliases a client may use, and the broker uses towards a client.
+const MAX_TOPIC_ALIASES: u16 = 64;
+
 /// Listener ids inside rmqtt's context.
 pub(crate) const INTERNAL_LISTENER: u16 = 1;
 const PUBLIC_LISTENER: u16 = 2;
@@ -210,6 +213,13 @@ impl EmbeddedBroker {
             .max_mqueue_len(self.config.max_queued_messages)
             .max_packet_size(self.config.max_packet_size)
             .max_connections(self.config.max_connections)
+            // Queued messages live as long as their session unless the
+            // publisher set an expiry (rmqtt's default expires them all
+            // after 5 minutes, MQTT 5 subscribers then see an expiry the
+            // publisher never set).
+            .message_expiry_interval(std::time::Duration::ZERO)
+            // Topic aliases both ways (MQTT 5); rmqtt allows none.
+            .max_topic_aliases(MAX_TOPIC_ALIASES)
             .allow_anonymous(trusted)
             // A restarted gateway (after a crash, too) must get its port
             // back while the old connections linger in TIME_WAIT.
