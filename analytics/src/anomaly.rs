@@ -170,8 +170,8 @@ impl Likelihood {
         }
     }
 
-    /// Takes one raw score; returns the log-scaled likelihood in [0, 1] of
-    /// the recent mean (0.5: a tail of 1e-5; 1: 1e-10).
+    /// Takes one raw score; returns how many standard deviations the mean
+    /// of the recent ones lies above its history (before this one is learnt).
     fn update(&mut self, raw: f64) -> f64 {
         let i = usize::from(self.next);
         self.sum += raw - self.short[i];
@@ -184,9 +184,16 @@ impl Likelihood {
         let z = d / self.var.sqrt().max(SD_FLOOR);
         self.mean += alpha * d;
         self.var = (1.0 - alpha) * (self.var + alpha * d * d);
-        let tail = 0.5 * erfc(z / std::f64::consts::SQRT_2);
-        ((tail + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0)
+        z
     }
+}
+
+/// The log-scaled likelihood in [0, 1] of a deviation of `z` standard
+/// deviations: `ln(Q(z) + 1e-10) / ln(1e-10)`, 0.5 at a tail of 1e-5,
+/// 1 at 1e-10. Non-decreasing in `z`.
+fn likelihood_score(z: f64) -> f64 {
+    let tail = 0.5 * erfc(z / std::f64::consts::SQRT_2);
+    ((tail + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0)
 }
 
 /// Complementary error function (Numerical Recipes' `erfcc`, relative
@@ -320,13 +327,23 @@ impl Detector {
         let breakout = self.breakout(n, value);
         let stuck = self.stuck(n, value);
         let context = self.context(value, gap);
-        let weight = (1.0 - (1.0 - DEVIATION_ALPHA).powf(step)).max(1.0 / n as f64);
+        // Regular sampling (a step of 1) needs no power.
+        let decay = if step == 1.0 {
+            1.0 - DEVIATION_ALPHA
+        } else {
+            (1.0 - DEVIATION_ALPHA).powf(step)
+        };
+        let weight = (1.0 - decay).max(1.0 / n as f64);
         let residual = self.seasonal(t_ms, value, weight);
 
-        let l_context = self.likelihood[0].update(context);
-        let l_joint = JOINT_GAIN * self.likelihood[1].update(context + residual / JOINT_SCALE);
-        let l_seasonal = self.likelihood[2].update(residual);
-        let mut score = l_context.max(l_joint).max(l_seasonal).min(1.0);
+        let z_context = self.likelihood[0].update(context);
+        let z_joint = self.likelihood[1].update(context + residual / JOINT_SCALE);
+        let z_seasonal = self.likelihood[2].update(residual);
+        // The score is monotonic in z: one evaluation for the two of equal weight.
+        let mut score = likelihood_score(z_context.max(z_seasonal));
+        if score < 1.0 {
+            score = score.max(JOINT_GAIN * likelihood_score(z_joint)).min(1.0);
+        }
         if n < WARMUP {
             score = 0.0;
         }
