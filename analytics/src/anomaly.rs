@@ -15,9 +15,9 @@
 //!    level shifts and spikes first.
 //! 2. **Stuck sensor** (flat line). A run of exactly equal values five
 //!    times longer than the longest run seen so far (at least 11 repeats)
-//!    scores 1, once per run. Sensors that report repeated
-//!    values anyway (integer counters, a clamped 0 %) learn a long
-//!    longest run and stay quiet.
+//!    scores 1, once per run. Sensors that report repeated values anyway
+//!    (integer counters, a clamped 0 %) learn a long longest run and stay
+//!    quiet.
 //! 3. **Context novelty** (sequence shape). Each value is quantized into
 //!    one of 20 bins over the range seen so far; the sequences of the
 //!    last 2 to 5 bins are counted in a hashed table of 1,024 saturating
