@@ -81,7 +81,8 @@
 //! 150 ns (three likelihoods, one tail probability's `exp` and `ln`
 //! twice), some 30 times a running mean's.
 //!
-//! Non-finite values (NaN, ±inf) score 0 and leave the state untouched.
+//! Non-finite values (NaN, ±inf), and values beyond ±1e30, score 0 and
+//! leave the state untouched.
 //! The detector is deterministic: no randomness and no hashing with seeds,
 //! so a restored snapshot continues with bit-identical scores.
 
@@ -90,6 +91,9 @@ use serde::{Deserialize, Serialize};
 /// Upper bound of a [`Detector`]'s postcard-serialized state, in bytes.
 pub const MAX_STATE_BYTES: usize = 2048;
 
+/// Larger values are skipped like non-finite ones: the seasonal profile
+/// keeps `f32`, and differences of such values would overflow.
+const MAX_MAGNITUDE: f64 = 1e30;
 /// Samples before any score is reported.
 const WARMUP: u64 = 300;
 /// A breakout must pass the range seen by this fraction of it.
@@ -314,10 +318,10 @@ impl Detector {
 
     /// Scores `value`, taken at `t_ms` (Unix milliseconds), against the
     /// samples before it, then learns it: 0 is normal, 1 certainly
-    /// anomalous, 0.5 and above a detection. A non-finite value scores 0
-    /// and is not learnt.
+    /// anomalous, 0.5 and above a detection. A non-finite value, or one
+    /// beyond ±1e30, scores 0 and is not learnt.
     pub fn update(&mut self, t_ms: i64, value: f64) -> f64 {
-        if !value.is_finite() {
+        if !value.is_finite() || value.abs() > MAX_MAGNITUDE {
             return 0.0;
         }
         let (step, gap) = self.interval_step(t_ms);
@@ -633,7 +637,7 @@ mod tests {
             d.update(t, v);
         }
         let before = d.clone();
-        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300, -1e31] {
             assert_eq!(d.update(series[1000].0, v), 0.0);
         }
         assert_eq!(d, before);
