@@ -244,10 +244,11 @@ fn context_slot(order: usize, hist: &[u8; HISTORY]) -> Option<usize> {
 /// use eddy_analytics::anomaly::Detector;
 ///
 /// let mut detector = Detector::new();
-/// // A minute apart: a saw tooth, then a spike at sample 1,800.
+/// // A minute apart: a slow wave, then a spike at sample 1,800.
 /// let scores: Vec<f64> = (0..1801i64)
 ///     .map(|i| {
-///         let value = if i == 1800 { 50.0 } else { (i % 7) as f64 };
+///         let wave = 10.0 + (i as f64 * 0.1).sin();
+///         let value = if i == 1800 { wave + 50.0 } else { wave };
 ///         detector.update(i * 60_000, value)
 ///     })
 ///     .collect();
