@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anomaly;
 mod engine;
 mod rule;
 mod series;
