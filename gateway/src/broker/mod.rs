@@ -98,6 +98,10 @@ impl std::fmt::Debug for EmbeddedBroker {
     }
 }
 
+/// Retained messages the embedded broker keeps at most (a device's
+/// `hello` is one per device); more are refused by the retainer, logged.
+const MAX_RETAINED: usize = 200_000;
+
 /// Topic aliases a client may use, and the broker uses towards a client.
 const MAX_TOPIC_ALIASES: u16 = 64;
 
@@ -115,7 +119,15 @@ impl EmbeddedBroker {
             listen: config.listen,
             reason,
         };
-        let scx = ServerContext::new().build().await;
+        // Retained messages: kept until replaced or cleared (a TTL of 0
+        // is none; without it they would take the listener's message
+        // expiry, which is 0 = none for queued messages but "expired at
+        // once" for the retainer), at most `MAX_RETAINED`.
+        let retainer = format!("retained_message_ttl = \"0s\"\nmax_retained_messages = {MAX_RETAINED}\n");
+        let scx = ServerContext::new()
+            .plugins_config_map_add("rmqtt-retainer", retainer)
+            .build()
+            .await;
         rmqtt_acl::register(&scx, true, false)
             .await
             .map_err(|e| err(format!("ACL plugin: {e}")))?;
