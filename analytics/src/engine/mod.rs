@@ -313,7 +313,18 @@ impl Engine {
                 })
                 .sum::<usize>()
             + st.series_index.capacity() * 16;
-        groups + series + st.devices.heap_bytes() + st.metrics.heap_bytes() + st.labels.heap_bytes()
+        let levels = st.levels.len()
+            * (std::mem::size_of::<LevelKey>() + std::mem::size_of::<Aggregates>())
+            + st.levels
+                .values()
+                .map(Aggregates::heap_bytes)
+                .sum::<usize>();
+        groups
+            + series
+            + levels
+            + st.devices.heap_bytes()
+            + st.metrics.heap_bytes()
+            + st.labels.heap_bytes()
     }
 
     /// Adds samples to their windows, then advances the watermarks and

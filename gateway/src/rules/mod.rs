@@ -952,6 +952,62 @@ pub fn dir_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
 
+    /// The shorthand's rule, as TOML.
+    fn shorthand(text: &str) -> Rule {
+        let r: RuleConfig = toml::from_str(text).expect("a rule");
+        compile(&r, WebhookAllow::Unchecked).expect("compiles").0
+    }
+
+    fn sql_form(name: &str, having: &str) -> Rule {
+        let text = format!(
+            "SELECT device, avg(temperature) FROM telemetry \
+             GROUP BY device, TUMBLING(INTERVAL '1' MINUTE) HAVING {having}"
+        );
+        let r = RuleConfig {
+            sql: Some(text),
+            ..RuleConfig::above(name, "x", Duration::from_secs(1), Aggregate::Mean, 0.0)
+        };
+        let r = RuleConfig {
+            metric: None,
+            window: None,
+            aggregate: None,
+            above: None,
+            ..r
+        };
+        compile(&r, WebhookAllow::Unchecked).expect("compiles").0
+    }
+
+    #[test]
+    fn both_forms_compile_several_metrics_and_group_comparisons_to_one_plan() {
+        let all = shorthand(
+            "name = \"muggy\"\nwindow = \"1m\"\naggregate = \"mean\"\nall = [\n\
+             { metric = \"temperature\", above = 30 },\n\
+             { metric = \"humidity\", above = 80 },\n]\n",
+        );
+        assert_eq!(
+            all,
+            sql_form("muggy", "avg(temperature) > 30 AND avg(humidity) > 80")
+        );
+        assert_eq!(all.metrics, vec!["temperature", "humidity"]);
+        let any = shorthand(
+            "name = \"either\"\nwindow = \"1m\"\nany = [\n\
+             { metric = \"temperature\", aggregate = \"mean\", above = 30 },\n\
+             { metric = \"humidity\", aggregate = \"mean\", below = 10 },\n]\n",
+        );
+        assert_eq!(
+            any,
+            sql_form("either", "avg(temperature) > 30 OR avg(humidity) < 10")
+        );
+        let outlier = shorthand(
+            "name = \"outlier\"\nmetric = \"temperature\"\nwindow = \"1m\"\n\
+             aggregate = \"mean\"\nabove = 10\nrelative_to = \"site\"\n",
+        );
+        assert_eq!(
+            outlier,
+            sql_form("outlier", "avg(temperature) > site.avg(temperature) + 10")
+        );
+    }
+
     #[test]
     fn sql_errors_are_placed_inside_the_file() {
         let text = "[[rules]]\nname = \"a\"\nsql = \"SELECT avg(t) FROM telemetry GROUP BY TUMBLING(INTERVAL '1' SECOND) HAVING avg(t) >\"\n";
