@@ -35,8 +35,9 @@ pub use engine::{
     Output, Sample, ViewSpec,
 };
 pub use rule::{
-    ActiveAlert, Alert, AlertEvent, AlertState, Arith, Cmp, Condition, Expr, Field, Flap,
-    Lifecycle, Match, Notice, Phase, Rule, SeriesFilter, Severity, Test, ValueRange, glob,
+    ActiveAlert, Alert, AlertEvent, AlertState, Arith, Cmp, Condition, Expr, Field, Flap, Input,
+    Inputs, Lifecycle, MAX_RULE_METRICS, Match, Notice, Phase, Rule, Scope, SeriesFilter, Severity,
+    Term, Test, Truth, ValueRange, glob,
 };
 pub use series::{GroupKey, SeriesFull, SeriesKey};
 pub use state::MAX_RETAINED;

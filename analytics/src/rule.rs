@@ -2,19 +2,22 @@
 //!
 //! A [`Rule`] is the one plan both rule forms compile to (the TOML
 //! threshold shorthand and the SQL-like language of [`crate::sql`]): a
-//! window kind and grouping over the series a [`SeriesFilter`] admits, a
-//! condition over the window's aggregates, and the lifecycle options. The
-//! engine keeps an [`Alert`] per (rule, group) and steps it at every
-//! window the rule's view closes, in event time, so the lifecycle is as
-//! deterministic as the windows: replaying the same samples gives the same
-//! notifications.
+//! window kind and grouping over the series a [`SeriesFilter`] admits, the
+//! metrics it reads, a condition over their windows' aggregates (a
+//! [`Term`] names a metric and whose window: the group's, or its level's
+//! for a comparison with the group) in three-valued logic ([`Truth`]: a
+//! metric missing in a window is UNKNOWN), and the lifecycle options. The
+//! engine keeps an [`Alert`] per (rule, group) and steps it once per
+//! window range the rule's views close, in event time, so the lifecycle
+//! is as deterministic as the windows: replaying the same samples gives
+//! the same notifications.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::{Aggregate, Aggregates, GroupBy, GroupKey, WindowKind};
+use crate::{Aggregate, Aggregates, DeviceLevel, GroupBy, GroupKey, WindowKind};
 
 /// A comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,11 +63,120 @@ pub enum Arith {
     Div,
 }
 
-/// A condition (or a value) over one window's aggregates.
+/// Most metrics one rule reads.
+pub const MAX_RULE_METRICS: usize = 16;
+
+/// Whose window a [`Term`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scope {
+    /// The rule's own group (a device, a site, ...).
+    Group,
+    /// The same window of the device's hierarchy level `n` (1 is the
+    /// site, 2 the building, 3 the line): every device there that the
+    /// rule's filter admits, together. Only in rules grouped per device.
+    Level(u8),
+}
+
+/// An aggregate of one metric's window, as a condition reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Term {
+    /// Index into [`Rule::metrics`].
+    pub metric: u8,
+    pub aggregate: Aggregate,
+    pub scope: Scope,
+}
+
+impl Term {
+    /// `aggregate` of the rule's first (or only) metric, in its own group.
+    pub fn of(aggregate: Aggregate) -> Self {
+        Term {
+            metric: 0,
+            aggregate,
+            scope: Scope::Group,
+        }
+    }
+}
+
+/// One window a rule reads: a metric, in the group or at a level above
+/// it. The engine keeps a (hidden) view per input and joins their closed
+/// windows by range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Input {
+    /// Index into [`Rule::metrics`].
+    pub metric: u8,
+    pub scope: Scope,
+}
+
+/// A truth value of three-valued (Kleene, SQL) logic. A term whose
+/// window is missing (the metric sent nothing in that window) is
+/// UNKNOWN, and so is every comparison and arithmetic it takes part in;
+/// `AND` is false if either side is, `OR` true if either side is,
+/// otherwise UNKNOWN propagates; `NOT UNKNOWN` is UNKNOWN. As in SQL's
+/// `HAVING`, only `True` fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Truth {
+    False,
+    Unknown,
+    True,
+}
+
+impl Truth {
+    /// Kleene `AND`: the lesser of the two (`False < Unknown < True`).
+    pub fn and(self, other: Truth) -> Truth {
+        self.min(other)
+    }
+
+    /// Kleene `OR`: the greater of the two.
+    pub fn or(self, other: Truth) -> Truth {
+        self.max(other)
+    }
+
+    /// `NOT`: true and false swap, UNKNOWN stays.
+    #[allow(clippy::should_implement_trait)]
+    pub fn not(self) -> Truth {
+        match self {
+            Truth::False => Truth::True,
+            Truth::Unknown => Truth::Unknown,
+            Truth::True => Truth::False,
+        }
+    }
+
+    pub fn is_true(self) -> bool {
+        self == Truth::True
+    }
+}
+
+impl From<bool> for Truth {
+    fn from(b: bool) -> Self {
+        if b { Truth::True } else { Truth::False }
+    }
+}
+
+/// What an expression reads: each term's value in the windows being
+/// evaluated, `None` when the term's window is missing (UNKNOWN).
+///
+/// One window's [`Aggregates`] answer every term (a rule over one
+/// metric); the engine answers from the windows it joined.
+pub trait Inputs {
+    fn term(&self, term: &Term) -> Option<f64>;
+}
+
+impl Inputs for Aggregates {
+    fn term(&self, term: &Term) -> Option<f64> {
+        Some(self.get(term.aggregate))
+    }
+}
+
+/// A condition (or a value) over the aggregates of a rule's windows.
+///
+/// Terms are per series (one metric's window, in the group or at a
+/// level above it); a future per-series function (an anomaly score of
+/// a metric) is another term kind beside [`Expr::Agg`], read through
+/// [`Inputs`] the same way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Expr {
     Num(f64),
-    Agg(Aggregate),
+    Agg(Term),
     Neg(Box<Expr>),
     Arith(Box<Expr>, Arith, Box<Expr>),
     Cmp(Box<Expr>, Cmp, Box<Expr>),
@@ -74,47 +186,77 @@ pub enum Expr {
 }
 
 impl Expr {
-    /// `aggregate cmp threshold`.
+    /// `aggregate` of the rule's first metric, in its own group.
+    pub fn agg(aggregate: Aggregate) -> Self {
+        Expr::Agg(Term::of(aggregate))
+    }
+
+    /// `aggregate cmp threshold`, of the rule's first metric.
     pub fn compare(aggregate: Aggregate, cmp: Cmp, threshold: f64) -> Self {
         Expr::Cmp(
-            Box::new(Expr::Agg(aggregate)),
+            Box::new(Expr::agg(aggregate)),
             cmp,
             Box::new(Expr::Num(threshold)),
         )
     }
 
-    /// The numeric value (conditions are 1 or 0).
-    pub fn value(&self, a: &Aggregates) -> f64 {
+    /// The numeric value (conditions are 1 or 0), `None` when UNKNOWN.
+    pub fn value(&self, a: &impl Inputs) -> Option<f64> {
         match self {
-            Expr::Num(n) => *n,
-            Expr::Agg(g) => a.get(*g),
-            Expr::Neg(e) => -e.value(a),
+            Expr::Num(n) => Some(*n),
+            Expr::Agg(t) => a.term(t),
+            Expr::Neg(e) => e.value(a).map(|v| -v),
             Expr::Arith(l, op, r) => {
-                let (l, r) = (l.value(a), r.value(a));
-                match op {
+                let (l, r) = (l.value(a)?, r.value(a)?);
+                Some(match op {
                     Arith::Add => l + r,
                     Arith::Sub => l - r,
                     Arith::Mul => l * r,
                     Arith::Div => l / r,
-                }
+                })
             }
-            _ => f64::from(u8::from(self.holds(a))),
+            _ => match self.eval(a) {
+                Truth::True => Some(1.0),
+                Truth::False => Some(0.0),
+                Truth::Unknown => None,
+            },
         }
     }
 
-    /// Whether the condition holds. Comparisons with NaN (an aggregate of
-    /// an empty window, a division by zero) are false.
-    pub fn holds(&self, a: &Aggregates) -> bool {
+    /// The condition's truth. A comparison with an UNKNOWN side is
+    /// UNKNOWN; one with NaN (an aggregate of an empty window, a division
+    /// by zero) is false, as it always was.
+    pub fn eval(&self, a: &impl Inputs) -> Truth {
         match self {
-            Expr::Cmp(l, op, r) => op.holds(l.value(a), r.value(a)),
-            Expr::And(l, r) => l.holds(a) && r.holds(a),
-            Expr::Or(l, r) => l.holds(a) || r.holds(a),
-            Expr::Not(e) => !e.holds(a),
-            other => {
-                let v = other.value(a);
-                v != 0.0 && !v.is_nan()
+            Expr::Cmp(l, op, r) => match (l.value(a), r.value(a)) {
+                (Some(l), Some(r)) => op.holds(l, r).into(),
+                _ => Truth::Unknown,
+            },
+            Expr::And(l, r) => {
+                let l = l.eval(a);
+                if l == Truth::False {
+                    return Truth::False;
+                }
+                l.and(r.eval(a))
             }
+            Expr::Or(l, r) => {
+                let l = l.eval(a);
+                if l == Truth::True {
+                    return Truth::True;
+                }
+                l.or(r.eval(a))
+            }
+            Expr::Not(e) => e.eval(a).not(),
+            other => match other.value(a) {
+                None => Truth::Unknown,
+                Some(v) => (v != 0.0 && !v.is_nan()).into(),
+            },
         }
+    }
+
+    /// Whether the condition is true (neither false nor UNKNOWN).
+    pub fn holds(&self, a: &impl Inputs) -> bool {
+        self.eval(a).is_true()
     }
 
     /// Whether this is a condition (true/false) rather than a number.
@@ -125,19 +267,19 @@ impl Expr {
         )
     }
 
-    /// Every aggregate the expression reads.
-    pub fn aggregates(&self, out: &mut Vec<Aggregate>) {
+    /// Every term the expression reads, each once, in order.
+    pub fn terms(&self, out: &mut Vec<Term>) {
         match self {
             Expr::Num(_) => {}
-            Expr::Agg(g) => {
-                if !out.contains(g) {
-                    out.push(*g);
+            Expr::Agg(t) => {
+                if !out.contains(t) {
+                    out.push(*t);
                 }
             }
-            Expr::Neg(e) | Expr::Not(e) => e.aggregates(out),
+            Expr::Neg(e) | Expr::Not(e) => e.terms(out),
             Expr::Arith(l, _, r) | Expr::Cmp(l, _, r) | Expr::And(l, r) | Expr::Or(l, r) => {
-                l.aggregates(out);
-                r.aggregates(out);
+                l.terms(out);
+                r.terms(out);
             }
         }
     }
@@ -372,8 +514,9 @@ pub struct Rule {
     pub name: Arc<str>,
     pub window: WindowKind,
     pub group_by: GroupBy,
-    /// The metric the rule reads.
-    pub metric: String,
+    /// The metrics the rule reads (at least one, at most
+    /// [`MAX_RULE_METRICS`]); terms name them by index.
+    pub metrics: Vec<String>,
     pub filter: SeriesFilter,
     pub test: Test,
     pub lifecycle: Lifecycle,
@@ -408,12 +551,12 @@ impl Rule {
             name: name.into(),
             window: WindowKind::Tumbling { size_ms: window_ms },
             group_by: GroupBy::SERIES,
-            metric: metric.to_string(),
+            metrics: vec![metric.to_string()],
             filter: SeriesFilter::default(),
             test: Test::Window {
                 condition,
                 clear: None,
-                value: Expr::Agg(aggregate),
+                value: Expr::agg(aggregate),
             },
             lifecycle: Lifecycle::default(),
             severity: Severity::Warning,
@@ -428,7 +571,7 @@ impl Rule {
             name: name.into(),
             window: q.window,
             group_by: q.group_by,
-            metric: q.metric,
+            metrics: q.metrics,
             filter: q.filter,
             test: Test::Window {
                 condition: q.condition,
@@ -441,22 +584,53 @@ impl Rule {
         }
     }
 
-    /// Whether the rule's windows need a quantile sketch.
-    pub fn needs_quantiles(&self) -> bool {
-        let mut aggs = Vec::new();
+    /// Every term the rule's expressions read.
+    fn terms(&self) -> Vec<Term> {
+        let mut terms = Vec::new();
         if let Test::Window {
             condition,
             clear,
             value,
         } = &self.test
         {
-            condition.aggregates(&mut aggs);
-            value.aggregates(&mut aggs);
+            condition.terms(&mut terms);
             if let Some(c) = clear {
-                c.aggregates(&mut aggs);
+                c.terms(&mut terms);
+            }
+            value.terms(&mut terms);
+        }
+        terms
+    }
+
+    /// The windows the rule reads: each metric in the rule's group (in
+    /// the order of [`Rule::metrics`]), then each (metric, level) a group
+    /// comparison names, in the order the expressions name them.
+    pub fn inputs(&self) -> Vec<Input> {
+        let mut inputs: Vec<Input> = (0..self.metrics.len().min(MAX_RULE_METRICS))
+            .map(|m| Input {
+                metric: m as u8,
+                scope: Scope::Group,
+            })
+            .collect();
+        for t in self.terms() {
+            let input = Input {
+                metric: t.metric,
+                scope: t.scope,
+            };
+            if !inputs.contains(&input) {
+                inputs.push(input);
             }
         }
-        aggs.iter().any(|a| matches!(a, Aggregate::Quantile(_)))
+        inputs
+    }
+
+    /// Whether the windows of `input` need a quantile sketch.
+    pub fn needs_quantiles(&self, input: Input) -> bool {
+        self.terms().iter().any(|t| {
+            t.metric == input.metric
+                && t.scope == input.scope
+                && matches!(t.aggregate, Aggregate::Quantile(_))
+        })
     }
 
     /// The threshold shown with alerts, when the condition has one.
@@ -470,6 +644,48 @@ impl Rule {
     /// Checks what the types do not; the message names what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         self.window.validate()?;
+        if self.metrics.is_empty() {
+            return Err("a rule reads at least one metric".into());
+        }
+        if self.metrics.len() > MAX_RULE_METRICS {
+            return Err(format!(
+                "a rule reads at most {MAX_RULE_METRICS} metrics, this one {}",
+                self.metrics.len()
+            ));
+        }
+        if let Some(m) = self
+            .metrics
+            .iter()
+            .enumerate()
+            .find_map(|(i, m)| self.metrics[..i].contains(m).then_some(m))
+        {
+            return Err(format!("metric `{m}` is named twice"));
+        }
+        let terms = self.terms();
+        if terms
+            .iter()
+            .any(|t| usize::from(t.metric) >= self.metrics.len())
+        {
+            return Err("a term names a metric the rule does not read".into());
+        }
+        if terms.iter().any(|t| t.scope == Scope::Level(0)) {
+            return Err("hierarchy levels start at 1 (the site)".into());
+        }
+        if terms.iter().any(|t| t.scope != Scope::Group)
+            && self.group_by.device != DeviceLevel::Device
+        {
+            return Err(
+                "a comparison with the group (site.avg(...)) needs a rule grouped per device"
+                    .into(),
+            );
+        }
+        if self.inputs().len() > 1 && !self.window.is_aligned() {
+            return Err(format!(
+                "a rule over several metrics or with a group comparison joins windows by their \
+                 range: use a tumbling or hopping window, not {}",
+                self.window.name()
+            ));
+        }
         match &self.test {
             Test::Window {
                 condition,
@@ -720,6 +936,99 @@ mod tests {
         assert!(glob("a*b*c", "axxbyyc"));
         assert!(!glob("a*b*c", "axxbyy"));
         assert!(!glob("pump", "pump-1"));
+    }
+
+    /// Reads each metric's mean from a list; `None` is a missing window.
+    struct Means(Vec<Option<f64>>);
+
+    impl Inputs for Means {
+        fn term(&self, t: &Term) -> Option<f64> {
+            *self.0.get(usize::from(t.metric))?
+        }
+    }
+
+    fn mean_of(metric: u8, cmp: Cmp, n: f64) -> Expr {
+        Expr::Cmp(
+            Box::new(Expr::Agg(Term {
+                metric,
+                aggregate: Aggregate::Mean,
+                scope: Scope::Group,
+            })),
+            cmp,
+            Box::new(Expr::Num(n)),
+        )
+    }
+
+    #[test]
+    fn three_valued_logic_follows_kleene() {
+        use Truth::*;
+        let all = [False, Unknown, True];
+        for a in all {
+            for b in all {
+                let and = match (a, b) {
+                    (False, _) | (_, False) => False,
+                    (True, True) => True,
+                    _ => Unknown,
+                };
+                let or = match (a, b) {
+                    (True, _) | (_, True) => True,
+                    (False, False) => False,
+                    _ => Unknown,
+                };
+                assert_eq!(a.and(b), and, "{a:?} AND {b:?}");
+                assert_eq!(a.or(b), or, "{a:?} OR {b:?}");
+            }
+        }
+        assert_eq!(Unknown.not(), Unknown);
+        assert_eq!(True.not(), False);
+        assert_eq!(False.not(), True);
+    }
+
+    #[test]
+    fn a_missing_metric_makes_its_terms_unknown() {
+        let hot = mean_of(0, Cmp::Gt, 30.0);
+        let humid = mean_of(1, Cmp::Gt, 80.0);
+        let and = Expr::And(Box::new(hot.clone()), Box::new(humid.clone()));
+        let or = Expr::Or(Box::new(hot.clone()), Box::new(humid.clone()));
+        let not = Expr::Not(Box::new(humid.clone()));
+        // Humidity missing, temperature hot: AND unknown, OR true.
+        let hot_only = Means(vec![Some(35.0), None]);
+        assert_eq!(humid.eval(&hot_only), Truth::Unknown);
+        assert_eq!(and.eval(&hot_only), Truth::Unknown);
+        assert!(!and.holds(&hot_only), "UNKNOWN does not fire");
+        assert_eq!(or.eval(&hot_only), Truth::True);
+        assert_eq!(not.eval(&hot_only), Truth::Unknown);
+        // Temperature cool: unknown AND false is false; OR unknown.
+        let cool = Means(vec![Some(20.0), None]);
+        assert_eq!(and.eval(&cool), Truth::False);
+        assert_eq!(or.eval(&cool), Truth::Unknown);
+        // Arithmetic with a missing side is unknown, as is its value.
+        let power = Expr::Arith(
+            Box::new(Expr::Agg(Term {
+                metric: 0,
+                aggregate: Aggregate::Mean,
+                scope: Scope::Group,
+            })),
+            Arith::Mul,
+            Box::new(Expr::Agg(Term {
+                metric: 1,
+                aggregate: Aggregate::Mean,
+                scope: Scope::Group,
+            })),
+        );
+        assert_eq!(power.value(&hot_only), None);
+        let over = Expr::Cmp(
+            Box::new(power.clone()),
+            Cmp::Gt,
+            Box::new(Expr::Num(2000.0)),
+        );
+        assert_eq!(over.eval(&hot_only), Truth::Unknown);
+        assert_eq!(
+            over.eval(&Means(vec![Some(230.0), Some(10.0)])),
+            Truth::True
+        );
+        // NaN (an empty window's aggregate) stays false, as before.
+        assert_eq!(hot.eval(&Means(vec![Some(f64::NAN)])), Truth::False);
     }
 
     #[test]

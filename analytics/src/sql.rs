@@ -14,6 +14,10 @@
 //! a term), `metric` and the sample `value`; `GROUP BY` takes grouping keys
 //! and one window (`TUMBLING`, `HOPPING`, `SLIDING`, `SESSION`, `COUNT`);
 //! `HAVING` compares aggregates with `AND`, `OR`, `NOT` and arithmetic.
+//! A rule may read several metrics (`avg(temperature) > 30 AND
+//! avg(humidity) > 80`) and compare a device with its level of the
+//! hierarchy (`avg(t) > site.avg(t) + 10`, in a rule grouped by device);
+//! both join windows by range, so they take `TUMBLING` or `HOPPING`.
 //! Every error carries the line and column (1-based, within the SQL text)
 //! and what was expected there.
 
@@ -25,7 +29,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
-use crate::rule::{Arith, Cmp, Expr, Field, Match, SeriesFilter};
+use crate::rule::{Arith, Cmp, Expr, Field, MAX_RULE_METRICS, Match, Scope, SeriesFilter, Term};
 use crate::{Aggregate, DeviceLevel, GroupBy, GroupingWord, WindowKind};
 
 /// A rule's query part, as the engine runs it.
@@ -33,7 +37,9 @@ use crate::{Aggregate, DeviceLevel, GroupBy, GroupingWord, WindowKind};
 pub struct Query {
     pub window: WindowKind,
     pub group_by: GroupBy,
-    pub metric: String,
+    /// The metrics the aggregates name, in order of first use (terms
+    /// index them).
+    pub metrics: Vec<String>,
     pub filter: SeriesFilter,
     /// The `HAVING` condition.
     pub condition: Expr,
@@ -200,7 +206,7 @@ pub fn parse(sql: &str) -> Result<Query, SqlError> {
     if let Some(w) = &select.selection {
         b.where_clause(w)?;
     }
-    let window = match &select.group_by {
+    let (window, window_at) = match &select.group_by {
         GroupByExpr::Expressions(keys, _) => b.group_by(keys, &**select)?,
         GroupByExpr::All(_) => return Err(err_at(&**select, "GROUP BY ALL is not supported")),
     };
@@ -211,32 +217,65 @@ pub fn parse(sql: &str) -> Result<Query, SqlError> {
         ));
     };
     let condition = b.condition(having)?;
-    let metric = b.metric.clone().ok_or_else(|| {
-        err_at(
+    if b.metrics.is_empty() {
+        return Err(err_at(
             having,
             "no metric named: use an aggregate of one, e.g. avg(temperature)",
-        )
-    })?;
+        ));
+    }
+    if let (Some(star), true) = (&b.star, b.metrics.len() > 1) {
+        return Err(SqlError {
+            message: format!(
+                "count(*) is ambiguous in a rule over several metrics ({}): name one, e.g. \
+                 count({})",
+                b.metrics.join(", "),
+                b.metrics[0]
+            ),
+            ..star.clone()
+        });
+    }
+    let device = b.level.unwrap_or(DeviceLevel::All);
+    if let Some(at) = &b.level_term
+        && device != DeviceLevel::Device
+    {
+        return Err(SqlError {
+            message: "a comparison with the group (site.avg(...)) needs a rule grouped per \
+                      device: GROUP BY device, ..."
+                .into(),
+            ..at.clone()
+        });
+    }
+    if (b.metrics.len() > 1 || b.level_term.is_some()) && !window.is_aligned() {
+        return Err(SqlError {
+            message: format!(
+                "a rule over several metrics or with a group comparison joins its windows by \
+                 range: use TUMBLING or HOPPING, not {}",
+                window.name().to_ascii_uppercase()
+            ),
+            ..window_at
+        });
+    }
     let value = b
         .value
         .clone()
         .or_else(|| first_aggregate(&condition))
-        .unwrap_or(Expr::Agg(Aggregate::Count));
+        .unwrap_or(Expr::agg(Aggregate::Count));
     Ok(Query {
         window,
         group_by: GroupBy {
-            device: b.level.unwrap_or(DeviceLevel::All),
+            device,
             metric: true,
         },
-        metric,
+        metrics: b.metrics,
         filter: b.filter,
         condition,
         value,
     })
 }
 
-/// A condition over the same metric as `query`, e.g. the `clear`
-/// condition of a rule with hysteresis: `avg(temperature) < 28`.
+/// A condition over the metrics of `query`, e.g. the `clear` condition
+/// of a rule with hysteresis: `avg(temperature) < 28`. It names no
+/// metric the query does not.
 pub fn parse_condition(query: &Query, text: &str) -> Result<Expr, SqlError> {
     check_limits(text)?;
     let dialect = GenericDialect {};
@@ -253,10 +292,36 @@ pub fn parse_condition(query: &Query, text: &str) -> Result<Expr, SqlError> {
         });
     }
     let mut b = Builder {
-        metric: Some(query.metric.clone()),
+        metrics: query.metrics.clone(),
+        fixed: true,
         ..Builder::default()
     };
-    b.condition(&ast)
+    let condition = b.condition(&ast)?;
+    if let Some(at) = b.level_term {
+        if query.group_by.device != DeviceLevel::Device {
+            return Err(SqlError {
+                message: "a comparison with the group (site.avg(...)) needs a rule grouped per \
+                          device"
+                    .into(),
+                ..at
+            });
+        }
+        if !query.window.is_aligned() {
+            return Err(SqlError {
+                message: "a group comparison joins windows by range: the query needs TUMBLING \
+                          or HOPPING"
+                    .into(),
+                ..at
+            });
+        }
+    }
+    if let (Some(star), true) = (b.star, query.metrics.len() > 1) {
+        return Err(SqlError {
+            message: "count(*) is ambiguous in a rule over several metrics: name one".into(),
+            ..star
+        });
+    }
+    Ok(condition)
 }
 
 /// `sqlparser` puts the position at the end of its message; an error at
@@ -309,14 +374,23 @@ fn object_name(name: &ObjectName) -> String {
 }
 
 fn first_aggregate(e: &Expr) -> Option<Expr> {
-    let mut aggs = Vec::new();
-    e.aggregates(&mut aggs);
-    aggs.first().map(|a| Expr::Agg(*a))
+    let mut terms = Vec::new();
+    e.terms(&mut terms);
+    terms.first().map(|t| Expr::Agg(*t))
 }
 
 #[derive(Default)]
 struct Builder {
-    metric: Option<String>,
+    /// Metrics named so far, in order; terms index them.
+    metrics: Vec<String>,
+    /// No metric beyond `metrics` may be named (a `clear` condition).
+    fixed: bool,
+    /// `WHERE metric = 'x'`: the only metric the rule may read.
+    where_metric: Option<String>,
+    /// Where the first `count(*)` is (it reads the only metric).
+    star: Option<SqlError>,
+    /// Where the first group comparison (`site.avg(x)`) is.
+    level_term: Option<SqlError>,
     level: Option<DeviceLevel>,
     filter: SeriesFilter,
     aliases: Vec<(String, Expr)>,
@@ -348,21 +422,40 @@ impl Builder {
         Ok(())
     }
 
-    fn use_metric(&mut self, node: &impl Spanned, metric: &str) -> Result<(), SqlError> {
-        match &self.metric {
-            Some(m) if m != metric => Err(err_at(
+    /// The index of `metric` among the rule's metrics, added if new.
+    fn use_metric(&mut self, node: &impl Spanned, metric: &str) -> Result<u8, SqlError> {
+        if let Some(only) = &self.where_metric
+            && only != metric
+        {
+            return Err(err_at(
                 node,
                 format!(
-                    "a rule reads one metric; found `{m}` and `{metric}` (write one rule per \
-                     metric)"
+                    "WHERE metric = '{only}' admits only `{only}`, and this reads `{metric}`: \
+                     drop the metric filter to read several metrics"
                 ),
-            )),
-            Some(_) => Ok(()),
-            None => {
-                self.metric = Some(metric.to_string());
-                Ok(())
-            }
+            ));
         }
+        if let Some(i) = self.metrics.iter().position(|m| m == metric) {
+            return Ok(i as u8);
+        }
+        if self.fixed {
+            return Err(err_at(
+                node,
+                format!(
+                    "`{metric}` is not read by the rule's query ({}): a condition names only \
+                     its metrics",
+                    self.metrics.join(", ")
+                ),
+            ));
+        }
+        if self.metrics.len() >= MAX_RULE_METRICS {
+            return Err(err_at(
+                node,
+                format!("a rule reads at most {MAX_RULE_METRICS} metrics"),
+            ));
+        }
+        self.metrics.push(metric.to_string());
+        Ok((self.metrics.len() - 1) as u8)
     }
 
     fn where_clause(&mut self, e: &Ast) -> Result<(), SqlError> {
@@ -433,13 +526,30 @@ impl Builder {
                 return Err(err_at(e, "metric is filtered with = 'name'"));
             }
             let name = string(right).ok_or_else(|| err_at(&**right, "expected a quoted name"))?;
-            self.use_metric(e, &name)?;
+            if let Some(other) = self.metrics.iter().find(|m| **m != name) {
+                return Err(err_at(
+                    e,
+                    format!(
+                        "WHERE metric = '{name}' admits only `{name}`, and the rule reads \
+                         `{other}`: drop the metric filter to read several metrics"
+                    ),
+                ));
+            }
+            if self.metrics.is_empty() {
+                self.use_metric(e, &name)?;
+            }
+            self.where_metric = Some(name);
             return Ok(Some(()));
         }
         Ok(None)
     }
 
-    fn group_by(&mut self, keys: &[Ast], select: &impl Spanned) -> Result<WindowKind, SqlError> {
+    /// The grouping keys and the window, with the window's place.
+    fn group_by(
+        &mut self,
+        keys: &[Ast],
+        select: &impl Spanned,
+    ) -> Result<(WindowKind, SqlError), SqlError> {
         let mut window = None;
         for k in keys {
             match k {
@@ -470,7 +580,7 @@ impl Builder {
                     if window.is_some() {
                         return Err(err_at(k, "expected one window in GROUP BY, found a second"));
                     }
-                    window = Some(window_fn(&object_name(&f.name), &f.args, k)?);
+                    window = Some((window_fn(&object_name(&f.name), &f.args, k)?, err_at(k, "")));
                 }
                 other => {
                     return Err(err_at(
@@ -570,7 +680,36 @@ impl Builder {
                 }
             }
             Ast::Function(f) => {
-                let name = object_name(&f.name);
+                let full = object_name(&f.name);
+                // `site.avg(x)`: the aggregate of the device's site.
+                let (scope, name) = match full.rsplit_once('.') {
+                    None => (Scope::Group, full),
+                    Some((level, name)) => {
+                        let scope = match key_level(level) {
+                            Some(DeviceLevel::Level(n)) => Scope::Level(n),
+                            Some(DeviceLevel::Device) => {
+                                return Err(err_at(
+                                    e,
+                                    format!("`device.` is the rule's own group: write {name}(...)"),
+                                ));
+                            }
+                            _ => {
+                                return Err(err_at(
+                                    e,
+                                    format!(
+                                        "unknown level `{level}` in `{full}`: compare with \
+                                         site.{name}(...), building.{name}(...) or \
+                                         line.{name}(...)"
+                                    ),
+                                ));
+                            }
+                        };
+                        if self.level_term.is_none() {
+                            self.level_term = Some(err_at(e, ""));
+                        }
+                        (scope, name.to_string())
+                    }
+                };
                 let args = fn_args(&f.args);
                 let (aggregate, metric_arg) = match name.as_str() {
                     "percentile" | "quantile" => {
@@ -609,9 +748,14 @@ impl Builder {
                         (aggregate, args.first())
                     }
                 };
-                match metric_arg {
+                let metric = match metric_arg {
                     Some(Ast::Identifier(id)) => self.use_metric(e, &id.value)?,
-                    None | Some(Ast::Wildcard(_)) if aggregate == Aggregate::Count => {}
+                    None | Some(Ast::Wildcard(_)) if aggregate == Aggregate::Count => {
+                        if self.star.is_none() {
+                            self.star = Some(err_at(e, ""));
+                        }
+                        0
+                    }
                     Some(other) => {
                         return Err(err_at(
                             *other,
@@ -619,8 +763,12 @@ impl Builder {
                         ));
                     }
                     None => return Err(err_at(e, format!("{name} takes a metric"))),
-                }
-                Expr::Agg(aggregate)
+                };
+                Expr::Agg(Term {
+                    metric,
+                    aggregate,
+                    scope,
+                })
             }
             other => {
                 return Err(err_at(
@@ -962,9 +1110,9 @@ mod tests {
         .expect("valid");
         assert_eq!(q.window, WindowKind::Tumbling { size_ms: 10_000 });
         assert_eq!(q.group_by.device, DeviceLevel::Device);
-        assert_eq!(q.metric, "temperature");
+        assert_eq!(q.metrics, vec!["temperature".to_string()]);
         assert_eq!(q.condition, Expr::compare(Aggregate::Mean, Cmp::Gt, 30.0));
-        assert_eq!(q.value, Expr::Agg(Aggregate::Mean));
+        assert_eq!(q.value, Expr::agg(Aggregate::Mean));
         assert!(q.filter.admits("d1", Some("plant-1/b1")));
         assert!(!q.filter.admits("d1", Some("plant-2/b1")));
     }
@@ -997,6 +1145,150 @@ mod tests {
         let e = parse_condition(&q, &nested).expect_err("too deep");
         assert!(e.message.contains("nested"), "{e}");
         assert_eq!((e.line, e.column), (1, MAX_RULE_NESTING as u64 + 1), "{e}");
+    }
+
+    fn term(metric: u8, aggregate: Aggregate, scope: Scope) -> Box<Expr> {
+        Box::new(Expr::Agg(Term {
+            metric,
+            aggregate,
+            scope,
+        }))
+    }
+
+    #[test]
+    fn aggregates_name_their_metrics_and_a_rule_reads_several() {
+        let q = parse(
+            "SELECT device, avg(voltage) * avg(current) AS power FROM telemetry \
+             GROUP BY device, TUMBLING(INTERVAL '10' SECOND) HAVING power > 2000",
+        )
+        .expect("valid");
+        assert_eq!(
+            q.metrics,
+            vec!["voltage".to_string(), "current".to_string()]
+        );
+        let power = Expr::Arith(
+            term(0, Aggregate::Mean, Scope::Group),
+            Arith::Mul,
+            term(1, Aggregate::Mean, Scope::Group),
+        );
+        assert_eq!(q.value, power);
+        assert_eq!(
+            q.condition,
+            Expr::Cmp(Box::new(power), Cmp::Gt, Box::new(Expr::Num(2000.0)))
+        );
+        let q = parse(
+            "SELECT device FROM telemetry GROUP BY device, HOPPING(INTERVAL '1' MINUTE, \
+             INTERVAL '10' SECOND) HAVING avg(temperature) > 30 AND avg(humidity) > 80",
+        )
+        .expect("valid");
+        assert_eq!(
+            q.metrics,
+            vec!["temperature".to_string(), "humidity".to_string()]
+        );
+        assert!(matches!(q.condition, Expr::And(..)));
+        // The same metric twice is one metric.
+        let q = parse(
+            "SELECT device FROM telemetry GROUP BY device, TUMBLING(INTERVAL '1' SECOND) \
+             HAVING max(t) - min(t) > 3",
+        )
+        .expect("valid");
+        assert_eq!(q.metrics, vec!["t".to_string()]);
+        // A metric filter with the one metric read stays valid.
+        let q = parse(
+            "SELECT device, count(*) FROM telemetry WHERE metric = 'door' \
+             GROUP BY device, TUMBLING(INTERVAL '1' SECOND) HAVING count(*) > 3",
+        )
+        .expect("valid");
+        assert_eq!(q.metrics, vec!["door".to_string()]);
+    }
+
+    #[test]
+    fn a_group_comparison_reads_the_level_of_the_device() {
+        let q = parse(
+            "SELECT device, avg(temperature) FROM telemetry \
+             GROUP BY device, TUMBLING(INTERVAL '10' SECOND) \
+             HAVING avg(temperature) > site.avg(temperature) + 10",
+        )
+        .expect("valid");
+        assert_eq!(q.metrics, vec!["temperature".to_string()]);
+        assert_eq!(
+            q.condition,
+            Expr::Cmp(
+                term(0, Aggregate::Mean, Scope::Group),
+                Cmp::Gt,
+                Box::new(Expr::Arith(
+                    term(0, Aggregate::Mean, Scope::Level(1)),
+                    Arith::Add,
+                    Box::new(Expr::Num(10.0)),
+                )),
+            )
+        );
+        let q = parse(
+            "SELECT device FROM telemetry GROUP BY device, TUMBLING(INTERVAL '10' SECOND) \
+             HAVING p99(t) > line.p99(t) * 2",
+        )
+        .expect("valid");
+        let mut terms = Vec::new();
+        q.condition.terms(&mut terms);
+        assert_eq!(terms[1].scope, Scope::Level(3));
+    }
+
+    #[test]
+    fn multi_metric_and_group_comparison_errors_are_placed() {
+        let place = |text: &str| {
+            let e = parse(text).expect_err(text);
+            (e.line, e.column, e.message)
+        };
+        // A group comparison in a rule grouped per site: at the term.
+        let (line, column, m) = place(
+            "SELECT site FROM telemetry GROUP BY site, TUMBLING(INTERVAL '1' SECOND)\n\
+             HAVING avg(t) > site.avg(t) + 1",
+        );
+        assert_eq!((line, column), (2, 17), "{m}");
+        assert!(m.contains("grouped per device"), "{m}");
+        // Several metrics over session windows: at the window.
+        let (line, column, m) = place(
+            "SELECT device FROM telemetry\nGROUP BY device, SESSION(INTERVAL '5' SECOND)\n\
+             HAVING avg(a) > 1 AND avg(b) > 2",
+        );
+        assert_eq!((line, column), (2, 18), "{m}");
+        assert!(m.contains("TUMBLING or HOPPING, not SESSION"), "{m}");
+        // A group comparison over count windows too.
+        let (_, _, m) = place(
+            "SELECT device FROM telemetry GROUP BY device, COUNT(10) HAVING avg(a) > site.avg(a)",
+        );
+        assert!(m.contains("not COUNT"), "{m}");
+        // count(*) among several metrics: at the count.
+        let (line, column, m) = place(
+            "SELECT device FROM telemetry GROUP BY device, TUMBLING(INTERVAL '1' SECOND) \
+             HAVING avg(a) > 1 AND avg(b) > 1 AND count(*) > 2",
+        );
+        assert_eq!((line, column), (1, 114), "{m}");
+        assert!(m.contains("count(*) is ambiguous"), "{m}");
+        // A metric filter and another metric: at the aggregate.
+        let (line, column, m) = place(
+            "SELECT device FROM telemetry WHERE metric = 'a'\n\
+             GROUP BY device, TUMBLING(INTERVAL '1' SECOND) HAVING avg(b) > 1",
+        );
+        assert_eq!((line, column), (2, 55), "{m}");
+        assert!(m.contains("admits only `a`"), "{m}");
+        // An unknown level: at the term.
+        let (line, column, m) = place(
+            "SELECT device FROM telemetry GROUP BY device, TUMBLING(INTERVAL '1' SECOND) \
+             HAVING avg(a) > plant.avg(a)",
+        );
+        assert_eq!((line, column), (1, 93), "{m}");
+        assert!(m.contains("unknown level `plant`"), "{m}");
+        // A clear condition naming a metric the query does not read.
+        let q = parse(
+            "SELECT device FROM telemetry GROUP BY device, TUMBLING(INTERVAL '1' SECOND) \
+             HAVING avg(a) > 1 AND avg(b) > 1",
+        )
+        .expect("valid");
+        let e = parse_condition(&q, "avg(a) < 1 OR avg(c) < 1").expect_err("c is not read");
+        assert_eq!((e.line, e.column), (1, 15), "{e}");
+        assert!(e.message.contains("`c` is not read"), "{e}");
+        assert!(parse_condition(&q, "avg(a) < 1 OR avg(b) < 1").is_ok());
     }
 
     #[test]

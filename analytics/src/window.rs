@@ -101,6 +101,28 @@ pub enum WindowKind {
 }
 
 impl WindowKind {
+    /// Whether a window's range depends only on event time (tumbling,
+    /// hopping), so windows of different series over the same range can
+    /// be joined: sliding, session and count windows end where each
+    /// series' samples fall.
+    pub fn is_aligned(&self) -> bool {
+        matches!(
+            self,
+            WindowKind::Tumbling { .. } | WindowKind::Hopping { .. }
+        )
+    }
+
+    /// The kind's name, as configs write it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WindowKind::Tumbling { .. } => "tumbling",
+            WindowKind::Hopping { .. } => "hopping",
+            WindowKind::Sliding { .. } => "sliding",
+            WindowKind::Session { .. } => "session",
+            WindowKind::Count { .. } => "count",
+        }
+    }
+
     /// Checks the parameters; the message names what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         let positive = |what: &str, v: u64| {

@@ -28,6 +28,7 @@ mod spec;
 mod swap;
 mod watermark;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,8 @@ pub use spec::{DeviceLevel, EngineConfig, GroupBy, ViewSpec};
 use crate::rule::{Alert, Rule};
 use crate::series::Symbols;
 use crate::state::{Emitted, WindowState};
-use crate::{AlertEvent, GroupKey, HashMap, SeriesKey, WindowKind, WindowResult};
+use crate::{Aggregates, AlertEvent, GroupKey, HashMap, SeriesKey, WindowKind, WindowResult};
+use alerts::{Joins, LevelKey, view_rules};
 use series::SeriesEntry;
 use sharing::Sharing;
 use spec::{CompiledRule, base_views, compile_rules};
@@ -95,6 +97,10 @@ pub struct EngineStats {
     pub alerts_fired: u64,
     /// Alerts that resolved.
     pub alerts_resolved: u64,
+    /// Closed level windows of group comparisons dropped at their cap
+    /// before every device read them (those devices' comparisons were
+    /// UNKNOWN).
+    pub level_windows_dropped: u64,
 }
 
 /// A sample that was older than a view's watermark.
@@ -188,6 +194,10 @@ struct State {
     idle_watermark: i64,
     /// Alert per (rule index, group).
     alerts: HashMap<(u32, GroupKey), Alert>,
+    /// Closed windows of rules' level inputs (`site.avg(...)`), until the
+    /// device windows of the same range have closed too (see
+    /// `alerts.rs`); at most `max_series`, the oldest dropped.
+    levels: BTreeMap<LevelKey, Aggregates>,
     last_evict_ms: i64,
     stats: EngineStats,
 }
@@ -208,6 +218,7 @@ impl State {
             max_event_ms: None,
             idle_watermark: i64::MIN,
             alerts: HashMap::default(),
+            levels: BTreeMap::new(),
             last_evict_ms: i64::MIN,
             stats: EngineStats::default(),
         }
@@ -220,6 +231,8 @@ pub struct Engine {
     config: EngineConfig,
     views: Vec<ViewSpec>,
     rules: Vec<CompiledRule>,
+    /// Per view, the rule and input it is a hidden view of.
+    view_rule: Vec<Option<(u32, u8)>>,
     /// Views before the rules' hidden views: the default and configured.
     base_views: usize,
     /// Which views share window state (see [`Sharing`]).
@@ -246,6 +259,7 @@ impl Engine {
         Ok(Self {
             config,
             sharing: Sharing::of(&views),
+            view_rule: view_rules(&compiled, views.len()),
             views,
             rules: compiled,
             base_views,
@@ -299,7 +313,18 @@ impl Engine {
                 })
                 .sum::<usize>()
             + st.series_index.capacity() * 16;
-        groups + series + st.devices.heap_bytes() + st.metrics.heap_bytes() + st.labels.heap_bytes()
+        let levels = st.levels.len()
+            * (std::mem::size_of::<LevelKey>() + std::mem::size_of::<Aggregates>())
+            + st.levels
+                .values()
+                .map(Aggregates::heap_bytes)
+                .sum::<usize>();
+        groups
+            + series
+            + levels
+            + st.devices.heap_bytes()
+            + st.metrics.heap_bytes()
+            + st.labels.heap_bytes()
     }
 
     /// Adds samples to their windows, then advances the watermarks and
@@ -468,8 +493,9 @@ impl Engine {
         self.emitted = emitted;
     }
 
-    /// Hands the closed windows out in order, stepping the rules reading
-    /// them, then the deadman rules.
+    /// Hands the closed windows out in order; the rules' windows are
+    /// joined by range and the rules stepped in order of window end, then
+    /// the deadman rules.
     fn finish(&mut self, mut slots: Vec<Option<WindowResult>>, out: &mut Output) {
         // Order by end time, then view, group and start; sorting keys,
         // not the (large) results, which then move once.
@@ -481,15 +507,18 @@ impl Engine {
         order.sort_unstable();
         self.st.stats.windows_closed += slots.len() as u64;
         out.windows.reserve(slots.len());
+        let mut joins = Joins::default();
         for (.., i) in order {
             let Some(window) = slots[i].take() else {
                 continue;
             };
-            self.evaluate_rules(&window, out);
-            if self.views[window.view].publish {
-                out.windows.push(window);
+            match self.view_rule[window.view] {
+                Some((rule, input)) => self.collect(rule, input, window, &mut joins),
+                None if self.views[window.view].publish => out.windows.push(window),
+                None => {}
             }
         }
+        self.evaluate_joins(joins, out);
         self.evaluate_silence(out);
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::{Engine, Group, NONE, to_ms};
+use crate::rule::Scope;
 use crate::state::WindowState;
 use crate::{DeviceLevel, GroupKey, SeriesFull, SeriesKey};
 
@@ -47,7 +48,7 @@ impl Engine {
     }
 
     /// The label a device has at a grouping level.
-    fn label_for(&self, device: &str, level: DeviceLevel) -> String {
+    pub(super) fn label_for(&self, device: &str, level: DeviceLevel) -> String {
         match level {
             DeviceLevel::Device => device.to_string(),
             DeviceLevel::All => "*".to_string(),
@@ -246,7 +247,9 @@ impl Engine {
     }
 
     /// Removes a group of view `v` (fed by no series, no window open),
-    /// with its label reference and the alerts of rules reading it.
+    /// with its label reference, the alerts of rules reading it (for a
+    /// rule over several metrics, any of them) and the level windows kept
+    /// of it: keys hold label ids, which another name may take next.
     pub(super) fn remove_group(&mut self, v: usize, slot: u32) {
         let groups = &mut self.st.views[v];
         if let Some(g) = groups.slots[slot as usize].take() {
@@ -254,9 +257,22 @@ impl Engine {
             groups.free.push(slot);
             self.st.labels.release(g.key.label);
             let (rules, owner) = (&self.rules, &self.sharing.owner);
-            self.st.alerts.retain(|(r, k), _| {
-                !(*k == g.key && rules.get(*r as usize).is_some_and(|c| owner[c.view] == v))
+            let reads = |r: u32, group: bool| {
+                rules.get(r as usize).is_some_and(|c| {
+                    c.views
+                        .iter()
+                        .zip(&c.inputs)
+                        .any(|(&view, i)| owner[view] == v && (i.scope == Scope::Group) == group)
+                })
+            };
+            self.st.alerts.retain(|&(r, k), _| {
+                let same = k.label == g.key.label
+                    && (k.metric == g.key.metric || k.metric == GroupKey::ALL_METRICS);
+                !(same && reads(r, true))
             });
+            self.st
+                .levels
+                .retain(|&(_, r, _, label, _), _| !(label == g.key.label && reads(r, false)));
         }
     }
 

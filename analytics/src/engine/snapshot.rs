@@ -5,7 +5,7 @@
 //!
 //! | bytes | what |
 //! |---|---|
-//! | 0 | the format version, `4` |
+//! | 0 | the format version, `5` |
 //! | 1..9 | the configuration's fingerprint, u64 little-endian (see [`fingerprint`]) |
 //! | 9.. | postcard of `(rules, State)`: the rules running, then the engine's state |
 //!
@@ -18,9 +18,12 @@
 //!
 //! Versions: 3 took the fingerprint over the `Debug` text of the views,
 //! which no format promises to keep; 4 takes it over the fields. The
-//! state's layout is the same in both. A change of the layout or of the
-//! fingerprint's encoding bumps the version, and
-//! `tests/snapshot_fixture.rs` keeps a snapshot of every version.
+//! state's layout is the same in both. 5 has rules over several metrics
+//! (`Rule::metrics`, terms naming a metric and a scope), the level
+//! windows group comparisons keep (`State::levels`) and the count of
+//! those dropped. A change of the layout or of the fingerprint's encoding
+//! bumps the version, and `tests/snapshot_fixture.rs` keeps a snapshot of
+//! every version.
 
 use super::spec::base_views;
 use super::{Engine, EngineConfig, EngineError, State, ViewSpec};
@@ -28,7 +31,7 @@ use crate::rule::{Match, Rule, SeriesFilter, ValueRange};
 use crate::{DeviceLevel, Field, GroupBy, WindowKind};
 
 /// Format of [`Engine::snapshot`].
-const SNAPSHOT_VERSION: u8 = 4;
+const SNAPSHOT_VERSION: u8 = 5;
 
 /// Bytes before the body: the version and the fingerprint.
 const HEADER: usize = 1 + 8;

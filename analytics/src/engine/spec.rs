@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EngineError;
 use crate::WindowKind;
-use crate::rule::{Rule, SeriesFilter, Test};
+use crate::rule::{Input, Rule, Scope, SeriesFilter, Test};
 
 /// Which part of a device's identity a view groups by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,12 +113,23 @@ impl Default for EngineConfig {
     }
 }
 
-/// A rule and the view it reads.
+/// A rule and the views it reads.
 #[derive(Debug)]
 pub(super) struct CompiledRule {
     pub(super) rule: Rule,
-    /// Always `base_views + i` for rule `i`.
-    pub(super) view: usize,
+    /// The windows it reads ([`Rule::inputs`]).
+    pub(super) inputs: Vec<Input>,
+    /// The hidden view of each input, in the same order; consecutive, the
+    /// rule's first is after the previous rule's last.
+    pub(super) views: Vec<usize>,
+}
+
+impl CompiledRule {
+    /// The view of the rule's first metric in its own group (the one a
+    /// deadman rule reads).
+    pub(super) fn view(&self) -> usize {
+        self.views[0]
+    }
 }
 
 /// The views `config` declares, validated: the default view, then the
@@ -149,8 +160,19 @@ pub(super) fn base_views(config: &EngineConfig) -> Result<Vec<ViewSpec>, EngineE
     Ok(views)
 }
 
-/// The hidden view a rule reads.
-fn rule_view(config: &EngineConfig, rule: &Rule) -> ViewSpec {
+/// The hidden view of a rule's input: `rule:{name}` for its first metric
+/// in its group, `rule:{name}:{metric}` and `rule:{name}:{level}:{metric}`
+/// for the others.
+fn rule_view(config: &EngineConfig, rule: &Rule, index: usize, input: Input) -> ViewSpec {
+    let metric = rule.metrics[usize::from(input.metric)].clone();
+    let (name, device) = match input.scope {
+        Scope::Group if index == 0 => (format!("rule:{}", rule.name), rule.group_by.device),
+        Scope::Group => (format!("rule:{}:{metric}", rule.name), rule.group_by.device),
+        Scope::Level(n) => (
+            format!("rule:{}:level{n}:{metric}", rule.name),
+            DeviceLevel::Level(n),
+        ),
+    };
     let window = match rule.test {
         // Keeps the groups of silent series alive; its windows are unused.
         Test::NoData { silent_ms } => WindowKind::Tumbling {
@@ -159,11 +181,14 @@ fn rule_view(config: &EngineConfig, rule: &Rule) -> ViewSpec {
         Test::Window { .. } => rule.window,
     };
     ViewSpec {
-        name: format!("rule:{}", rule.name).into(),
+        name: name.into(),
         window,
-        group_by: rule.group_by,
-        metric: Some(rule.metric.clone()),
-        quantiles: rule.needs_quantiles(),
+        group_by: GroupBy {
+            device,
+            metric: true,
+        },
+        metric: Some(metric),
+        quantiles: rule.needs_quantiles(input),
         allowed_lateness_ms: rule
             .allowed_lateness_ms
             .unwrap_or(config.allowed_lateness_ms),
@@ -199,10 +224,16 @@ pub(super) fn compile_rules(
                 ),
             });
         }
-        views.push(rule_view(config, &rule));
+        let inputs = rule.inputs();
+        let mut rule_views = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            views.push(rule_view(config, &rule, i, *input));
+            rule_views.push(views.len() - 1);
+        }
         compiled.push(CompiledRule {
             rule,
-            view: views.len() - 1,
+            inputs,
+            views: rule_views,
         });
     }
     Ok(compiled)

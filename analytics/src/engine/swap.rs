@@ -72,6 +72,15 @@ impl Engine {
                 Some(((new as u32, key), a))
             })
             .collect();
+        let levels = std::mem::take(&mut self.st.levels);
+        self.st.levels = levels
+            .into_iter()
+            .filter_map(|((end, r, input, label, start), a)| {
+                let new = same_rule.iter().position(|x| *x == Some(r as usize))?;
+                Some(((end, new as u32, input, label, start), a))
+            })
+            .collect();
+        self.view_rule = super::view_rules(&compiled, views.len());
         self.views = views;
         self.sharing = sharing;
         self.st.views = new_groups;

@@ -360,7 +360,7 @@ fn swapping_rules_keeps_unchanged_ones_running_and_starts_changed_ones_afresh() 
     cold.test = Test::Window {
         condition: Expr::compare(Aggregate::Mean, eddy_analytics::Cmp::Lt, 0.0),
         clear: None,
-        value: Expr::Agg(Aggregate::Mean),
+        value: Expr::agg(Aggregate::Mean),
     };
     e.set_rules(vec![hot(), cold.clone()]).expect("valid set");
     assert_eq!(e.alerts().len(), 1);
@@ -378,7 +378,7 @@ fn swapping_rules_keeps_unchanged_ones_running_and_starts_changed_ones_afresh() 
     hotter.test = Test::Window {
         condition: Expr::compare(Aggregate::Mean, eddy_analytics::Cmp::Gt, 70.0),
         clear: None,
-        value: Expr::Agg(Aggregate::Mean),
+        value: Expr::agg(Aggregate::Mean),
     };
     e.set_rules(vec![hotter, cold]).expect("valid set");
     // An invalid set changes nothing.

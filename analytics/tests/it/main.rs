@@ -3,6 +3,7 @@
 
 mod alerts;
 mod engine;
+mod multi_metric;
 mod polars_oracle;
 mod snapshot_fixture;
 mod sql;

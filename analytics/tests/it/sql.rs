@@ -95,9 +95,9 @@ proptest! {
         let q = parse(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
         prop_assert_eq!(q.window, window);
         prop_assert_eq!(q.group_by.device, level);
-        prop_assert_eq!(&q.metric, &metric);
+        prop_assert_eq!(&q.metrics, &vec![metric.clone()]);
         prop_assert_eq!(q.condition, Expr::compare(agg, cmp, f64::from(threshold)));
-        prop_assert_eq!(q.value, Expr::Agg(agg));
+        prop_assert_eq!(q.value, Expr::agg(agg));
         let path = format!("{site}/b/l");
         prop_assert!(q.filter.admits("any", Some(&path)));
         prop_assert!(!q.filter.admits("any", Some("elsewhere/b/l")));

@@ -6,7 +6,10 @@
 //!
 //! - the threshold shorthand: `metric`, `window`, `aggregate`,
 //!   `above`/`below`, optional `clear_above`/`clear_below` (hysteresis),
-//!   device and hierarchy filters; or `no_data` for a deadman rule;
+//!   `relative_to` (thresholds as offsets from the device's site's, or
+//!   another level's, same aggregate), device and hierarchy filters; or
+//!   `all`/`any` instead of `metric`: conditions on several metrics over
+//!   the same window; or `no_data` for a deadman rule;
 //! - `sql`: a query of the SQL-like language ([`eddy_analytics::sql`]).
 //!
 //! Both take the lifecycle options (`for`, `keep_firing_for`, `repeat`,
@@ -23,8 +26,8 @@ use std::time::Duration;
 
 use eddy_analytics::sql::{self, SqlError};
 use eddy_analytics::{
-    Aggregate, Cmp, DeviceLevel, Expr, Field, Flap, GroupBy, GroupingWord, Lifecycle, Match, Rule,
-    SeriesFilter, Severity, Test, WindowKind,
+    Aggregate, Arith, Cmp, DeviceLevel, Expr, Field, Flap, GroupBy, GroupingWord, Lifecycle,
+    MAX_RULE_METRICS, Match, Rule, Scope, SeriesFilter, Severity, Term, Test, WindowKind,
 };
 use eddy_proto::MAX_DEVICE_ID_LEN;
 use serde::{Deserialize, Serialize};
@@ -66,6 +69,18 @@ pub struct RuleConfig {
     /// With `below`: a firing alert resolves only above this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clear_above: Option<f64>,
+    /// Compare with the same aggregate of the device's hierarchy level
+    /// (`site`, `building`, `line`, `level:N`): thresholds are then
+    /// offsets from it (`above = 10`: more than the site's + 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_to: Option<String>,
+    /// Conditions on several metrics (or aggregates), all of which must
+    /// hold, over the same `window`; instead of `metric`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub all: Vec<ConditionConfig>,
+    /// Like `all`, but one of them holding is enough.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any: Vec<ConditionConfig>,
     /// Deadman: fire when a series sends nothing for this long.
     #[serde(
         default,
@@ -125,6 +140,24 @@ fn default_severity() -> Severity {
     Severity::Warning
 }
 
+/// One condition of a shorthand rule's `all` or `any`:
+/// `{ metric = "humidity", aggregate = "mean", above = 80 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionConfig {
+    pub metric: String,
+    /// The rule's `aggregate` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    /// As the rule's `relative_to`, for this condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_to: Option<String>,
+}
+
 /// `flap = { window = "10m", changes = 6 }`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -155,6 +188,9 @@ impl RuleConfig {
             below: None,
             clear_below: None,
             clear_above: None,
+            relative_to: None,
+            all: Vec::new(),
+            any: Vec::new(),
             no_data: None,
             devices: Vec::new(),
             site: None,
@@ -172,11 +208,14 @@ impl RuleConfig {
     }
 }
 
-/// What is wrong with one rule: the field (TOML key) it is about, and for
-/// SQL the position inside the query text.
+/// What is wrong with one rule: the field (TOML key) it is about, the
+/// key inside one of its list's items (`all[1].metric`), and for SQL the
+/// position inside the query text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     pub field: Option<&'static str>,
+    /// (index, key) within the list `field`.
+    pub item: Option<(usize, &'static str)>,
     pub sql: Option<(u64, u64)>,
     pub message: String,
 }
@@ -185,14 +224,28 @@ impl Problem {
     fn field(field: &'static str, message: impl Into<String>) -> Self {
         Self {
             field: Some(field),
+            item: None,
             sql: None,
             message: message.into(),
+        }
+    }
+
+    fn item(
+        field: &'static str,
+        index: usize,
+        key: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            item: Some((index, key)),
+            ..Self::field(field, message)
         }
     }
 
     fn sql(field: &'static str, e: SqlError) -> Self {
         Self {
             field: Some(field),
+            item: None,
             sql: (e.line > 0).then_some((e.line, e.column)),
             message: e.message,
         }
@@ -255,14 +308,14 @@ pub fn compile(
             })
             .collect(),
     };
-    let Some((window, group_by, metric, filter, test)) = query else {
+    let Some((window, group_by, metrics, filter, test)) = query else {
         return Err(problems);
     };
     let rule = Rule {
         name: Arc::from(r.name.as_str()),
         window,
         group_by,
-        metric,
+        metrics,
         filter,
         test,
         lifecycle,
@@ -284,7 +337,7 @@ pub fn compile(
     }
 }
 
-type Plan = (WindowKind, GroupBy, String, SeriesFilter, Test);
+type Plan = (WindowKind, GroupBy, Vec<String>, SeriesFilter, Test);
 
 fn compile_sql(r: &RuleConfig, text: &str, problems: &mut Vec<Problem>) -> Option<Plan> {
     let shorthand = [
@@ -295,6 +348,9 @@ fn compile_sql(r: &RuleConfig, text: &str, problems: &mut Vec<Problem>) -> Optio
         ("below", r.below.is_some()),
         ("clear_above", r.clear_above.is_some()),
         ("clear_below", r.clear_below.is_some()),
+        ("relative_to", r.relative_to.is_some()),
+        ("all", !r.all.is_empty()),
+        ("any", !r.any.is_empty()),
         ("no_data", r.no_data.is_some()),
         ("devices", !r.devices.is_empty()),
         ("site", r.site.is_some()),
@@ -332,7 +388,7 @@ fn compile_sql(r: &RuleConfig, text: &str, problems: &mut Vec<Problem>) -> Optio
     Some((
         q.window,
         q.group_by,
-        q.metric,
+        q.metrics,
         q.filter,
         Test::Window {
             condition: q.condition,
@@ -349,16 +405,34 @@ fn compile_shorthand(r: &RuleConfig, problems: &mut Vec<Problem>) -> Option<Plan
             "`clear` goes with `sql`; the shorthand uses clear_above/clear_below",
         ));
     }
-    let Some(metric) = &r.metric else {
-        problems.push(Problem::field(
-            "name",
-            "expected `metric` (and window, aggregate, above or below), or `sql`",
-        ));
-        return None;
+    let conditions = match (&r.metric, r.all.is_empty(), r.any.is_empty()) {
+        (Some(_), true, true) => None,
+        (None, false, true) => Some(("all", &r.all)),
+        (None, true, false) => Some(("any", &r.any)),
+        (None, true, true) => {
+            problems.push(Problem::field(
+                "name",
+                "expected `metric` (and window, aggregate, above or below), `all` or `any` \
+                 (conditions on several metrics), or `sql`",
+            ));
+            return None;
+        }
+        (Some(_), ..) => {
+            let list = if r.all.is_empty() { "any" } else { "all" };
+            problems.push(Problem::field(
+                list,
+                format!("set `metric` or `{list}`, not both: each condition of `{list}` names its metric"),
+            ));
+            return None;
+        }
+        (None, false, false) => {
+            problems.push(Problem::field(
+                "any",
+                "set `all` or `any`, not both; for a mix of AND and OR, use `sql`",
+            ));
+            return None;
+        }
     };
-    if let Err(e) = eddy_proto::valid_name(metric, eddy_proto::MAX_METRIC_LEN) {
-        problems.push(Problem::field("metric", format!("`{metric}` {e}")));
-    }
     let mut filter = SeriesFilter::default();
     if !r.devices.is_empty() {
         filter.all.push(
@@ -411,6 +485,9 @@ fn compile_shorthand(r: &RuleConfig, problems: &mut Vec<Problem>) -> Option<Plan
             ("aggregate", r.aggregate.is_some()),
             ("above", r.above.is_some()),
             ("below", r.below.is_some()),
+            ("relative_to", r.relative_to.is_some()),
+            ("all", !r.all.is_empty()),
+            ("any", !r.any.is_empty()),
         ] {
             if set {
                 problems.push(Problem::field(
@@ -422,11 +499,15 @@ fn compile_shorthand(r: &RuleConfig, problems: &mut Vec<Problem>) -> Option<Plan
         if silent.is_zero() {
             problems.push(Problem::field("no_data", "must be longer than 0"));
         }
+        let metric = r.metric.clone()?;
+        if let Err(e) = eddy_proto::valid_name(&metric, eddy_proto::MAX_METRIC_LEN) {
+            problems.push(Problem::field("metric", format!("`{metric}` {e}")));
+        }
         let size_ms = ms(silent).max(1);
         return Some((
             WindowKind::Tumbling { size_ms },
             group_by,
-            metric.clone(),
+            vec![metric],
             filter,
             Test::NoData {
                 silent_ms: ms(silent),
@@ -447,72 +528,252 @@ fn compile_shorthand(r: &RuleConfig, problems: &mut Vec<Problem>) -> Option<Plan
             return None;
         }
     };
-    let Some(aggregate) = r.aggregate else {
-        problems.push(Problem::field(
-            "name",
-            "expected `aggregate`, e.g. aggregate = \"mean\"",
-        ));
-        return None;
+    let window = WindowKind::Tumbling {
+        size_ms: ms(window),
     };
-    let (cmp, threshold, clear) = match (r.above, r.below) {
-        (Some(t), None) => {
-            if r.clear_above.is_some() {
-                problems.push(Problem::field(
-                    "clear_above",
-                    "with `above`, hysteresis is `clear_below`",
-                ));
+    // A level to compare with: `relative_to = "site"`.
+    let level = |text: &Option<String>,
+                 place: &dyn Fn(String) -> Problem,
+                 problems: &mut Vec<Problem>|
+     -> Option<Scope> {
+        let text = text.as_deref()?;
+        let message = match GroupingWord::parse(text) {
+            Ok(GroupingWord::Devices(DeviceLevel::Level(n))) if device == DeviceLevel::Device => {
+                return Some(Scope::Level(n));
             }
-            if let Some(c) = r.clear_below
-                && c > t
-            {
-                problems.push(Problem::field(
-                    "clear_below",
-                    format!("must be at most `above` ({t})"),
-                ));
+            Ok(GroupingWord::Devices(DeviceLevel::Level(_))) => {
+                "a comparison with the group needs a rule grouped per device (no `group_by`, or \
+                 group_by = \"device\")"
+                    .to_string()
             }
-            (Cmp::Gt, t, r.clear_below.map(|c| (Cmp::Lt, c)))
+            Ok(_) => format!(
+                "`{text}` is not a level above the device: expected site, building, line or \
+                 level:N"
+            ),
+            Err(m) => m,
+        };
+        problems.push(place(message));
+        None
+    };
+    let Some((list, conditions)) = conditions else {
+        // One metric: `metric`, `aggregate`, `above` or `below`.
+        let metric = r.metric.clone()?;
+        if let Err(e) = eddy_proto::valid_name(&metric, eddy_proto::MAX_METRIC_LEN) {
+            problems.push(Problem::field("metric", format!("`{metric}` {e}")));
         }
-        (None, Some(t)) => {
-            if r.clear_below.is_some() {
-                problems.push(Problem::field(
-                    "clear_below",
-                    "with `below`, hysteresis is `clear_above`",
-                ));
-            }
-            if let Some(c) = r.clear_above
-                && c < t
-            {
-                problems.push(Problem::field(
-                    "clear_above",
-                    format!("must be at least `below` ({t})"),
-                ));
-            }
-            (Cmp::Lt, t, r.clear_above.map(|c| (Cmp::Gt, c)))
-        }
-        _ => {
+        let Some(aggregate) = r.aggregate else {
             problems.push(Problem::field(
-                "above",
-                "set exactly one of `above` and `below`",
+                "name",
+                "expected `aggregate`, e.g. aggregate = \"mean\"",
             ));
             return None;
+        };
+        let scope = level(
+            &r.relative_to,
+            &|m| Problem::field("relative_to", m),
+            problems,
+        );
+        let (cmp, threshold, clear) = match (r.above, r.below) {
+            (Some(t), None) => {
+                if r.clear_above.is_some() {
+                    problems.push(Problem::field(
+                        "clear_above",
+                        "with `above`, hysteresis is `clear_below`",
+                    ));
+                }
+                if let Some(c) = r.clear_below
+                    && c > t
+                {
+                    problems.push(Problem::field(
+                        "clear_below",
+                        format!("must be at most `above` ({t})"),
+                    ));
+                }
+                (Cmp::Gt, t, r.clear_below.map(|c| (Cmp::Lt, c)))
+            }
+            (None, Some(t)) => {
+                if r.clear_below.is_some() {
+                    problems.push(Problem::field(
+                        "clear_below",
+                        "with `below`, hysteresis is `clear_above`",
+                    ));
+                }
+                if let Some(c) = r.clear_above
+                    && c < t
+                {
+                    problems.push(Problem::field(
+                        "clear_above",
+                        format!("must be at least `below` ({t})"),
+                    ));
+                }
+                (Cmp::Lt, t, r.clear_above.map(|c| (Cmp::Gt, c)))
+            }
+            _ => {
+                problems.push(Problem::field(
+                    "above",
+                    "set exactly one of `above` and `below`",
+                ));
+                return None;
+            }
+        };
+        if !threshold.is_finite() || clear.is_some_and(|(_, c)| !c.is_finite()) {
+            problems.push(Problem::field("above", "thresholds must be finite numbers"));
         }
+        return Some((
+            window,
+            group_by,
+            vec![metric],
+            filter,
+            Test::Window {
+                condition: threshold_test(0, aggregate, cmp, threshold, scope),
+                clear: clear.map(|(c, t)| threshold_test(0, aggregate, c, t, scope)),
+                value: Expr::agg(aggregate),
+            },
+        ));
     };
-    if !threshold.is_finite() || clear.is_some_and(|(_, c)| !c.is_finite()) {
-        problems.push(Problem::field("above", "thresholds must be finite numbers"));
+    // Several conditions: `all = [{ metric, aggregate, above | below }, ...]`.
+    for (field, set) in [
+        ("above", r.above.is_some()),
+        ("below", r.below.is_some()),
+        ("clear_above", r.clear_above.is_some()),
+        ("clear_below", r.clear_below.is_some()),
+    ] {
+        if set {
+            problems.push(Problem::field(
+                field,
+                format!(
+                    "with `{list}`, `{field}` goes in each condition (hysteresis over several \
+                     conditions: use `sql` with `clear`)"
+                ),
+            ));
+        }
     }
+    let mut metrics: Vec<String> = Vec::new();
+    let mut tests: Vec<Expr> = Vec::new();
+    let mut value = None;
+    for (i, c) in conditions.iter().enumerate() {
+        if let Err(e) = eddy_proto::valid_name(&c.metric, eddy_proto::MAX_METRIC_LEN) {
+            problems.push(Problem::item(
+                list,
+                i,
+                "metric",
+                format!("`{}` {e}", c.metric),
+            ));
+            continue;
+        }
+        let metric = match metrics.iter().position(|m| *m == c.metric) {
+            Some(m) => m,
+            None if metrics.len() >= MAX_RULE_METRICS => {
+                problems.push(Problem::item(
+                    list,
+                    i,
+                    "metric",
+                    format!("a rule reads at most {MAX_RULE_METRICS} metrics"),
+                ));
+                continue;
+            }
+            None => {
+                metrics.push(c.metric.clone());
+                metrics.len() - 1
+            }
+        } as u8;
+        let Some(aggregate) = c.aggregate.or(r.aggregate) else {
+            problems.push(Problem::item(
+                list,
+                i,
+                "metric",
+                "expected `aggregate` here or in the rule, e.g. aggregate = \"mean\"",
+            ));
+            continue;
+        };
+        let own = c.relative_to.is_some();
+        let scope = level(
+            if own { &c.relative_to } else { &r.relative_to },
+            &|m| {
+                if own {
+                    Problem::item(list, i, "relative_to", m)
+                } else {
+                    Problem::field("relative_to", m)
+                }
+            },
+            problems,
+        );
+        let (cmp, threshold, key) = match (c.above, c.below) {
+            (Some(t), None) => (Cmp::Gt, t, "above"),
+            (None, Some(t)) => (Cmp::Lt, t, "below"),
+            _ => {
+                problems.push(Problem::item(
+                    list,
+                    i,
+                    "metric",
+                    "set exactly one of `above` and `below`",
+                ));
+                continue;
+            }
+        };
+        if !threshold.is_finite() {
+            problems.push(Problem::item(
+                list,
+                i,
+                key,
+                "thresholds must be finite numbers",
+            ));
+            continue;
+        }
+        value.get_or_insert(Expr::Agg(Term {
+            metric,
+            aggregate,
+            scope: Scope::Group,
+        }));
+        tests.push(threshold_test(metric, aggregate, cmp, threshold, scope));
+    }
+    let joined = tests.into_iter().reduce(|a, b| {
+        if list == "all" {
+            Expr::And(Box::new(a), Box::new(b))
+        } else {
+            Expr::Or(Box::new(a), Box::new(b))
+        }
+    })?;
     Some((
-        WindowKind::Tumbling {
-            size_ms: ms(window),
-        },
+        window,
         group_by,
-        metric.clone(),
+        metrics,
         filter,
         Test::Window {
-            condition: Expr::compare(aggregate, cmp, threshold),
-            clear: clear.map(|(c, t)| Expr::compare(aggregate, c, t)),
-            value: Expr::Agg(aggregate),
+            condition: joined,
+            clear: None,
+            value: value?,
         },
     ))
+}
+
+/// `aggregate(metric) cmp threshold`, or against the level's aggregate
+/// plus the threshold: `avg(t) > site.avg(t) + 10`.
+fn threshold_test(
+    metric: u8,
+    aggregate: Aggregate,
+    cmp: Cmp,
+    threshold: f64,
+    level: Option<Scope>,
+) -> Expr {
+    let own = Expr::Agg(Term {
+        metric,
+        aggregate,
+        scope: Scope::Group,
+    });
+    let bound = match level {
+        None => Expr::Num(threshold),
+        Some(scope) => Expr::Arith(
+            Box::new(Expr::Agg(Term {
+                metric,
+                aggregate,
+                scope,
+            })),
+            Arith::Add,
+            Box::new(Expr::Num(threshold)),
+        ),
+    };
+    Expr::Cmp(Box::new(own), cmp, Box::new(bound))
 }
 
 /// A rules-directory file: `[[rules]]` tables and nothing else.
@@ -544,14 +805,15 @@ pub fn compile_placed(
     let base = FieldPath::of(&["rules"]);
     compile_each(rules, allow, |i, r, p| {
         let at = base.index(i);
-        let (line, column) = match (p.field, p.sql) {
-            (Some(field), Some((l, c))) => doc.place_in_string(
+        let (line, column) = match (p.field, p.item, p.sql) {
+            (Some(field), Some((index, key)), _) => doc.place(&at.key(field).index(index).key(key)),
+            (Some(field), None, Some((l, c))) => doc.place_in_string(
                 &at.key(field),
                 usize::try_from(l).unwrap_or(1),
                 usize::try_from(c).unwrap_or(1),
             ),
-            (Some(field), None) => doc.place(&at.key(field)),
-            (None, _) => doc.place(&at),
+            (Some(field), None, None) => doc.place(&at.key(field)),
+            (None, ..) => doc.place(&at),
         };
         Placed {
             source: doc.source().to_string(),
@@ -572,7 +834,11 @@ pub fn compile_unplaced(
     allow: WebhookAllow<'_>,
 ) -> (Vec<(Rule, Vec<Action>)>, Vec<Placed>) {
     compile_each(rules, allow, |_, r, p| {
-        let field = p.field.map(|f| format!("{f}: ")).unwrap_or_default();
+        let field = match (p.field, p.item) {
+            (Some(f), Some((i, k))) => format!("{f}[{i}].{k}: "),
+            (Some(f), None) => format!("{f}: "),
+            (None, _) => String::new(),
+        };
         let at = p
             .sql
             .map(|(l, c)| format!("line {l}, column {c}: "))
@@ -685,6 +951,62 @@ pub fn dir_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shorthand's rule, as TOML.
+    fn shorthand(text: &str) -> Rule {
+        let r: RuleConfig = toml::from_str(text).expect("a rule");
+        compile(&r, WebhookAllow::Unchecked).expect("compiles").0
+    }
+
+    fn sql_form(name: &str, having: &str) -> Rule {
+        let text = format!(
+            "SELECT device, avg(temperature) FROM telemetry \
+             GROUP BY device, TUMBLING(INTERVAL '1' MINUTE) HAVING {having}"
+        );
+        let r = RuleConfig {
+            sql: Some(text),
+            ..RuleConfig::above(name, "x", Duration::from_secs(1), Aggregate::Mean, 0.0)
+        };
+        let r = RuleConfig {
+            metric: None,
+            window: None,
+            aggregate: None,
+            above: None,
+            ..r
+        };
+        compile(&r, WebhookAllow::Unchecked).expect("compiles").0
+    }
+
+    #[test]
+    fn both_forms_compile_several_metrics_and_group_comparisons_to_one_plan() {
+        let all = shorthand(
+            "name = \"muggy\"\nwindow = \"1m\"\naggregate = \"mean\"\nall = [\n\
+             { metric = \"temperature\", above = 30 },\n\
+             { metric = \"humidity\", above = 80 },\n]\n",
+        );
+        assert_eq!(
+            all,
+            sql_form("muggy", "avg(temperature) > 30 AND avg(humidity) > 80")
+        );
+        assert_eq!(all.metrics, vec!["temperature", "humidity"]);
+        let any = shorthand(
+            "name = \"either\"\nwindow = \"1m\"\nany = [\n\
+             { metric = \"temperature\", aggregate = \"mean\", above = 30 },\n\
+             { metric = \"humidity\", aggregate = \"mean\", below = 10 },\n]\n",
+        );
+        assert_eq!(
+            any,
+            sql_form("either", "avg(temperature) > 30 OR avg(humidity) < 10")
+        );
+        let outlier = shorthand(
+            "name = \"outlier\"\nmetric = \"temperature\"\nwindow = \"1m\"\n\
+             aggregate = \"mean\"\nabove = 10\nrelative_to = \"site\"\n",
+        );
+        assert_eq!(
+            outlier,
+            sql_form("outlier", "avg(temperature) > site.avg(temperature) + 10")
+        );
+    }
 
     #[test]
     fn sql_errors_are_placed_inside_the_file() {

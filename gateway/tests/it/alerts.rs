@@ -14,7 +14,7 @@ use eddy_gateway::Gateway;
 use eddy_gateway::config::{BrokerUrl, Config};
 use eddy_test_support::http::{admin_token, api_call, http_get_as};
 use eddy_test_support::mqtt::Collector;
-use eddy_test_support::mqtt::Publisher;
+use eddy_test_support::mqtt::{Publisher, send_json};
 use eddy_test_support::{Mosquitto, free_port, wait_until};
 use hyper::Method;
 use serde_json::Value;
@@ -430,5 +430,99 @@ async fn a_device_command_reaches_a_simulated_device_which_switches_its_output()
     );
     let applied: u32 = report.devices.iter().map(|d| d.commands_applied).sum();
     assert_eq!(applied, 2, "on, then off");
+    gateway.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_over_two_metrics_fires_for_the_device_that_sends_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = base_config(dir.path());
+    // The shorthand in eddy.toml: hot and humid in the same window.
+    config.rules = vec![
+        toml::from_str(
+            r#"
+name = "muggy"
+window = "1s"
+aggregate = "mean"
+all = [
+  { metric = "temperature", above = 30 },
+  { metric = "humidity", above = 80 },
+]
+"#,
+        )
+        .expect("a rule"),
+    ];
+    let gateway = Gateway::start(config).await.expect("starts");
+    let broker = gateway.broker().clone();
+    let url = format!("mqtt://{}:{}", broker.host, broker.port);
+    let mut alerts = Collector::start(&url, "alerts", "eddy/v1/alerts/#").await;
+    // And SQL through the API: power from two metrics.
+    let power = serde_json::json!({
+        "sql": "SELECT device, avg(voltage) * avg(current) AS power FROM telemetry \
+                GROUP BY device, TUMBLING(INTERVAL '1' SECOND) HAVING power > 2000"
+    });
+    let (status, created) = api(
+        &gateway,
+        Method::PUT,
+        "/api/rules/power",
+        &power.to_string(),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+
+    // d1 is hot and humid, d2 hot with no humidity at all (UNKNOWN: no
+    // alert), m1 draws 230 V x 10 A.
+    let client = json_publisher(&broker, "feeder");
+    let stop = CancellationToken::new();
+    let feeding = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let ts = now_ms();
+                let readings = [
+                    (
+                        "d1",
+                        serde_json::json!({ "temperature": 35.0, "humidity": 90.0, "ts": ts }),
+                    ),
+                    ("d2", serde_json::json!({ "temperature": 35.0, "ts": ts })),
+                    (
+                        "m1",
+                        serde_json::json!({ "voltage": 230.0, "current": 10.0, "ts": ts }),
+                    ),
+                ];
+                for (device, payload) in &readings {
+                    send_json(&client, device, payload).await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    assert!(
+        wait_for(&mut alerts, "muggy", "firing", 1).await,
+        "muggy fired"
+    );
+    assert!(
+        wait_for(&mut alerts, "power", "firing", 1).await,
+        "power fired"
+    );
+    // A few more windows: d2 never fires.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.cancel();
+    let _ = feeding.await;
+    let fired: Vec<(String, String)> = notifications(&mut alerts)
+        .into_iter()
+        .filter(|(_, _, s)| s == "firing")
+        .map(|(r, d, _)| (r, d))
+        .collect();
+    assert!(
+        fired.iter().all(|(r, d)| match r.as_str() {
+            "muggy" => d == "d1",
+            "power" => d == "m1",
+            _ => false,
+        }),
+        "{fired:?}"
+    );
+    let (_, standing) = api(&gateway, Method::GET, "/api/alerts", "").await;
+    assert!(standing.to_string().contains("muggy"), "{standing}");
     gateway.shutdown().await.expect("clean shutdown");
 }

@@ -126,10 +126,41 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
             "3:8",
             "expected a window in GROUP BY",
         ),
+        // Several metrics and group comparisons.
         (
-            sql_rule("SELECT avg(t) FROM telemetry GROUP BY TUMBLING(INTERVAL '1' SECOND) HAVING avg(t) > 1 AND max(h) > 2"),
-            "3:98",
-            "a rule reads one metric; found `t` and `h`",
+            sql_rule("SELECT site FROM telemetry GROUP BY site, TUMBLING(INTERVAL '1' SECOND) HAVING avg(t) > site.avg(t) + 1"),
+            "3:96",
+            "a comparison with the group (site.avg(...)) needs a rule grouped per device",
+        ),
+        (
+            sql_rule("SELECT device FROM telemetry GROUP BY device, SESSION(INTERVAL '5' SECOND) HAVING avg(t) > 1 AND avg(h) > 2"),
+            "3:54",
+            "use TUMBLING or HOPPING, not SESSION",
+        ),
+        (
+            "[[rules]]\nname = \"r\"\nwindow = \"10s\"\nall = [\n  { metric = \"t\", aggregate = \"mean\", above = 30 },\n  { metric = \"h\", aggregate = \"mean\" },\n]\n".into(),
+            "6:5",
+            "set exactly one of `above` and `below`",
+        ),
+        (
+            "[[rules]]\nname = \"r\"\nwindow = \"10s\"\nany = [{ metric = \"t\", above = 30 }]\n".into(),
+            "4:10",
+            "expected `aggregate` here or in the rule",
+        ),
+        (
+            format!("{shorthand}above = 1\ngroup_by = \"site\"\nrelative_to = \"site\"\n"),
+            "8:1",
+            "a comparison with the group needs a rule grouped per device",
+        ),
+        (
+            format!("{shorthand}above = 1\nrelative_to = \"planet\"\n"),
+            "7:1",
+            "unknown group key `planet`",
+        ),
+        (
+            format!("{shorthand}above = 1\nall = [{{ metric = \"h\", above = 1 }}]\n"),
+            "7:1",
+            "set `metric` or `all`, not both",
         ),
         (
             sql_rule("SELECT avg(t) FROM sensors GROUP BY TUMBLING(INTERVAL '1' SECOND) HAVING avg(t) > 1"),
@@ -247,10 +278,35 @@ no_data = "30s"
 name = "sql"
 sql = "{SQL_OK}"
 clear = "avg(t) < 0.5"
+
+[[rules]]
+name = "muggy"
+window = "1m"
+aggregate = "mean"
+all = [
+  {{ metric = "temperature", above = 30 }},
+  {{ metric = "humidity", above = 80 }},
+]
+
+[[rules]]
+name = "outlier"
+metric = "temperature"
+window = "1m"
+aggregate = "mean"
+above = 10
+relative_to = "site"
+
+[[rules]]
+name = "power"
+sql = """
+SELECT device, avg(voltage) * avg(current) AS power FROM telemetry
+GROUP BY device, TUMBLING(INTERVAL '1' MINUTE)
+HAVING power > 2000 OR avg(temperature) > site.avg(temperature) + 10"""
+clear = "avg(voltage) * avg(current) < 1800 AND avg(temperature) < site.avg(temperature) + 5"
 "#
         ),
     );
-    assert_eq!(check_file(&rules).expect("valid"), 3);
+    assert_eq!(check_file(&rules).expect("valid"), 6);
     let config = write(
         &dir,
         "eddy.toml",

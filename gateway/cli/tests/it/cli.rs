@@ -137,7 +137,7 @@ fn check_passes(file: &str) -> (std::path::PathBuf, String) {
 #[test]
 fn check_accepts_the_example_config() {
     let (_, out) = check_passes("examples/eddy.toml");
-    assert!(out.contains("ok (3 rules)"), "{out}");
+    assert!(out.contains("ok (6 rules)"), "{out}");
 }
 
 /// The Debian package's /etc/eddy/eddy.toml is a valid config that keeps
