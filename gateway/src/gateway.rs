@@ -173,6 +173,7 @@ impl Gateway {
                         Access::new(
                             credentials.clone(),
                             anonymous,
+                            config.broker.max_publish_rate,
                             &config.ingest,
                             peers,
                             stats.clone(),

@@ -140,6 +140,8 @@ counters! {
     broker_publishes_denied,
     /// Subscriptions the embedded broker refused (outside the client's topics, shared subscriptions).
     broker_subscribes_denied,
+    /// Publishes the embedded broker held back because their client sent faster than `broker.max_publish_rate` (slowed, not dropped).
+    broker_publishes_slowed,
     /// TLS handshakes on the embedded broker's TLS listener that failed or timed out.
     broker_tls_handshakes_failed,
     /// Messages whose samples were committed and then acknowledged.

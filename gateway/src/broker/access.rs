@@ -81,6 +81,48 @@ impl TlsPeers {
     }
 }
 
+/// Token buckets per client id: `rate` publishes a second, a burst of
+/// as many. A publish beyond them waits until its token is due (the
+/// client's connection is read no further meanwhile: backpressure).
+#[derive(Debug)]
+struct RateLimit {
+    rate: f64,
+    /// Client id -> (tokens, when they were counted).
+    buckets: Mutex<HashMap<String, (f64, std::time::Instant)>>,
+}
+
+/// Buckets kept at most; beyond, those full again are forgotten.
+const MAX_BUCKETS: usize = 100_000;
+
+impl RateLimit {
+    fn new(rate: u32) -> Option<Self> {
+        (rate > 0).then(|| Self {
+            rate: f64::from(rate),
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a token for `client`: how long to wait for it, if at all.
+    fn take(&self, client: &str) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(client) {
+            let full = |&(tokens, at): &(f64, std::time::Instant)| {
+                tokens + now.duration_since(at).as_secs_f64() * self.rate >= self.rate
+            };
+            buckets.retain(|_, b| !full(b));
+        }
+        let (tokens, at) = buckets
+            .entry(client.to_string())
+            .or_insert((self.rate, now));
+        // Tokens may go negative: each waiter owns a later slot.
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.rate) - 1.0;
+        *at = now;
+        (*tokens < 0.0).then(|| Duration::from_secs_f64(-*tokens / self.rate))
+    }
+}
+
 /// Who a client of a public listener is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Identity {
@@ -100,6 +142,8 @@ pub struct Access {
     peers: Arc<TlsPeers>,
     /// The broker, to wait out a previous connection's clean-up.
     scx: Option<ServerContext>,
+    /// Per-client token buckets of `broker.max_publish_rate`.
+    rate: Option<RateLimit>,
     stats: Arc<Stats>,
     log: Mutex<LogEvery>,
 }
@@ -135,6 +179,7 @@ impl Access {
     pub(crate) fn new(
         credentials: Credentials,
         anonymous: bool,
+        rate: u32,
         config: &crate::config::IngestConfig,
         peers: Arc<TlsPeers>,
         stats: Arc<Stats>,
@@ -147,6 +192,7 @@ impl Access {
             router: Router::new(config),
             peers,
             scx: None,
+            rate: RateLimit::new(rate),
             stats,
             log: Mutex::new(LogEvery::new(Duration::from_secs(10))),
         }
@@ -356,7 +402,15 @@ impl Access {
                     return (false, Some(HookResult::PublishAclResult(refused)));
                 }
                 match self.publish_refusal(&self.identity(session), topic) {
-                    None => (true, acc),
+                    None => {
+                        if let Some(rate) = &self.rate
+                            && let Some(wait) = rate.take(&session.id.client_id)
+                        {
+                            stats::add(&self.stats.broker_publishes_slowed, 1);
+                            tokio::time::sleep(wait).await;
+                        }
+                        (true, acc)
+                    }
                     Some(why) => {
                         stats::add(&self.stats.broker_publishes_denied, 1);
                         self.log(why, &session.id.client_id, topic);
@@ -404,6 +458,7 @@ mod tests {
         Access::new(
             Credentials::open(&dir.join("eddy-access-test-none")).expect("no file"),
             false,
+            0,
             &config.ingest,
             Arc::default(),
             Arc::default(),
@@ -504,6 +559,25 @@ mod tests {
                 "subscribe {:?} to {:?}", id, t
             );
         }
+    }
+
+    #[test]
+    fn a_client_beyond_its_rate_waits_for_its_turn_and_others_do_not() {
+        let limit = RateLimit::new(10).expect("a limit");
+        for _ in 0..10 {
+            assert_eq!(limit.take("fast"), None, "a second's worth at once");
+        }
+        let waits: Vec<Duration> = (0..3).map(|_| limit.take("fast").expect("waits")).collect();
+        // Each waiter owns a later slot, 100 ms apart (less what elapsed).
+        assert!(waits[0] <= Duration::from_millis(100));
+        assert!(waits[2] > waits[1] && waits[1] > waits[0], "{waits:?}");
+        assert!(waits[2] >= Duration::from_millis(250), "{waits:?}");
+        assert_eq!(
+            limit.take("slow"),
+            None,
+            "another client has its own bucket"
+        );
+        assert!(RateLimit::new(0).is_none(), "0 is no limit");
     }
 
     #[test]

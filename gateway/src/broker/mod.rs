@@ -123,7 +123,8 @@ impl EmbeddedBroker {
         // is none; without it they would take the listener's message
         // expiry, which is 0 = none for queued messages but "expired at
         // once" for the retainer), at most `MAX_RETAINED`.
-        let retainer = format!("retained_message_ttl = \"0s\"\nmax_retained_messages = {MAX_RETAINED}\n");
+        let retainer =
+            format!("retained_message_ttl = \"0s\"\nmax_retained_messages = {MAX_RETAINED}\n");
         let scx = ServerContext::new()
             .plugins_config_map_add("rmqtt-retainer", retainer)
             .build()

@@ -299,6 +299,11 @@ pub struct BrokerConfig {
     pub allow_anonymous: Option<bool>,
     /// A TLS listener for devices, beside `listen`.
     pub tls: Option<BrokerTls>,
+    /// Publishes per second one client of a public listener may send
+    /// (a token bucket holding one second's worth); a faster client is
+    /// slowed, its publishes waiting their turn, never dropped. 0: no
+    /// limit.
+    pub max_publish_rate: u32,
 }
 
 /// The embedded broker's TLS listener.
@@ -342,6 +347,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             allow_anonymous: None,
             tls: None,
+            max_publish_rate: 10_000,
         }
     }
 }

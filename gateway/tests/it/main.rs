@@ -13,6 +13,7 @@ mod end_to_end;
 mod engine;
 mod field_input;
 mod http_ingest;
+mod paho;
 mod rules;
 mod samples_api;
 mod serial;
