@@ -76,11 +76,48 @@ pub fn server_config(tls: &BrokerTls) -> Result<rustls::ServerConfig, String> {
         .map_err(|e| format!("{} and {}: {e}", tls.cert.display(), tls.key.display()))
 }
 
-/// The subject common name of a DER certificate.
+/// The subject common name (OID 2.5.4.3, RFC 5280 §4.1.2.6) of a DER
+/// certificate, when it has one as a UTF8String, PrintableString or
+/// IA5String. webpki parses the certificate and hands over the subject
+/// `Name`, a SEQUENCE OF RelativeDistinguishedName (SET OF
+/// AttributeTypeAndValue); the walk below reads that DER (X.690) and no
+/// more. The first common name wins.
 pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_string)
+    let der = rustls::pki_types::CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    let mut rdns = cert.subject();
+    while let Some((0x31, rdn, rest)) = tlv(rdns) {
+        rdns = rest;
+        let mut attributes = rdn;
+        while let Some((0x30, attribute, rest)) = tlv(attributes) {
+            attributes = rest;
+            if let Some((0x06, [0x55, 0x04, 0x03], value)) = tlv(attribute)
+                && let Some((0x0c | 0x13 | 0x16, text, _)) = tlv(value)
+            {
+                return std::str::from_utf8(text).ok().map(str::to_string);
+            }
+        }
+    }
+    None
+}
+
+/// One DER TLV at the start of `der`: its tag, contents and the bytes
+/// after it. Single-byte tags; definite lengths up to 4 bytes.
+fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81..=0x84 => {
+            let n = usize::from(first & 0x7f);
+            let (bytes, rest) = rest.split_at_checked(n)?;
+            let len = bytes.iter().fold(0usize, |l, &b| (l << 8) | usize::from(b));
+            (len, rest)
+        }
+        _ => return None,
+    };
+    let (contents, after) = rest.split_at_checked(len)?;
+    Some((tag, contents, after))
 }
 
 /// Accepts TLS on `listener`, relays each connection to `backend`.
@@ -158,4 +195,47 @@ async fn relay(
     }
     let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
     peers.remove(&local);
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn certificate(cn: Option<&str>) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "a plant");
+        if let Some(cn) = cn {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        let key = rcgen::KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn the_common_name_of_a_certificate_is_read_and_its_absence_seen() {
+        assert_eq!(
+            common_name(&certificate(Some("dev-9"))).as_deref(),
+            Some("dev-9")
+        );
+        let long = "d".repeat(200);
+        assert_eq!(common_name(&certificate(Some(&long))), Some(long));
+        assert_eq!(common_name(&certificate(None)), None);
+        assert_eq!(common_name(b"not a certificate"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn tlv_never_reads_past_its_input(der in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Some((_, contents, after)) = tlv(&der) {
+                prop_assert!(contents.len() + after.len() < der.len());
+            }
+        }
+    }
 }
