@@ -2,7 +2,9 @@
 each test in its own process with a time limit, and prints a JSON object
 {"suite": ..., "results": {test: "pass" | "fail" | "timeout"}}.
 
-Usage: run_suite.py INTEROP_DIR {client_test|client_test5} HOST PORT [TIMEOUT_S]
+Usage: run_suite.py INTEROP_DIR {client_test|client_test5} HOST PORT [TIMEOUT_S [TEST...]]
+
+With TEST names, only those run.
 
 INTEROP_DIR is a writable copy of paho's `interoperability/` folder (Python
 writes `__pycache__` there). The topics are the suite's defaults; the
@@ -41,7 +43,7 @@ print("\n".join(names))
 def main():
     interop, mod, host, port = sys.argv[1:5]
     timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 60.0
-    names = subprocess.run(
+    names = sys.argv[6:] or subprocess.run(
         [sys.executable, "-c", LIST.format(dir=interop, mod=mod)],
         capture_output=True, text=True, check=True, cwd=interop,
     ).stdout.split()

@@ -63,9 +63,9 @@ fn suite_copy(into: &Path) -> PathBuf {
     into.join("interoperability")
 }
 
-/// `suite`'s results against 127.0.0.1:`port`: test name -> pass, fail
-/// or timeout.
-fn run(interop: &Path, suite: &str, port: u16) -> BTreeMap<String, String> {
+/// `suite`'s results against 127.0.0.1:`port` (only `tests`, when
+/// given): test name -> pass, fail or timeout.
+fn run(interop: &Path, suite: &str, port: u16, tests: &[&str]) -> BTreeMap<String, String> {
     let script = repository().join("testbench/paho/run_suite.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -74,6 +74,7 @@ fn run(interop: &Path, suite: &str, port: u16) -> BTreeMap<String, String> {
         .arg("127.0.0.1")
         .arg(port.to_string())
         .arg(TIMEOUT_S)
+        .args(tests)
         .output()
         .expect("python3 runs");
     assert!(
@@ -109,15 +110,39 @@ async fn paho_interop_the_embedded_broker_passes_every_test_mosquitto_passes() {
     let both = |port: u16| {
         let interop = interop.clone();
         tokio::task::spawn_blocking(move || {
-            let mut results = run(&interop, "client_test", port);
-            results.extend(run(&interop, "client_test5", port));
+            let mut results = run(&interop, "client_test", port, &[]);
+            results.extend(run(&interop, "client_test5", port, &[]));
             results
         })
     };
     let (eddy, reference) = (both(eddy_port), both(mosquitto_port));
     let eddy = eddy.await.expect("the suites ran");
     let reference = reference.await.expect("the suites ran");
-    let passed = |r: &BTreeMap<String, String>| r.values().filter(|v| *v == "pass").count();
+    // Both suites time their waits with sleeps: on a loaded machine
+    // either broker fails a few tests in one run and passes them in the
+    // next (Mosquitto's count moved between 25 and 28 here). A test
+    // Mosquitto passed and the embedded broker did not gets two more
+    // tries alone; it counts as missing only if it fails all three.
+    let mut eddy = eddy;
+    for (test, result) in &reference {
+        if result == "pass" && eddy.get(test).is_some_and(|r| r != "pass") {
+            let (suite, name) = test.split_once('.').expect("suite.test");
+            for attempt in 1..=2 {
+                let (interop, suite, name) = (interop.clone(), suite.to_string(), name.to_string());
+                let again =
+                    tokio::task::spawn_blocking(move || run(&interop, &suite, eddy_port, &[&name]))
+                        .await
+                        .expect("the test ran");
+                if again.get(test).is_some_and(|r| r == "pass") {
+                    eprintln!("{test} passed on try {}", attempt + 1);
+                    eddy.insert(test.clone(), "pass (retried)".into());
+                    break;
+                }
+            }
+        }
+    }
+    let passed =
+        |r: &BTreeMap<String, String>| r.values().filter(|v| v.starts_with("pass")).count();
     let report = serde_json::json!({
         "eddy": eddy,
         "mosquitto": reference,
@@ -140,8 +165,11 @@ async fn paho_interop_the_embedded_broker_passes_every_test_mosquitto_passes() {
         let ours = eddy.get(test).map(String::as_str);
         let gap = KNOWN_GAPS.iter().find(|(t, _)| t == test);
         match (result.as_str(), ours, gap) {
-            ("pass", Some("pass"), Some(_)) => eprintln!("{test} passes now: leave KNOWN_GAPS"),
-            ("pass", Some("pass"), None) | (_, _, Some(_)) => {}
+            ("pass", Some(p), Some(_)) if p.starts_with("pass") => {
+                eprintln!("{test} passes now: leave KNOWN_GAPS")
+            }
+            ("pass", Some(p), None) if p.starts_with("pass") => {}
+            (_, _, Some(_)) => {}
             ("pass", other, None) => missing.push(format!("{test}: {other:?}")),
             _ => {}
         }
